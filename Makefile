@@ -1,0 +1,33 @@
+# The two commands a newcomer types: `make demo` and `make test`. Both set up what they need first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+ENV := source scripts/env.sh
+PYTEST_ARGS ?=
+
+.PHONY: help setup test demo lint selftest clean
+
+help:
+	@echo "make demo   - end-to-end demo: record, cache, train, deploy in simulation (out/demo/)"
+	@echo "make test   - set up if needed, then run every package's tests"
+	@echo "make setup  - only the set-up (apt packages, .venv, colcon build); idempotent"
+	@echo "make lint   - ruff over the workspace"
+	@echo "make selftest - two nodes exchange lda_msgs over DDS through lda-launch"
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	@$(ENV) && scripts/run_tests.sh $(PYTEST_ARGS)
+
+lint: setup
+	@$(ENV) && ruff check src benchmarks scripts
+
+selftest: setup
+	@$(ENV) && lda-launch launch/selftest.launch.yaml
+
+demo: setup
+	@echo "make demo: the end-to-end demo (issue 'Simulated robot ... end-to-end demo') is not built yet." >&2
+	@exit 1
+
+clean:
+	rm -rf build install log out
