@@ -84,6 +84,9 @@ if [ -d install ] && stamp_ok colcon "$src_digest-$req_digest"; then
   log "workspace build up to date"
 else
   log "colcon build"
+  mkdir -p build
+  exec 9>build/.colcon.lock
+  flock 9  # two set-ups at once (e.g. two terminals) must not build into install/ together
   # shellcheck disable=SC1091
   source "$VENV/bin/activate"
   export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"

@@ -92,7 +92,7 @@ def _shutdown(running: list[_Running]) -> None:
     for sig, grace in ((signal.SIGINT, _STOP_GRACE_S), (signal.SIGTERM, _STOP_GRACE_S), (signal.SIGKILL, 0)):
         alive = [r for r in running if r.proc.poll() is None]
         if not alive:
-            return
+            break
         for r in alive:
             r.proc.send_signal(sig)
         deadline = time.monotonic() + grace
@@ -101,6 +101,8 @@ def _shutdown(running: list[_Running]) -> None:
         for r in alive:
             if r.proc.poll() is None and sig != signal.SIGKILL:
                 _say(f"{r.spec.name} still running after {signal.Signals(sig).name}")
+    for r in running:
+        _say(f"{r.spec.name} stopped (code {r.proc.wait()})")
 
 
 def parse_launch_arguments(items: list[str]) -> dict[str, str]:
