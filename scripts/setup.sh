@@ -22,22 +22,37 @@ stamp_set() { mkdir -p "$STAMPS"; echo "$2" >"$STAMPS/$1"; }
 
 # --- 1. apt packages -------------------------------------------------------------------------------
 # FFmpeg shared libraries for torchcodec/pyav video decoding; EGL/OSMesa for MuJoCo offscreen rendering.
-APT_PACKAGES=(libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4 libavdevice59
-              libavfilter8 libegl1 libegl-mesa0 libgl1 libosmesa6)
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+# Each entry lists alternatives: Debian 12 names first, then Ubuntu 24.04 (ROS 2 Jazzy/Kilted) names.
+APT_GROUPS=("libavcodec59|libavcodec60|libavcodec61" "libavformat59|libavformat60|libavformat61"
+            "libavutil57|libavutil58|libavutil59" "libswscale6|libswscale7|libswscale8"
+            "libswresample4|libswresample5" "libavdevice59|libavdevice60|libavdevice61"
+            "libavfilter8|libavfilter9|libavfilter10" "libegl1" "libegl-mesa0" "libgl1" "libosmesa6")
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+missing_groups=()
+for group in "${APT_GROUPS[@]}"; do
+  found=""
+  for pkg in ${group//|/ }; do installed "$pkg" && found=1 && break; done
+  [ -n "$found" ] || missing_groups+=("$group")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing apt packages: ${missing[*]}"
+if [ ${#missing_groups[@]} -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || die "need root or sudo to install: ${missing[*]}"
+    command -v sudo >/dev/null || die "need root or sudo to install apt packages: ${missing_groups[*]}"
     SUDO="sudo"
   fi
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  to_install=()
+  for group in "${missing_groups[@]}"; do
+    pick=""
+    for pkg in ${group//|/ }; do
+      apt-cache policy "$pkg" 2>/dev/null | grep -q "Candidate: [0-9]" && pick="$pkg" && break
+    done
+    [ -n "$pick" ] || die "no apt package available for: $group"
+    to_install+=("$pick")
+  done
+  log "installing apt packages: ${to_install[*]}"
+  $SUDO apt-get install -y -qq --no-install-recommends "${to_install[@]}" >/dev/null
 else
   log "apt packages present"
 fi
