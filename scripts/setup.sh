@@ -59,11 +59,15 @@ fi
 
 # --- 2. Python 3.12 ---------------------------------------------------------------------------------
 find_python() {
-  if command -v python3.12 >/dev/null 2>&1; then command -v python3.12; return; fi
+  # A pyenv shim on PATH may exist without a 3.12 behind it, so each candidate must actually run.
+  local candidate v
+  for candidate in $(command -v python3.12 2>/dev/null); do
+    "$candidate" -c 'import sys, venv' >/dev/null 2>&1 && echo "$candidate" && return
+  done
   if command -v pyenv >/dev/null 2>&1; then
-    local v
     for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$)' | sort -rV); do
-      PYENV_VERSION="$v" pyenv which python3.12 2>/dev/null && return
+      candidate="$(PYENV_VERSION="$v" pyenv which python3.12 2>/dev/null)" || continue
+      "$candidate" -c 'import sys, venv' >/dev/null 2>&1 && echo "$candidate" && return
     done
   fi
   return 1
