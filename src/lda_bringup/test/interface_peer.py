@@ -8,7 +8,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from lda_msgs.msg import ActionChunk, SafetyStatus
-from lda_msgs.srv import StartEpisode, StopEpisode
+from lda_msgs.srv import ResetSim, StartEpisode, StopEpisode
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -38,6 +38,7 @@ class Peer(Node):
         self.create_publisher(SafetyStatus, "peer/status", LATCHED).publish(sample_status())
         self.create_service(StartEpisode, "peer/start_episode", self.on_start)
         self.create_service(StopEpisode, "peer/stop_episode", self.on_stop)
+        self.create_service(ResetSim, "peer/reset", self.on_reset)
         self.get_logger().info("peer ready")
 
     def on_start(self, request, response):
@@ -50,6 +51,12 @@ class Peer(Node):
         response.success = request.quality in ("high", "low", "actionless") or request.discard
         response.episode_index = -1 if request.discard else 5
         response.message = "discarded" if request.discard else f"saved as {request.quality}"
+        return response
+
+
+    def on_reset(self, request, response):
+        response.success = request.seed >= 0
+        response.message = f"reset with seed {request.seed}"
         return response
 
 

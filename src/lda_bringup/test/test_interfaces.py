@@ -7,7 +7,7 @@ import pytest
 from lda_bringup.testing import NodeProcess, ros_node, wait_for
 
 from lda_msgs.msg import ActionChunk, SafetyStatus
-from lda_msgs.srv import StartEpisode, StopEpisode
+from lda_msgs.srv import ResetSim, StartEpisode, StopEpisode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from interface_peer import LATCHED, sample_chunk, sample_status  # noqa: E402
@@ -46,7 +46,9 @@ def test_episode_services_round_trip(peer):
         saved = _call(node, StopEpisode, "peer/stop_episode", StopEpisode.Request(quality=StopEpisode.Request.QUALITY_LOW))
         dropped = _call(node, StopEpisode, "peer/stop_episode", StopEpisode.Request(discard=True))
         refused = _call(node, StopEpisode, "peer/stop_episode", StopEpisode.Request(quality="medium"))
+        reset = _call(node, ResetSim, "peer/reset", ResetSim.Request(seed=2**33 + 1))
     assert (started.success, started.episode_index, started.message) == (True, 5, "recording 'pick the can'")
     assert (saved.success, saved.episode_index, saved.message) == (True, 5, "saved as low")
     assert (dropped.success, dropped.episode_index) == (True, -1)
     assert refused.success is False
+    assert (reset.success, reset.message) == (True, f"reset with seed {2**33 + 1}")

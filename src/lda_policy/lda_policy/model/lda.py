@@ -1,0 +1,668 @@
+"""LDAModel: the latent dynamics action model (MM-DiT + per-embodiment action encoders/decoders).
+
+One network serves four objectives, chosen per sample by a task embedding and by which inputs are
+clean, noisy or replaced by a learnable stand-in token (paper section III-B):
+
+============================  =========================  ============================
+task                          action chunk tokens        future-frame tokens
+============================  =========================  ============================
+policy                        noisy (predicted)          future stand-in
+forward dynamics              clean (condition)          noisy (predicted)
+inverse dynamics              noisy (predicted)          clean (condition)
+visual forecasting            action stand-in            noisy (predicted)
+============================  =========================  ============================
+
+The action stream is [history actions, proprio state, action chunk]; the visual stream is
+[register tokens, DINO tokens of the history frames, future-frame tokens]. Everything the public
+methods take and return is in physical units; the model normalises with the statistics of its
+checkpoint (:class:`~lda_policy.model.normalization.Normalizer`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DINO_GRID, PRESETS, DataRole, EmbodimentSpec, LDAConfig, Task, allowed_tasks
+from .flow import euler_sample, interpolate, sample_time
+from .mmdit import MMDiT
+from .normalization import Normalizer
+
+
+def pool_latents(latents: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Average-pools DINO patch grids (..., H, W, C) to (..., grid[0], grid[1], C).
+
+    Uses adaptive average pooling, so 14x14 -> 7x7 averages 2x2 patches and 14x14 -> 4x4 uses
+    overlapping bins. A latent cache may store the full 14x14 grid and pool on read, or store the
+    pooled grid; the model accepts either.
+    """
+    *lead, h, w, c = latents.shape
+    if (h, w) == tuple(grid):
+        return latents
+    x = latents.reshape(-1, h, w, c).permute(0, 3, 1, 2)
+    x = F.adaptive_avg_pool2d(x, grid).permute(0, 2, 3, 1)
+    return x.reshape(*lead, grid[0], grid[1], c)
+
+
+@dataclass
+class Observation:
+    """Inputs shared by the four inference calls, batched, in physical units.
+
+    ``history_latents``: (B, num_obs_frames, gh, gw, latent_dim) DINO patch tokens of the frames at
+    ``config.time.obs_offsets_s`` (oldest first), on the model grid or the full 14x14 grid.
+    ``language``: (B, L, lang_dim) language/VLM tokens; ``language_mask``: (B, L) bool, True = real
+    token (None = all real). ``state``: (B, state_dim) proprio state; ``history_actions``:
+    (B, history_action_steps, action_dim), the actions sent at ``config.time.history_action_offsets_s``.
+    ``state`` / ``history_actions`` may be None (e.g. forecasting from a video without a robot); the
+    model then uses its stand-in tokens, exactly as for actionless training data.
+    """
+
+    embodiment: str
+    history_latents: torch.Tensor
+    language: torch.Tensor
+    language_mask: torch.Tensor | None = None
+    state: torch.Tensor | None = None
+    history_actions: torch.Tensor | None = None
+
+
+class EmbodimentLinear(nn.Module):
+    """A linear layer with one weight set per embodiment slot, picked per sample."""
+
+    def __init__(self, num_slots: int, in_dim: int, out_dim: int, zero_init: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_slots, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(num_slots, out_dim))
+        bound = 0.0 if zero_init else math.sqrt(6.0 / (in_dim + out_dim))
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, in_dim), slot: (B,) -> (B, N, out_dim)."""
+        return torch.baddbmm(self.bias[slot].unsqueeze(1), x, self.weight[slot].to(x.dtype))
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal embedding of the flow time followed by an MLP (DiT)."""
+
+    def __init__(self, hidden: int, scale: float, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.scale = scale
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+        args = (t.float() * self.scale)[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+def _sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos positions (gh * gw, dim): half the channels encode the row, half the column."""
+    def one_axis(n: int, d: int) -> torch.Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d // 2))
+        args = torch.arange(n, dtype=torch.float64)[:, None] * omega[None]
+        return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+    rows = one_axis(grid[0], dim // 2)[:, None, :].expand(grid[0], grid[1], dim // 2)
+    cols = one_axis(grid[1], dim // 2)[None, :, :].expand(grid[0], grid[1], dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(grid[0] * grid[1], dim).float()
+
+
+class InputError(ValueError):
+    """An input tensor has the wrong key, shape, dtype or non-finite values; the message names it."""
+
+
+_ACTION_TASKS = (Task.POLICY, Task.INVERSE_DYNAMICS)  # tasks whose noisy modality is the action chunk
+
+
+class LDAModel(nn.Module):
+    """LDA-1B style latent dynamics action model. Build with :meth:`from_preset` or :meth:`from_pretrained`.
+
+    Training: :meth:`compute_loss` on a batch that mixes tasks, roles and embodiments sample by sample.
+    Inference: :meth:`policy`, :meth:`forward_dynamics`, :meth:`inverse_dynamics`, :meth:`forecast`.
+    ``forward`` is the raw denoiser on normalised tensors; ``model.compile()`` compiles it.
+    """
+
+    def __init__(self, config: LDAConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        h, e = c.hidden_size, c.max_embodiments
+        self.bf16_autocast = True  # inference runs the denoiser under bf16 autocast on CUDA
+        self.normalizer = Normalizer(c)
+
+        self.action_encoder = EmbodimentLinear(e, c.max_action_dim, h)
+        self.state_encoder = EmbodimentLinear(e, c.max_state_dim, h)
+        self.action_decoder = EmbodimentLinear(e, h, c.max_action_dim, zero_init=True)
+        self.latent_encoder = nn.Linear(c.latent_dim, h)
+        self.latent_decoder = nn.Linear(h, c.latent_dim)
+        nn.init.zeros_(self.latent_decoder.weight)
+        nn.init.zeros_(self.latent_decoder.bias)
+        self.language_proj = nn.Sequential(nn.LayerNorm(c.lang_dim), nn.Linear(c.lang_dim, h))
+        # Always-valid context token: cross-attention never sees an all-masked row.
+        self.null_language = nn.Parameter(torch.randn(1, 1, h) * 0.02)
+
+        self.time_embed = TimestepEmbedder(h, c.flow.timestep_scale)
+        self.task_embed = nn.Embedding(len(Task), h)
+        nn.init.normal_(self.task_embed.weight, std=0.02)
+
+        n_action_tokens = c.time.history_action_steps + 1 + c.time.chunk_size
+        self.action_pos = nn.Parameter(torch.randn(1, n_action_tokens, h) * 0.02)
+        self.frame_embed = nn.Parameter(torch.randn(1, c.num_obs_frames + c.num_future_frames, 1, h) * 0.02)
+        self.register_buffer("spatial_pos", _sincos_2d(c.latent_grid, h), persistent=False)
+        self.registers = nn.Parameter(torch.randn(1, c.num_registers, h) * 0.02)
+        # Stand-ins for absent or invalid inputs (paper: "register tokens ... as placeholders").
+        self.action_standin = nn.Parameter(torch.randn(h) * 0.02)
+        self.state_standin = nn.Parameter(torch.randn(h) * 0.02)
+        self.future_standin = nn.Parameter(torch.randn(h) * 0.02)
+
+        self.mmdit = MMDiT(h, c.num_layers, c.num_heads, c.mlp_ratio)
+
+        dims = torch.arange(c.max_action_dim)
+        sdims = torch.arange(c.max_state_dim)
+        amask = torch.zeros(e, c.max_action_dim, dtype=torch.bool)
+        smask = torch.zeros(e, c.max_state_dim, dtype=torch.bool)
+        for i, spec in enumerate(c.embodiments):
+            amask[i] = dims < spec.action_dim
+            smask[i] = sdims < spec.state_dim
+        self.register_buffer("action_dim_mask", amask, persistent=False)
+        self.register_buffer("state_dim_mask", smask, persistent=False)
+        allowed = torch.zeros(len(DataRole), len(Task), dtype=torch.bool)
+        for role in DataRole:
+            for task in allowed_tasks(role):
+                allowed[role, task] = True
+        self.register_buffer("role_task_allowed", allowed, persistent=False)
+
+    # ------------------------------------------------------------------ construction / checkpoints
+
+    @classmethod
+    def from_preset(cls, name: str, device: torch.device | str = "cpu", **overrides: Any) -> LDAModel:
+        """Builds preset ``name`` (see ``PRESETS``) with random weights and identity statistics.
+
+        ``overrides`` replace config fields (e.g. ``embodiments=(EmbodimentSpec(...),)``,
+        ``lang_dim=384``). ``device="meta"`` builds the structure without allocating memory.
+        """
+        if name not in PRESETS:
+            raise KeyError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+        config = replace(PRESETS[name], **overrides)
+        with torch.device(device):
+            return cls(config)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu",
+                        preset: str | None = None) -> LDAModel:
+        """Loads a checkpoint written by :meth:`save_pretrained`.
+
+        With ``preset`` given, the checkpoint's architecture must equal that preset's, else a
+        :class:`~lda_policy.model.checkpoint.CheckpointError` names the differing fields.
+        """
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(cls, directory, device=device, preset=preset)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Writes ``config.json``, ``model.safetensors`` and ``normalization.json`` into ``directory``."""
+        from .checkpoint import save_checkpoint
+
+        return save_checkpoint(self, directory)
+
+    def load_pretrained(self, directory: str | Path) -> None:
+        """Loads weights and statistics of a checkpoint with this model's exact config into this model."""
+        from .checkpoint import load_into
+
+        load_into(self, directory)
+
+    def embodiment(self, name: str) -> EmbodimentSpec:
+        return self.config.embodiments[self.config.embodiment_index(name)]
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute MM-DiT block activations during backward (memory for compute, lda-1b training)."""
+        self.mmdit.gradient_checkpointing = enabled
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per part (works on the meta device); ``total`` is their sum."""
+        groups = {
+            "mmdit/self_attention": ("qkv", "q_norm", "k_norm", "attn_out"),
+            "mmdit/cross_attention": ("norm_cross", "cross_q", "cross_q_norm", "cross_out", "cross_kv",
+                                      "cross_k_norm"),
+            "mmdit/ffn": ("mlp",),
+            "mmdit/adaln": ("ada_ln", "final_ada_ln"),
+        }
+        counts = dict.fromkeys(list(groups) + [
+            "embodiment_action_state_encoders_decoders", "latent_encoder_decoder", "language_projection",
+            "time_and_task_embedding", "tokens_and_positions"], 0)
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            parts = name.split(".")
+            if parts[0] == "mmdit":
+                key = next(g for g, names in groups.items() if any(n in parts for n in names))
+            elif parts[0] in ("action_encoder", "state_encoder", "action_decoder"):
+                key = "embodiment_action_state_encoders_decoders"
+            elif parts[0] in ("latent_encoder", "latent_decoder"):
+                key = "latent_encoder_decoder"
+            elif parts[0] in ("language_proj",):
+                key = "language_projection"
+            elif parts[0] in ("time_embed", "task_embed"):
+                key = "time_and_task_embedding"
+            else:
+                key = "tokens_and_positions"
+            counts[key] += p.numel()
+        counts["total"] = sum(counts.values())
+        return counts
+
+    # ------------------------------------------------------------------ denoiser
+
+    def forward(
+        self,
+        embodiment_id: torch.Tensor,
+        task: torch.Tensor,
+        t: torch.Tensor,
+        history_actions: torch.Tensor,
+        history_present: torch.Tensor,
+        state: torch.Tensor,
+        state_present: torch.Tensor,
+        actions: torch.Tensor,
+        actions_present: torch.Tensor,
+        obs_latents: torch.Tensor,
+        future_latents: torch.Tensor,
+        future_present: torch.Tensor,
+        language: torch.Tensor,
+        language_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Velocity of the flow on normalised tensors (no validation; use the public methods).
+
+        Shapes: ids/task/t (B,); history_actions (B, n_hist, max_action_dim) with history_present
+        (B,); state (B, max_state_dim) with state_present (B,); actions (B, chunk, max_action_dim)
+        with actions_present (B, chunk); obs_latents (B, n_obs, T, C); future_latents (B, F, T, C)
+        with future_present (B, F); language (B, L, lang_dim) with language_mask (B, L).
+        ``*_present`` False puts the stand-in token there. Padded action/state dimensions must be 0.
+        Returns the action velocity (B, chunk, max_action_dim) and future-latent velocity (B, F, T, C).
+        """
+        c = self.config
+        b = task.shape[0]
+        hist = self.action_encoder(history_actions, embodiment_id)
+        hist = torch.where(history_present[:, None, None], hist, self.action_standin)
+        st = self.state_encoder(state[:, None], embodiment_id)
+        st = torch.where(state_present[:, None, None], st, self.state_standin)
+        chunk = self.action_encoder(actions, embodiment_id)
+        chunk = torch.where(actions_present[..., None], chunk, self.action_standin)
+        action_tokens = torch.cat([hist, st, chunk], dim=1) + self.action_pos
+
+        obs = self.latent_encoder(obs_latents)
+        fut = self.latent_encoder(future_latents)
+        fut = torch.where(future_present[:, :, None, None], fut, self.future_standin)
+        frames = torch.cat([obs, fut], dim=1) + self.frame_embed + self.spatial_pos
+        visual_tokens = torch.cat([self.registers.expand(b, -1, -1), frames.flatten(1, 2)], dim=1)
+
+        cond = self.time_embed(t) + self.task_embed(task)
+        ctx = torch.cat([self.null_language.expand(b, -1, -1), self.language_proj(language)], dim=1)
+        ctx_mask = torch.cat([torch.ones_like(language_mask[:, :1]), language_mask], dim=1)
+
+        out_a, out_v = self.mmdit([action_tokens, visual_tokens], cond, ctx, ctx_mask)
+        v_actions = self.action_decoder(out_a[:, -c.time.chunk_size:], embodiment_id)
+        n_obs_tokens = c.num_registers + c.num_obs_frames * c.tokens_per_frame
+        v_future = self.latent_decoder(out_v[:, n_obs_tokens:]).view(b, c.num_future_frames,
+                                                                      c.tokens_per_frame, c.latent_dim)
+        return v_actions, v_future
+
+    # ------------------------------------------------------------------ training
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Flow-matching loss of a batch mixing tasks, roles and embodiments sample by sample.
+
+        Keys (B samples; physical units; widths W_a <= max_action_dim, W_s <= max_state_dim, zero
+        padded beyond each embodiment's own dims; grid = config.latent_grid or 14x14):
+
+        - ``embodiment_id`` (B,) int: slot in ``config.embodiments``
+        - ``task`` (B,) int: 0 policy, 1 forward dynamics, 2 inverse dynamics, 3 forecasting
+        - ``role`` (B,) int: 0 high, 1 low, 2 actionless (see ``allowed_tasks``)
+        - ``obs_latents`` (B, num_obs_frames, gh, gw, latent_dim) float
+        - ``future_latents`` (B, num_future_frames, gh, gw, latent_dim) float
+        - ``future_latents_is_pad`` (B, num_future_frames) bool, optional (default all False)
+        - ``state`` (B, W_s) float; ``state_valid`` (B,) bool, optional (default all True)
+        - ``history_actions`` (B, history_action_steps, W_a) float
+        - ``actions`` (B, chunk_size, W_a) float; ``action_is_pad`` (B, chunk_size) bool, optional
+        - ``action_valid`` (B,) bool: False = the sample has no usable actions (values ignored, may be NaN)
+        - ``language`` (B, L, lang_dim) float; ``language_mask`` (B, L) bool
+
+        Role semantics are enforced here, not trusted to the caller: invalid actions never enter
+        as tokens (history and chunk become stand-ins), a disallowed (role, task) pair, a task whose
+        target or clean condition is missing (no valid actions, no valid future frame) contributes
+        exactly zero loss and gradient. Returns the mean loss over samples with an active loss and
+        ``info`` with ``loss``, ``loss/<task>``, ``count/<task>`` (active samples per task),
+        ``loss/action`` and ``loss/visual``.
+        """
+        c = self.config
+        x = self._training_inputs(batch)
+        b, task, eid, dev = x["task"].shape[0], x["task"], x["embodiment_id"], x["task"].device
+        act_valid, fut_valid = x["action_valid"], ~x["future_latents_is_pad"]
+        any_future = fut_valid.any(dim=1)
+        is_action_task = (task == Task.POLICY) | (task == Task.INVERSE_DYNAMICS)
+        allowed = self.role_task_allowed[x["role"], task]
+        action_loss_on = allowed & is_action_task & act_valid & ((task != Task.INVERSE_DYNAMICS) | any_future)
+        visual_loss_on = allowed & ~is_action_task & any_future & ((task != Task.FORWARD_DYNAMICS) | act_valid)
+
+        t = sample_time(b, c.flow, dev)
+        noise_a = torch.randn_like(x["actions"])
+        noise_v = torch.randn_like(x["future_latents"])
+        noisy_a, target_a = interpolate(x["actions"], noise_a, t)
+        noisy_v, target_v = interpolate(x["future_latents"], noise_v, t)
+        dim_mask = self.action_dim_mask[eid]
+        noisy_a = torch.where(dim_mask[:, None, :], noisy_a, 0.0)
+
+        forward_dyn = task == Task.FORWARD_DYNAMICS
+        actions_in = torch.where(is_action_task[:, None, None], noisy_a, x["actions"])
+        actions_present = act_valid[:, None] & (is_action_task[:, None] | (forward_dyn[:, None] & ~x["action_is_pad"]))
+        future_in = torch.where(is_action_task[:, None, None, None], x["future_latents"], noisy_v)
+        future_present = ~is_action_task[:, None] | ((task == Task.INVERSE_DYNAMICS)[:, None] & fut_valid)
+
+        v_a, v_v = self(eid, task, t, x["history_actions"], act_valid, x["state"], x["state_valid"],
+                        actions_in, actions_present, x["obs_latents"], future_in, future_present,
+                        x["language"], x["language_mask"])
+
+        a_mask = (~x["action_is_pad"])[:, :, None] & dim_mask[:, None, :]
+        a_err = torch.where(a_mask, (v_a.float() - target_a) ** 2, 0.0).sum(dim=(1, 2))
+        loss_a = a_err / a_mask.sum(dim=(1, 2)).clamp(min=1)
+        v_err = ((v_v.float() - target_v) ** 2).mean(dim=(2, 3))
+        loss_v = torch.where(fut_valid, v_err, 0.0).sum(dim=1) / fut_valid.sum(dim=1).clamp(min=1)
+        per_sample = (torch.where(action_loss_on, c.action_loss_weight * loss_a, 0.0)
+                      + torch.where(visual_loss_on, c.visual_loss_weight * loss_v, 0.0))
+        active = action_loss_on | visual_loss_on
+        loss = per_sample.sum() / active.sum().clamp(min=1)
+
+        info: dict[str, float] = {"loss": float(loss.detach())}
+        with torch.no_grad():
+            for tk in Task:
+                sel = (task == tk) & active
+                n = int(sel.sum())
+                info[f"count/{tk.name.lower()}"] = n
+                info[f"loss/{tk.name.lower()}"] = float(per_sample[sel].sum() / max(n, 1))
+            info["loss/action"] = float(loss_a[action_loss_on].sum() / max(int(action_loss_on.sum()), 1))
+            info["loss/visual"] = float(loss_v[visual_loss_on].sum() / max(int(visual_loss_on.sum()), 1))
+        return loss, info
+
+    def _training_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Validates the batch (names the bad key) and returns normalised, padded, sanitised tensors."""
+        c = self.config
+        dev = self.action_pos.device
+        missing = [k for k in ("embodiment_id", "task", "role", "obs_latents", "future_latents", "state",
+                               "history_actions", "actions", "action_valid", "language", "language_mask")
+                   if k not in batch]
+        if missing:
+            raise InputError(f"batch is missing key(s) {missing}")
+        task = _int_tensor(batch, "task", dev)
+        if task.dim() != 1:
+            raise InputError(f"batch['task'] must have shape (B,), got {tuple(task.shape)}")
+        b = task.shape[0]
+        eid = _int_tensor(batch, "embodiment_id", dev, (b,), 0, len(c.embodiments) - 1)
+        role = _int_tensor(batch, "role", dev, (b,), 0, len(DataRole) - 1)
+        _check_range("task", task, 0, len(Task) - 1)
+        opt_bool = {"future_latents_is_pad": (b, c.num_future_frames), "state_valid": (b,),
+                    "action_is_pad": (b, c.time.chunk_size)}
+        defaults = {"future_latents_is_pad": False, "state_valid": True, "action_is_pad": False}
+        out: dict[str, torch.Tensor] = {"task": task, "embodiment_id": eid, "role": role}
+        out["action_valid"] = _bool_tensor(batch, "action_valid", dev, (b,))
+        for key, shape in opt_bool.items():
+            out[key] = (_bool_tensor(batch, key, dev, shape) if key in batch
+                        else torch.full(shape, defaults[key], dtype=torch.bool, device=dev))
+
+        out["obs_latents"] = self._latents(batch["obs_latents"], "obs_latents", b, c.num_obs_frames, None)
+        out["future_latents"] = self._latents(batch["future_latents"], "future_latents", b,
+                                              c.num_future_frames, ~out["future_latents_is_pad"])
+        widths = {"actions": c.max_action_dim, "history_actions": c.max_action_dim, "state": c.max_state_dim}
+        steps = {"actions": c.time.chunk_size, "history_actions": c.time.history_action_steps}
+        valid = {"actions": out["action_valid"], "history_actions": out["action_valid"],
+                 "state": out["state_valid"]}
+        for key, width in widths.items():
+            x = _float_tensor(batch, key, dev)
+            shape = (b, x.shape[-1]) if key == "state" else (b, steps[key], x.shape[-1])
+            if x.dim() != len(shape) or tuple(x.shape[:-1]) != shape[:-1] or x.shape[-1] > width:
+                raise InputError(f"batch[{key!r}] must have shape {shape[:-1] + ('W<=' + str(width),)}, "
+                                 f"got {tuple(x.shape)}")
+            x = F.pad(x, (0, width - x.shape[-1]))
+            own = (self.state_dim_mask if key == "state" else self.action_dim_mask)[eid]
+            need = max((self.config.embodiments[i].state_dim if key == "state"
+                        else self.config.embodiments[i].action_dim) for i in eid.unique().tolist())
+            if batch[key].shape[-1] < need:
+                raise InputError(f"batch[{key!r}] is {batch[key].shape[-1]} wide, an embodiment in the "
+                                 f"batch needs {need}")
+            mask = own if key == "state" else own[:, None, :]
+            mask = mask & valid[key].view((b,) + (1,) * (x.dim() - 1))
+            _check_finite(key, x, mask)
+            x = torch.where(mask, x, 0.0)  # invalid / padded entries are exactly 0, never NaN
+            x = (self.normalizer.normalize_state(x, eid) if key == "state"
+                 else self.normalizer.normalize_action(x, eid))
+            out[key] = torch.where(mask, x, 0.0)
+        out["language"], out["language_mask"] = self._language(batch["language"], batch["language_mask"], b)
+        return out
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.inference_mode()
+    def policy(self, obs: Observation | dict[str, Any], num_steps: int | None = None,
+               generator: torch.Generator | None = None, seed: int | None = None) -> torch.Tensor:
+        """Action chunk (B, chunk_size, action_dim) in physical units for the current observation."""
+        return self._sample(obs, Task.POLICY, None, None, num_steps, generator, seed)
+
+    @torch.inference_mode()
+    def forward_dynamics(self, obs: Observation | dict[str, Any], actions: torch.Tensor,
+                         num_steps: int | None = None, generator: torch.Generator | None = None,
+                         seed: int | None = None) -> torch.Tensor:
+        """Future DINO latents (B, num_future_frames, gh, gw, latent_dim) after executing ``actions``.
+
+        ``actions``: (B, chunk_size, action_dim) physical, the chunk starting at t = 0.
+        """
+        return self._sample(obs, Task.FORWARD_DYNAMICS, actions, None, num_steps, generator, seed)
+
+    @torch.inference_mode()
+    def inverse_dynamics(self, obs: Observation | dict[str, Any], future_latents: torch.Tensor,
+                         num_steps: int | None = None, generator: torch.Generator | None = None,
+                         seed: int | None = None) -> torch.Tensor:
+        """Action chunk (B, chunk_size, action_dim) that leads to ``future_latents``.
+
+        ``future_latents``: (B, num_future_frames, gh, gw, latent_dim) DINO units (model grid or 14x14).
+        """
+        return self._sample(obs, Task.INVERSE_DYNAMICS, None, future_latents, num_steps, generator, seed)
+
+    @torch.inference_mode()
+    def forecast(self, obs: Observation | dict[str, Any], num_steps: int | None = None,
+                 generator: torch.Generator | None = None, seed: int | None = None) -> torch.Tensor:
+        """Future DINO latents (B, num_future_frames, gh, gw, latent_dim) without knowing the actions."""
+        return self._sample(obs, Task.FORECAST, None, None, num_steps, generator, seed)
+
+    def _sample(self, obs: Observation | dict[str, Any], task: Task, actions: torch.Tensor | None,
+                future: torch.Tensor | None, num_steps: int | None, generator: torch.Generator | None,
+                seed: int | None) -> torch.Tensor:
+        c = self.config
+        o = self._observation_inputs(obs)
+        b, eid, dev = o["b"], o["embodiment_id"], o["device"]
+        spec = c.embodiments[o["slot"]]
+        steps = c.flow.num_inference_steps if num_steps is None else int(num_steps)
+        act_shape = (b, c.time.chunk_size, c.max_action_dim)
+        fut_shape = (b, c.num_future_frames, c.tokens_per_frame, c.latent_dim)
+        clean_a = torch.zeros(act_shape, device=dev)
+        clean_v = torch.zeros(fut_shape, device=dev)
+        if task == Task.FORWARD_DYNAMICS:
+            a = _check_tensor("actions", actions, (b, c.time.chunk_size, spec.action_dim), dev)
+            a = F.pad(a, (0, c.max_action_dim - spec.action_dim))
+            clean_a = torch.where(self.action_dim_mask[eid][:, None], self.normalizer.normalize_action(a, eid), 0.0)
+        if task == Task.INVERSE_DYNAMICS:
+            clean_v = self._latents(future, "future_latents", b, c.num_future_frames, None)
+        noise = self._noise(act_shape if task in _ACTION_TASKS else fut_shape, generator, seed, dev)
+        task_ids = torch.full((b,), int(task), dtype=torch.long, device=dev)
+        act_present = torch.full((b, c.time.chunk_size), task != Task.FORECAST, device=dev)
+        fut_present = torch.full((b, c.num_future_frames), task != Task.POLICY, device=dev)
+        dim_mask = self.action_dim_mask[eid][:, None]
+        use_bf16 = self.bf16_autocast and dev.type == "cuda"
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if task in _ACTION_TASKS:
+                acts, fut = torch.where(dim_mask, x, 0.0), clean_v
+            else:
+                acts, fut = clean_a, x
+            with amp:
+                v_a, v_v = self(eid, task_ids, t, o["history_actions"], o["history_present"], o["state"],
+                                o["state_present"], acts, act_present, o["obs_latents"], fut, fut_present,
+                                o["language"], o["language_mask"])
+            return v_a if task in _ACTION_TASKS else v_v
+
+        x = euler_sample(velocity, noise, steps)
+        if task in _ACTION_TASKS:
+            return self.normalizer.unnormalize_action(x, eid)[..., : spec.action_dim]
+        return self.normalizer.unnormalize_latent(x).view(b, c.num_future_frames, *c.latent_grid, c.latent_dim)
+
+    def _noise(self, shape: tuple[int, ...], generator: torch.Generator | None, seed: int | None,
+               device: torch.device) -> torch.Tensor:
+        if device.type == "meta":
+            return torch.randn(shape, device=device)
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+        if generator is None:
+            return torch.randn(shape, device=device)
+        return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+    def _observation_inputs(self, obs: Observation | dict[str, Any]) -> dict[str, Any]:
+        """Validates an observation and returns normalised model inputs."""
+        c = self.config
+        if isinstance(obs, dict):
+            unknown = set(obs) - set(Observation.__dataclass_fields__)
+            if unknown:
+                raise InputError(f"observation has unknown field(s) {sorted(unknown)}")
+            obs = Observation(**obs)
+        if not isinstance(obs, Observation):
+            raise InputError(f"obs must be an Observation or dict, got {type(obs).__name__}")
+        try:
+            slot = c.embodiment_index(obs.embodiment)
+        except KeyError as err:
+            raise InputError(f"obs.embodiment: {err.args[0]}") from None
+        spec = c.embodiments[slot]
+        dev = self.action_pos.device
+        lat = obs.history_latents
+        if not isinstance(lat, torch.Tensor) or lat.dim() != 5:
+            raise InputError("obs.history_latents must be a (B, frames, gh, gw, C) tensor, got "
+                             f"{tuple(lat.shape) if isinstance(lat, torch.Tensor) else type(lat).__name__}")
+        b = lat.shape[0]
+        eid = torch.full((b,), slot, dtype=torch.long, device=dev)
+        out: dict[str, Any] = {"b": b, "slot": slot, "embodiment_id": eid, "device": dev}
+        out["obs_latents"] = self._latents(lat, "history_latents", b, c.num_obs_frames, None)
+        mask = obs.language_mask
+        if mask is None and isinstance(obs.language, torch.Tensor) and obs.language.dim() == 3:
+            mask = torch.ones(obs.language.shape[:2], dtype=torch.bool)
+        out["language"], out["language_mask"] = self._language(obs.language, mask, b)
+
+        if obs.state is None:
+            out["state"] = torch.zeros(b, c.max_state_dim, device=dev)
+            out["state_present"] = torch.zeros(b, dtype=torch.bool, device=dev)
+        else:
+            s = F.pad(_check_tensor("state", obs.state, (b, spec.state_dim), dev), (0, c.max_state_dim - spec.state_dim))
+            out["state"] = torch.where(self.state_dim_mask[eid], self.normalizer.normalize_state(s, eid), 0.0)
+            out["state_present"] = torch.ones(b, dtype=torch.bool, device=dev)
+        n_hist = c.time.history_action_steps
+        if obs.history_actions is None:
+            out["history_actions"] = torch.zeros(b, n_hist, c.max_action_dim, device=dev)
+            out["history_present"] = torch.zeros(b, dtype=torch.bool, device=dev)
+        else:
+            a = _check_tensor("history_actions", obs.history_actions, (b, n_hist, spec.action_dim), dev)
+            a = F.pad(a, (0, c.max_action_dim - spec.action_dim))
+            out["history_actions"] = torch.where(self.action_dim_mask[eid][:, None],
+                                                 self.normalizer.normalize_action(a, eid), 0.0)
+            out["history_present"] = torch.ones(b, dtype=torch.bool, device=dev)
+        return out
+
+    def _latents(self, x: Any, name: str, b: int, frames: int, valid: torch.Tensor | None) -> torch.Tensor:
+        """(B, frames, gh, gw, C) physical (model grid or 14x14) -> normalised (B, frames, T, C)."""
+        c = self.config
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        grids = {tuple(c.latent_grid), DINO_GRID}
+        if x.dim() != 5 or x.shape[:2] != (b, frames) or tuple(x.shape[2:4]) not in grids or x.shape[4] != c.latent_dim:
+            raise InputError(f"{name} must have shape ({b}, {frames}, gh, gw, {c.latent_dim}) with (gh, gw) in "
+                             f"{sorted(grids)}, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise InputError(f"{name} must be a float tensor, got {x.dtype}")
+        x = x.to(self.action_pos.device, torch.float32)
+        mask = None if valid is None else valid[:, :, None, None, None]
+        _check_finite(name, x, mask)
+        if mask is not None:
+            x = torch.where(mask, x, 0.0)
+        x = pool_latents(x, c.latent_grid)
+        return self.normalizer.normalize_latent(x.flatten(2, 3))
+
+    def _language(self, lang: Any, mask: Any, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.action_pos.device
+        if not isinstance(lang, torch.Tensor) or lang.dim() != 3 or lang.shape[0] != b \
+                or lang.shape[2] != self.config.lang_dim:
+            shape = tuple(lang.shape) if isinstance(lang, torch.Tensor) else type(lang).__name__
+            raise InputError(f"language must have shape ({b}, L, {self.config.lang_dim}), got {shape}")
+        if not lang.is_floating_point():
+            raise InputError(f"language must be a float tensor, got {lang.dtype}")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(lang.shape[:2]):
+            raise InputError(f"language_mask must be a bool tensor of shape {tuple(lang.shape[:2])}")
+        lang, mask = lang.to(dev, torch.float32), mask.to(dev)
+        _check_finite("language", lang, mask[..., None])
+        return torch.where(mask[..., None], lang, 0.0), mask
+
+
+def _check_finite(name: str, x: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if x.is_meta:
+        return
+    bad = ~torch.isfinite(x)
+    if mask is not None:
+        bad = bad & mask
+    if bool(bad.any()):
+        raise InputError(f"{name} contains NaN or inf in entries that are used")
+
+
+def _check_range(name: str, x: torch.Tensor, lo: int, hi: int) -> None:
+    if not x.is_meta and x.numel() and (int(x.min()) < lo or int(x.max()) > hi):
+        raise InputError(f"batch[{name!r}] values must lie in [{lo}, {hi}]")
+
+
+def _int_tensor(batch: dict[str, Any], key: str, dev: torch.device, shape: tuple[int, ...] | None = None,
+                lo: int | None = None, hi: int | None = None) -> torch.Tensor:
+    x = batch[key]
+    if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
+        raise InputError(f"batch[{key!r}] must be an integer tensor")
+    if shape is not None and tuple(x.shape) != shape:
+        raise InputError(f"batch[{key!r}] must have shape {shape}, got {tuple(x.shape)}")
+    if lo is not None:
+        _check_range(key, x, lo, hi)
+    return x.to(dev, torch.long)
+
+
+def _bool_tensor(batch: dict[str, Any], key: str, dev: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
+    x = batch[key]
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.bool:
+        raise InputError(f"batch[{key!r}] must be a bool tensor")
+    if tuple(x.shape) != shape:
+        raise InputError(f"batch[{key!r}] must have shape {shape}, got {tuple(x.shape)}")
+    return x.to(dev)
+
+
+def _float_tensor(batch: dict[str, Any], key: str, dev: torch.device) -> torch.Tensor:
+    x = batch[key]
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise InputError(f"batch[{key!r}] must be a float tensor")
+    return x.to(dev, torch.float32)
+
+
+def _check_tensor(name: str, x: Any, shape: tuple[int, ...], dev: torch.device) -> torch.Tensor:
+    """Float tensor of exactly ``shape``, all finite; returned as float32 on ``dev``."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if tuple(x.shape) != shape:
+        raise InputError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise InputError(f"{name} must be a float tensor, got {x.dtype}")
+    x = x.to(dev, torch.float32)
+    _check_finite(name, x, None)
+    return x

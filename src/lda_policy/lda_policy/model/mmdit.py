@@ -1,0 +1,133 @@
+"""Multi-modal diffusion transformer (MM-DiT) blocks, paper section III-D.
+
+Two token streams (actions, visual) keep their own norms, QKV/output projections and FFNs, but
+attend jointly in one self-attention per block (SD3-style). Language/VLM tokens are keys and values
+of a cross-attention whose queries are the action and visual tokens. Each stream is modulated by
+AdaLN-Zero from the conditioning vector c (diffusion time + task embedding): shift/scale before
+self-attention and FFN, gates after them, all initialised to zero so every block starts as the
+identity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """AdaLN: x (B, N, D), shift/scale (B, D); scale is a residual around 1 so zero init is identity."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class _Stream(nn.Module):
+    """Per-modality weights of one block."""
+
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        head_dim = hidden // num_heads
+        self.ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+        self.norm_attn = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6)  # QK-norm keeps bf16 attention logits tame
+        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6)
+        self.attn_out = nn.Linear(hidden, hidden)
+        self.norm_cross = nn.LayerNorm(hidden, eps=1e-6)
+        self.cross_q = nn.Linear(hidden, hidden)
+        self.cross_q_norm = nn.RMSNorm(head_dim, eps=1e-6)
+        self.cross_out = nn.Linear(hidden, hidden)
+        self.norm_mlp = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        mlp_hidden = int(hidden * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(hidden, mlp_hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(mlp_hidden, hidden))
+
+
+class MMDiTBlock(nn.Module):
+    """One block: joint self-attention -> cross-attention to language -> per-stream FFN."""
+
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, num_streams: int = 2) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.streams = nn.ModuleList(_Stream(hidden, num_heads, mlp_ratio) for _ in range(num_streams))
+        # Keys/values belong to the language modality, so one projection serves all query streams.
+        self.cross_kv = nn.Linear(hidden, 2 * hidden)
+        self.cross_k_norm = nn.RMSNorm(hidden // num_heads, eps=1e-6)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
+
+    @staticmethod
+    def _merge(x: torch.Tensor) -> torch.Tensor:
+        b, h, n, d = x.shape
+        return x.transpose(1, 2).reshape(b, n, h * d)
+
+    def forward(self, xs: list[torch.Tensor], c: torch.Tensor, ctx: torch.Tensor,
+                ctx_mask: torch.Tensor) -> list[torch.Tensor]:
+        """xs: per-stream tokens (B, N_i, D); c: (B, D); ctx: (B, L, D); ctx_mask: (B, L) bool."""
+        lengths = [x.shape[1] for x in xs]
+        mods = [s.ada_ln(c).chunk(6, dim=-1) for s in self.streams]
+
+        qs, ks, vs = [], [], []
+        for x, s, (shift, scale, _, _, _, _) in zip(xs, self.streams, mods):
+            q, k, v = s.qkv(modulate(s.norm_attn(x), shift, scale)).chunk(3, dim=-1)
+            qs.append(s.q_norm(self._heads(q)))
+            ks.append(s.k_norm(self._heads(k)))
+            vs.append(self._heads(v))
+        out = F.scaled_dot_product_attention(torch.cat(qs, 2), torch.cat(ks, 2), torch.cat(vs, 2))
+        out = self._merge(out).split(lengths, dim=1)
+        xs = [x + gate.unsqueeze(1) * s.attn_out(o)
+              for x, o, s, (_, _, gate, _, _, _) in zip(xs, out, self.streams, mods)]
+
+        k, v = self.cross_kv(ctx).chunk(2, dim=-1)
+        k, v = self.cross_k_norm(self._heads(k)), self._heads(v)
+        q = torch.cat([s.cross_q_norm(self._heads(s.cross_q(s.norm_cross(x))))
+                       for x, s in zip(xs, self.streams)], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx_mask[:, None, None, :])
+        out = self._merge(out).split(lengths, dim=1)
+        xs = [x + s.cross_out(o) for x, o, s in zip(xs, out, self.streams)]
+
+        return [x + gate.unsqueeze(1) * s.mlp(modulate(s.norm_mlp(x), shift, scale))
+                for x, s, (_, _, _, shift, scale, gate) in zip(xs, self.streams, mods)]
+
+
+class MMDiT(nn.Module):
+    """Stack of :class:`MMDiTBlock` plus the final AdaLN of each stream (output heads live outside)."""
+
+    def __init__(self, hidden: int, num_layers: int, num_heads: int, mlp_ratio: float,
+                 num_streams: int = 2) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(MMDiTBlock(hidden, num_heads, mlp_ratio, num_streams)
+                                    for _ in range(num_layers))
+        self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.final_ada_ln = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+                                          for _ in range(num_streams))
+        self.gradient_checkpointing = False  # recompute block activations in backward to save memory
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for block in self.blocks:
+            for s in block.streams:
+                # AdaLN-Zero: zero modulation; cross-attention output zeroed so the block is the identity.
+                nn.init.zeros_(s.ada_ln[-1].weight)
+                nn.init.zeros_(s.cross_out.weight)
+        for ada in self.final_ada_ln:
+            nn.init.zeros_(ada[-1].weight)
+
+    def forward(self, xs: list[torch.Tensor], c: torch.Tensor, ctx: torch.Tensor,
+                ctx_mask: torch.Tensor) -> list[torch.Tensor]:
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                xs = checkpoint(block, xs, c, ctx, ctx_mask, use_reentrant=False)
+            else:
+                xs = block(xs, c, ctx, ctx_mask)
+        out = []
+        for x, ada in zip(xs, self.final_ada_ln):
+            shift, scale = ada(c).chunk(2, dim=-1)
+            out.append(modulate(self.final_norm(x), shift, scale))
+        return out
