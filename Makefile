@@ -20,7 +20,7 @@ test: setup
 	@$(ENV) && scripts/run_tests.sh $(PYTEST_ARGS)
 
 lint: setup
-	@$(ENV) && ruff check src benchmarks scripts
+	@$(ENV) && ruff check .
 
 selftest: setup
 	@$(ENV) && lda-launch launch/selftest.launch.yaml

