@@ -21,6 +21,11 @@ setup(
     tests_require=["pytest"],
     entry_points={
         # Package executables: ros2 run lda_policy <exe>, and pkg/exec in launch files.
-        "console_scripts": [],
+        "console_scripts": [
+            "policy_node = lda_policy.policy_node:main",
+            "safety_monitor_node = lda_policy.safety_monitor_node:main",
+            "dynamics_replay_node = lda_policy.dynamics_replay_node:main",
+            "calibrate_safety = lda_policy.deploy.calibrate:main",
+        ],
     },
 )

@@ -21,6 +21,9 @@ setup(
     tests_require=["pytest"],
     entry_points={
         # Package executables: ros2 run lda_teleop_record <exe>, and pkg/exec in launch files.
-        "console_scripts": [],
+        "console_scripts": [
+            "teleop_recorder = lda_teleop_record.recorder_node:main",
+            "bag2lerobot = lda_teleop_record.bag2lerobot:main",
+        ],
     },
 )

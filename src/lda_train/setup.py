@@ -21,6 +21,9 @@ setup(
     tests_require=["pytest"],
     entry_points={
         # Package executables: ros2 run lda_train <exe>, and pkg/exec in launch files.
-        "console_scripts": [],
+        "console_scripts": [
+            "train = lda_train.cli:train_main",
+            "cache_latents = lda_train.cli:cache_main",
+        ],
     },
 )

@@ -274,8 +274,8 @@ def _preset(name: str, **kw: Any) -> LDAConfig:
 PRESETS: dict[str, LDAConfig] = {
     "lda-1b": _preset("lda-1b", hidden_size=1536, num_layers=16, num_heads=32),
     "lda-0.5b": _preset("lda-0.5b", hidden_size=1024, num_layers=12, num_heads=16),
-    "lda-small": _preset("lda-small", hidden_size=256, num_layers=4, num_heads=8,
+    "lda-small": _preset("lda-small", hidden_size=384, num_layers=4, num_heads=6,
                          latent_grid=(4, 4), lang_dim=384),  # 384: all-MiniLM-L6-v2
-    "lda-tiny": _preset("lda-tiny", hidden_size=128, num_layers=2, num_heads=4,
+    "lda-tiny": _preset("lda-tiny", hidden_size=384, num_layers=2, num_heads=6,
                         latent_grid=(2, 2), lang_dim=384),
 }

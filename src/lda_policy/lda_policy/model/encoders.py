@@ -144,26 +144,20 @@ class Qwen3VLEncoder:
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], images: Sequence[Any] | None = None) -> LanguageEmbedding:
-        """``images``: None or one image per text (uint8 (H, W, 3) array/tensor, (3, H, W) tensor or PIL)."""
+        """``images``: None or one image per text (uint8 (H, W, 3) array or tensor, or PIL image)."""
         if images is not None and len(images) != len(texts):
             raise ValueError(f"got {len(images)} images for {len(texts)} texts")
         prompts = []
-        for i, text in enumerate(texts):
+        for text in texts:
             content = ([{"type": "image"}] if images is not None else []) + [{"type": "text", "text": text}]
             prompts.append(self.processor.apply_chat_template([{"role": "user", "content": content}],
                                                               tokenize=False))
         kwargs: dict[str, Any] = {"text": prompts, "padding": True, "return_tensors": "pt"}
         if images is not None:
-            kwargs["images"] = [_chw_tensor(im) for im in images]
+            kwargs["images"] = list(images)
         inputs = self.processor(**kwargs).to(self.device)
         hidden = self.model.model(**inputs).last_hidden_state
         return LanguageEmbedding(hidden.float(), inputs["attention_mask"].bool())
-
-
-def _chw_tensor(image: Any) -> Any:
-    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == 3:
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    return image
 
 
 def load_language_encoder(kind: str = "minilm", path: str | Path | None = None,

@@ -336,7 +336,8 @@ class LDAModel(nn.Module):
         Role semantics are enforced here, not trusted to the caller: invalid actions never enter
         as tokens (history and chunk become stand-ins), a disallowed (role, task) pair, a task whose
         target or clean condition is missing (no valid actions, no valid future frame) contributes
-        exactly zero loss and gradient. Returns the mean loss over samples with an active loss and
+        exactly zero loss and gradient. Entries flagged as padding never enter the network (zeros
+        where they are noised targets, stand-ins where they are clean conditions) and carry no loss. Returns the mean loss over samples with an active loss and
         ``info`` with ``loss``, ``loss/<task>``, ``count/<task>`` (active samples per task),
         ``loss/action`` and ``loss/visual``.
         """
@@ -424,7 +425,7 @@ class LDAModel(nn.Module):
         # key: (leading shape, narrowest allowed width, padded width, used-entry mask)
         layout = {
             "actions": ((b, c.time.chunk_size), action_need, c.max_action_dim,
-                        amask & out["action_valid"][:, None, None]),
+                        amask & out["action_valid"][:, None, None] & ~out["action_is_pad"][:, :, None]),
             "history_actions": ((b, c.time.history_action_steps), action_need, c.max_action_dim,
                                 amask & out["action_valid"][:, None, None]),
             "state": ((b,), state_need, c.max_state_dim, smask & out["state_valid"][:, None]),

@@ -1,0 +1,290 @@
+"""Executes approved action chunks as a smooth stream of per-hand EEF targets, and holds still otherwise.
+
+ROS-free: the policy node calls :meth:`ChunkExecutor.add_chunk` when an approved chunk arrives,
+:meth:`ChunkExecutor.on_status` for every ``SafetyStatus`` (verdicts and heartbeats), and
+:meth:`ChunkExecutor.step` from its 10 Hz control timer; ``step`` returns the targets to publish.
+
+Timing (all times in seconds on one clock, the node's ROS clock):
+
+- A chunk is a trajectory of absolute targets: row ``k`` is the command for time ``stamp + k*dt``,
+  where ``stamp`` is the stamp of the observation it was predicted from. ``step(now)`` samples each
+  chunk at ``now + command_lead_s`` (linear/slerp interpolation between rows), so the rows whose
+  time passed while the model and the monitor were thinking are skipped: **latency compensation**
+  by the observation stamp, not by the arrival time.
+- **Hand-over**: a new chunk does not replace the old one at once. Its weight rises linearly from 0
+  to 1 over ``blend_time_s`` after it arrives (a cross-fade of the two trajectories, each sampled at
+  the same time), so the commanded target is continuous in time: there is no jump at chunk
+  boundaries, and once the new chunk's weight reaches 1 the older ones are dropped.
+- **Hold**: the executor holds still - it commands the EEF pose *measured* when the hold began
+  (latched, so measurement noise does not make it creep) and the last *commanded* finger values
+  (so a grasped object is not released: commanding the measured width of a closed gripper would
+  relax its grip) - whenever any of these holds:
+
+  * no ``SafetyStatus`` was ever received, or none for ``heartbeat_timeout_s`` (monitor dead, hung
+    or disconnected: the fail-safe for a dead monitor),
+  * the newest status is ``STOP``,
+  * no approved chunk arrived for ``approval_deadline_s`` (monitor or policy fell behind),
+  * every active chunk has run past its last row.
+
+  On entering a hold all active chunks are discarded; only chunks approved later are executed, and
+  they are cross-faded in from the held pose. Chunks predicted from observations older than the last
+  ``STOP`` are never executed, even after a reset.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .geometry import HandsState, HandState, blend_states
+
+STATUS_OK, STATUS_WARN, STATUS_STOP = 0, 1, 2  # lda_msgs/SafetyStatus levels
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Timing of the executor (seconds)."""
+
+    control_rate_hz: float = 10.0  # rate of step() calls (the node's timer); documents dt of targets
+    approval_deadline_s: float = 1.0  # hold when the newest approved chunk arrived longer ago than this
+    heartbeat_timeout_s: float = 0.5  # hold when no SafetyStatus arrived for this long
+    blend_time_s: float = 0.3  # cross-fade duration from the previous trajectory to a new chunk
+    command_lead_s: float = 0.0  # sample chunks this far ahead of now (controller latency)
+    max_chunk_age_s: float = 1.0  # drop a chunk whose observation is older than this on arrival
+
+    def __post_init__(self) -> None:
+        if self.control_rate_hz <= 0:
+            raise ValueError("control_rate_hz must be > 0")
+        for name in ("approval_deadline_s", "heartbeat_timeout_s", "max_chunk_age_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.blend_time_s < 0 or self.command_lead_s < 0:
+            raise ValueError("blend_time_s and command_lead_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class HandTrajectory:
+    """Absolute targets of one hand, one row per chunk step (rows at stamp + k*dt)."""
+
+    positions: np.ndarray  # (N, 3) metres, robot base frame
+    quaternions: np.ndarray  # (N, 4) x, y, z, w
+    fingers: np.ndarray  # (N, F) gripper width / finger joint targets
+
+    def __post_init__(self) -> None:
+        n = len(self.positions)
+        if (n < 1 or self.positions.shape != (n, 3) or self.quaternions.shape != (n, 4) or self.fingers.ndim != 2
+                or len(self.fingers) != n):
+            raise ValueError("HandTrajectory needs (N, 3) positions, (N, 4) quaternions and (N, F) fingers, N >= 1")
+
+    def row(self, i: int) -> HandState:
+        return HandState(self.positions[i], self.quaternions[i], self.fingers[i])
+
+    def is_finite(self) -> bool:
+        return bool(np.isfinite(self.positions).all() and np.isfinite(self.quaternions).all()
+                    and np.isfinite(self.fingers).all())
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """An approved chunk turned into per-hand absolute targets."""
+
+    sequence: int
+    stamp: float  # observation stamp the chunk was predicted from [s]
+    dt: float  # time between rows [s]
+    hands: dict[str, HandTrajectory]
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.hands.values())).positions)
+
+    @property
+    def end(self) -> float:
+        """Time after which the chunk has no row left (its last row is valid until then)."""
+        return self.stamp + self.rows * self.dt
+
+    def sample(self, t: float) -> HandsState:
+        """Targets at time ``t``, interpolated between rows; clamped to the first/last row."""
+        u = min(max((t - self.stamp) / self.dt, 0.0), float(self.rows - 1))
+        i = int(np.floor(u))
+        frac = u - i
+        out = {}
+        for hand, traj in self.hands.items():
+            a = traj.row(i)
+            out[hand] = a if frac <= 1e-9 or i + 1 >= self.rows else blend_states(a, traj.row(i + 1), frac)
+        return out
+
+
+@dataclass
+class _Layer:
+    plan: ChunkPlan | None  # None: the held state
+    start: float  # time its cross-fade began
+
+
+@dataclass
+class Command:
+    """What the node publishes this tick."""
+
+    mode: str  # "execute": targets from chunks; "hold": the held state; "idle": nothing known to hold
+    targets: HandsState | None
+    reason: str  # why we hold (empty when executing)
+    chunk_sequence: int = 0  # newest chunk contributing to the targets (0: none)
+
+
+@dataclass
+class ExecutorStats:
+    accepted: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason -> count
+    last_latency_s: float = float("nan")  # now - stamp of the newest accepted chunk, at its arrival
+    holds: int = 0  # transitions into hold
+
+
+class ChunkExecutor:
+    """Turns approved chunk plans + safety statuses into targets; see the module docstring."""
+
+    def __init__(self, hands: list[str], config: ExecutorConfig | None = None) -> None:
+        if not hands:
+            raise ValueError("the executor needs at least one hand")
+        self.hands = list(hands)
+        self.config = config or ExecutorConfig()
+        self.stats = ExecutorStats()
+        self._layers: list[_Layer] = []
+        self._hold: HandsState | None = None
+        self._holding = True
+        self._hold_reason = "starting"
+        self._status_level: int | None = None
+        self._status_reason = ""
+        self._status_time: float | None = None
+        self._last_accept_time: float | None = None
+        self._last_sequence = -1
+        self._stop_seen_stamp: float | None = None  # chunks observed before this are never executed
+        self._last_output: HandsState | None = None
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_status(self, level: int, reason: str, now: float) -> None:
+        """A SafetyStatus (verdict or heartbeat) arrived at ``now``."""
+        if level == STATUS_STOP and self._status_level != STATUS_STOP:
+            self._stop_seen_stamp = now
+        self._status_level, self._status_reason, self._status_time = int(level), reason, now
+
+    def add_chunk(self, plan: ChunkPlan, now: float) -> tuple[bool, str]:
+        """Offer an approved chunk; returns (accepted, reason when dropped)."""
+        reason = self._reject_reason(plan, now)
+        if reason:
+            self.stats.dropped[reason.split(":")[0]] += 1
+            return False, reason
+        self._last_sequence = plan.sequence
+        self._last_accept_time = now
+        self.stats.accepted += 1
+        self.stats.last_latency_s = now - plan.stamp
+        if not self._layers:
+            self._layers.append(_Layer(None, now))
+        self._layers.append(_Layer(plan, now))
+        return True, ""
+
+    def _reject_reason(self, plan: ChunkPlan, now: float) -> str:
+        if set(plan.hands) != set(self.hands):
+            return f"wrong hands: chunk has {sorted(plan.hands)}, robot has {sorted(self.hands)}"
+        if not all(t.is_finite() for t in plan.hands.values()):
+            return "non-finite: chunk targets contain NaN/inf"
+        if plan.dt <= 0:
+            return f"bad dt: {plan.dt}"
+        if plan.sequence <= self._last_sequence:
+            return f"out of order: sequence {plan.sequence} <= {self._last_sequence}"
+        if self._status_level == STATUS_STOP:
+            return f"safety stop: {self._status_reason}"
+        if self._stop_seen_stamp is not None and plan.stamp < self._stop_seen_stamp:
+            return "before stop: chunk predicted from an observation older than the last STOP"
+        age = now - plan.stamp
+        if age > self.config.max_chunk_age_s:
+            return f"stale: observation {age:.2f} s old > max_chunk_age_s {self.config.max_chunk_age_s}"
+        if now + self.config.command_lead_s >= plan.end:
+            return f"late: all rows of chunk {plan.sequence} are in the past"
+        return ""
+
+    # ------------------------------------------------------------------ control tick
+
+    @property
+    def holding(self) -> bool:
+        return self._holding
+
+    @property
+    def hold_reason(self) -> str:
+        return self._hold_reason if self._holding else ""
+
+    @property
+    def queue_depth(self) -> int:
+        """Chunks currently contributing to the targets."""
+        return sum(1 for layer in self._layers if layer.plan is not None)
+
+    def step(self, now: float, measured: HandsState | None) -> Command:
+        """Targets for time ``now``. ``measured``: the newest measured hand states (None if unknown)."""
+        reason = self._gate(now)
+        if reason:
+            self._enter_hold(reason, measured)
+            if self._hold is None:
+                return Command("idle", None, reason + " (no measured pose to hold yet)")
+            self._last_output = self._hold
+            return Command("hold", dict(self._hold), reason)
+        self._holding = False
+        t = now + self.config.command_lead_s
+        out: HandsState | None = None
+        keep_from = 0
+        for i, layer in enumerate(self._layers):
+            if layer.plan is None and self._hold is None:
+                continue  # nothing was held (no measurement yet): start straight from the chunk
+            sample = self._hold if layer.plan is None else layer.plan.sample(t)
+            if out is None:
+                out = sample
+                continue
+            alpha = 1.0 if self.config.blend_time_s == 0 else min(max((now - layer.start) / self.config.blend_time_s,
+                                                                     0.0), 1.0)
+            if alpha >= 1.0:
+                keep_from = i
+            out = {h: blend_states(out[h], sample[h], alpha) for h in self.hands}
+        if keep_from:
+            del self._layers[:keep_from]
+        self._last_output = out
+        newest = self._layers[-1].plan
+        return Command("execute", dict(out), "", newest.sequence if newest else 0)
+
+    def _gate(self, now: float) -> str:
+        c = self.config
+        if self._status_time is None:
+            return "no SafetyStatus heartbeat received yet"
+        silence = now - self._status_time
+        if silence > c.heartbeat_timeout_s:
+            return f"SafetyStatus heartbeat missing for {silence:.2f} s (> {c.heartbeat_timeout_s} s)"
+        if self._status_level == STATUS_STOP:
+            return f"safety STOP: {self._status_reason}"
+        chunks = [layer.plan for layer in self._layers if layer.plan is not None]
+        if not chunks or self._last_accept_time is None:
+            return "waiting for an approved chunk"
+        since = now - self._last_accept_time
+        if since > c.approval_deadline_s:
+            return f"no approved chunk for {since:.2f} s (> approval_deadline_s {c.approval_deadline_s})"
+        if all(now + c.command_lead_s >= p.end for p in chunks):
+            return f"chunk {chunks[-1].sequence} ran out of rows"
+        return ""
+
+    def _enter_hold(self, reason: str, measured: HandsState | None) -> None:
+        waiting = reason.startswith("waiting")
+        if not self._holding:
+            self.stats.holds += 1
+            self._hold = None
+        self._holding = True
+        self._hold_reason = reason
+        if not waiting:  # a chunk accepted while a safety gate is closed must not resume later
+            dropped = sum(1 for layer in self._layers if layer.plan is not None)
+            if dropped and not reason.startswith(("no approved", "chunk ")):
+                self.stats.dropped["discarded on hold"] += dropped
+            self._layers = []
+        if self._hold is None and measured is not None and all(h in measured and measured[h].is_finite()
+                                                               for h in self.hands):
+            sent = self._last_output or {}  # keep the fingers where they were last commanded
+            self._hold = {h: HandState(measured[h].position.copy(), measured[h].quaternion.copy(),
+                                       (sent[h] if h in sent else measured[h]).fingers.copy()) for h in self.hands}
+        elif self._hold is None and self._last_output is not None:
+            self._hold = dict(self._last_output)  # no usable measurement: hold the last commanded targets

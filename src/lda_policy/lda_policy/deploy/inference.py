@@ -1,0 +1,314 @@
+"""Model runtime for deployment: checkpoint + encoders, camera-frame latents with a cache, state buffers.
+
+ROS-free. The policy node and the safety monitor each own one :class:`ModelRuntime` (the model, the
+DINOv3 observation encoder, the language encoder) and one :class:`FrameLatents` (recent camera frames
+by stamp; each frame is DINO-encoded at most once, lazily, the first time a model call needs it, so a
+control step with history offsets (-0.5 s, 0 s) and a 0.5 s re-planning period encodes only the
+newest frame - the previous one is cached from the previous step, and the monitor's "future" frames
+are the policy's next "current" frames).
+
+Loading errors are :class:`RuntimeLoadError` with a message that names the path and what is wrong,
+so a node can print it and exit non-zero at start-up.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lda_policy.model import CheckpointError, LDAModel, Observation, load_language_encoder, pool_latents
+
+from .geometry import HandsState, HandState, blend_states
+
+
+class RuntimeLoadError(RuntimeError):
+    """A checkpoint or encoder that cannot be loaded; the message names the path."""
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+class ModelRuntime:
+    """LDAModel + DINOv3 + language encoder on one device, with validated physical-unit calls.
+
+    ``checkpoint``: directory written by ``LDAModel.save_pretrained``; ``dino_path``: a local DINOv3
+    directory (``from_pretrained`` format); ``language``: ``"minilm"`` (default, bundled) or
+    ``"qwen3vl"`` with ``language_path``.
+    """
+
+    def __init__(self, checkpoint: str | Path, dino_path: str | Path, language: str = "minilm",
+                 language_path: str | Path | None = None, device: str = "cpu", num_steps: int | None = None) -> None:
+        from lda_policy.model import DinoV3Encoder
+
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeLoadError(f"device '{device}' requested but CUDA is not available")
+        checkpoint = Path(checkpoint).expanduser()
+        if not str(checkpoint) or not checkpoint.is_dir():
+            raise RuntimeLoadError(f"checkpoint directory '{checkpoint}' does not exist")
+        try:
+            self.model = LDAModel.from_pretrained(checkpoint, device=self.device).eval()
+        except (CheckpointError, OSError, ValueError, KeyError) as err:
+            raise RuntimeLoadError(f"cannot load checkpoint '{checkpoint}': {err}") from None
+        self.checkpoint = checkpoint
+        self.config = self.model.config
+        self.num_steps = num_steps or self.config.flow.num_inference_steps
+        dino_path = Path(dino_path).expanduser()
+        if not (dino_path / "config.json").is_file():
+            raise RuntimeLoadError(f"DINOv3 encoder directory '{dino_path}' has no config.json (pass the local "
+                                   "directory of a DINOv3 ViT saved with save_pretrained as dino_path)")
+        try:
+            self.dino = DinoV3Encoder(dino_path, device=self.device)
+        except (OSError, ValueError) as err:
+            raise RuntimeLoadError(f"cannot load the DINOv3 encoder from '{dino_path}': {err}") from None
+        if self.dino.dim != self.config.latent_dim:
+            raise RuntimeLoadError(f"DINOv3 at '{dino_path}' gives {self.dino.dim}-d patches, the checkpoint "
+                                   f"'{checkpoint}' expects {self.config.latent_dim}-d latents")
+        try:
+            self.language = load_language_encoder(language, language_path, device=self.device)
+        except (ImportError, OSError, ValueError) as err:
+            raise RuntimeLoadError(f"cannot load the {language} language encoder "
+                                   f"({language_path or 'bundled'}): {err}") from None
+        if self.language.dim != self.config.lang_dim:
+            raise RuntimeLoadError(f"the {language} language encoder gives {self.language.dim}-d tokens, the "
+                                   f"checkpoint '{checkpoint}' expects lang_dim={self.config.lang_dim}")
+        self._language_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- encoders ------------------------------------------------------------------------------------
+    def encode_image(self, image: np.ndarray) -> torch.Tensor:
+        """One uint8 (H, W, 3) RGB image -> DINO latents (gh, gw, C) pooled to the model grid (CPU)."""
+        lat = self.dino.encode(np.ascontiguousarray(image)[None])
+        return pool_latents(lat, self.config.latent_grid)[0].float().cpu()
+
+    def encode_instruction(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Language tokens (1, L, D) and mask (1, L) of an instruction, cached per text."""
+        if text not in self._language_cache:
+            emb = self.language.encode([text])
+            if len(self._language_cache) > 32:
+                self._language_cache.clear()
+            self._language_cache[text] = (emb.tokens.float(), emb.mask)
+        return self._language_cache[text]
+
+    # -- model calls ---------------------------------------------------------------------------------
+    def observation(self, embodiment: str, history_latents: torch.Tensor, instruction: str,
+                    state: np.ndarray | None, history_actions: np.ndarray | None, batch: int = 1) -> Observation:
+        tokens, mask = self.encode_instruction(instruction)
+        rep = (lambda x: x.expand(batch, *x.shape[1:]).contiguous()) if batch > 1 else (lambda x: x)
+        return Observation(
+            embodiment=embodiment,
+            history_latents=rep(history_latents),
+            language=rep(tokens),
+            language_mask=rep(mask),
+            state=None if state is None else rep(torch.as_tensor(state, dtype=torch.float32)[None]),
+            history_actions=None if history_actions is None
+            else rep(torch.as_tensor(history_actions, dtype=torch.float32)[None]),
+        )
+
+    def policy(self, obs: Observation, seed: int | None = None) -> np.ndarray:
+        """Action chunk (chunk_size, action_dim) float64, physical units."""
+        out = self.model.policy(obs, num_steps=self.num_steps, seed=seed)
+        return out[0].double().cpu().numpy()
+
+    def forward_dynamics(self, obs: Observation, actions: np.ndarray, seed: int = 0) -> torch.Tensor:
+        """Predicted future latents (num_future_frames, gh, gw, C), averaged over the batch of ``obs``
+        (one flow sample per batch row, rows seeded together by ``seed``)."""
+        b = obs.history_latents.shape[0]
+        a = torch.as_tensor(np.asarray(actions), dtype=torch.float32)[None].expand(b, -1, -1).contiguous()
+        out = self.model.forward_dynamics(obs, a, num_steps=self.num_steps, seed=seed)
+        return out.float().mean(dim=0).cpu()
+
+    @property
+    def latent_mid(self) -> torch.Tensor:
+        return self.model.normalizer.latent_mid
+
+    @property
+    def latent_half(self) -> torch.Tensor:
+        return self.model.normalizer.latent_half
+
+
+def set_torch_threads(threads: int) -> None:
+    """Limit intra-op threads (0 leaves torch's default); two model processes on few cores otherwise thrash."""
+    if threads > 0:
+        torch.set_num_threads(int(threads))
+
+
+# ---------------------------------------------------------------------------------------------- frames
+
+
+@dataclass
+class _Frame:
+    stamp: float
+    image: np.ndarray | None
+    latent: torch.Tensor | None = None
+
+
+class FrameLatents:
+    """Recent camera frames by stamp, DINO-encoded lazily at most once each (thread-safe).
+
+    Frames closer than ``min_period_s`` to the previous stored frame are skipped (a 30 Hz camera is
+    sub-sampled), frames older than ``keep_s`` behind the newest are forgotten. :meth:`history`
+    returns the model's history input at a time; :meth:`latent_near` one frame's latents.
+    """
+
+    def __init__(self, encode: Callable[[np.ndarray], torch.Tensor], min_period_s: float = 0.05,
+                 keep_s: float = 4.0, tolerance_s: float = 0.1) -> None:
+        self.encode = encode
+        self.min_period_s = float(min_period_s)
+        self.keep_s = float(keep_s)
+        self.tolerance_s = float(tolerance_s)
+        self._frames: deque[_Frame] = deque()
+        self._lock = threading.Lock()
+        self.encoded = 0  # frames encoded so far (diagnostics: one per step in steady state)
+        self.encode_time_s = 0.0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._frames.clear()
+
+    @property
+    def newest_stamp(self) -> float | None:
+        with self._lock:
+            return self._frames[-1].stamp if self._frames else None
+
+    def add(self, stamp: float, image: np.ndarray) -> bool:
+        """Store a frame (not encoded yet). Returns False when skipped (too close / not newer)."""
+        with self._lock:
+            if self._frames and stamp < self._frames[-1].stamp + self.min_period_s:
+                return False
+            self._frames.append(_Frame(float(stamp), image))
+            while self._frames and self._frames[0].stamp < stamp - self.keep_s:
+                self._frames.popleft()
+            return True
+
+    def _nearest(self, t: float) -> _Frame | None:
+        with self._lock:
+            if not self._frames:
+                return None
+            best = min(self._frames, key=lambda f: abs(f.stamp - t))
+        return best if abs(best.stamp - t) <= self.tolerance_s else None
+
+    def _latent(self, frame: _Frame) -> torch.Tensor:
+        if frame.latent is None:
+            t0 = time.perf_counter()
+            frame.latent = self.encode(frame.image)
+            self.encode_time_s += time.perf_counter() - t0
+            self.encoded += 1
+            frame.image = None  # the pixels are not needed any more
+        return frame.latent
+
+    def latent_near(self, t: float) -> tuple[float, torch.Tensor] | None:
+        """(stamp, latents) of the stored frame nearest ``t`` within ``tolerance_s``, else None."""
+        frame = self._nearest(t)
+        return None if frame is None else (frame.stamp, self._latent(frame))
+
+    def history(self, now: float, offsets_s: Sequence[float]) -> tuple[torch.Tensor, list[bool]]:
+        """Latents (1, len(offsets), gh, gw, C) of the frames nearest ``now + offset``.
+
+        Offsets before the oldest stored frame get the oldest frame and are flagged as padding
+        (start-up, as LeRobot pads episode starts); a missing frame inside the stored span raises
+        ``LookupError`` naming the time.
+        """
+        with self._lock:
+            oldest = self._frames[0].stamp if self._frames else None
+        if oldest is None:
+            raise LookupError("no camera frame stored yet")
+        latents, pad = [], []
+        for off in offsets_s:
+            t = now + off
+            if t < oldest - self.tolerance_s:
+                frame, is_pad = self._nearest(oldest), True
+            else:
+                frame, is_pad = self._nearest(t), False
+            if frame is None:
+                raise LookupError(f"no camera frame within {self.tolerance_s} s of t={t:.3f}")
+            latents.append(self._latent(frame))
+            pad.append(is_pad)
+        return torch.stack(latents)[None], pad
+
+
+# ---------------------------------------------------------------------------------------------- states
+
+
+class HandStateBuffer:
+    """Timestamped EEF poses and gripper values per hand; interpolated hand states at a time (thread-safe)."""
+
+    def __init__(self, hands: Sequence[str], keep_s: float = 4.0) -> None:
+        self.hands = list(hands)
+        self.keep_s = keep_s
+        self._poses: dict[str, deque[tuple[float, np.ndarray, np.ndarray]]] = {h: deque() for h in self.hands}
+        self._grippers: dict[str, deque[tuple[float, np.ndarray]]] = {h: deque() for h in self.hands}
+        self._lock = threading.Lock()
+
+    def add_pose(self, hand: str, stamp: float, position, quaternion) -> None:
+        with self._lock:
+            buf = self._poses[hand]
+            if buf and stamp <= buf[-1][0]:
+                return
+            buf.append((float(stamp), np.asarray(position, dtype=np.float64), np.asarray(quaternion, dtype=np.float64)))
+            while buf and buf[0][0] < stamp - self.keep_s:
+                buf.popleft()
+
+    def add_fingers(self, hand: str, stamp: float, values) -> None:
+        with self._lock:
+            buf = self._grippers[hand]
+            if buf and stamp <= buf[-1][0]:
+                return
+            buf.append((float(stamp), np.atleast_1d(np.asarray(values, dtype=np.float64))))
+            while buf and buf[0][0] < stamp - self.keep_s:
+                buf.popleft()
+
+    def newest_stamps(self) -> dict[str, float | None]:
+        """Stamp of the newest sample of each stream ("<hand>/pose", "<hand>/gripper"), None if none yet."""
+        with self._lock:
+            out = {}
+            for h in self.hands:
+                out[f"{h}/pose"] = self._poses[h][-1][0] if self._poses[h] else None
+                out[f"{h}/gripper"] = self._grippers[h][-1][0] if self._grippers[h] else None
+            return out
+
+    def latest(self) -> HandsState | None:
+        """Newest sample of every stream (None until each hand has a pose and a gripper value)."""
+        with self._lock:
+            if not all(self._poses[h] and self._grippers[h] for h in self.hands):
+                return None
+            return {h: HandState.make(self._poses[h][-1][1], self._poses[h][-1][2], self._grippers[h][-1][1])
+                    for h in self.hands}
+
+    def at(self, t: float, tolerance_s: float) -> HandsState | None:
+        """Hand states interpolated at ``t``; the nearest sample is used up to ``tolerance_s`` outside
+        the buffered span. None when a stream has no sample close enough."""
+        out = {}
+        with self._lock:
+            for h in self.hands:
+                pose = _interp([(s, HandState.make(p, q, [0.0])) for s, p, q in self._poses[h]], t, tolerance_s)
+                grip = _interp([(s, g) for s, g in self._grippers[h]], t, tolerance_s)
+                if pose is None or grip is None:
+                    return None
+                out[h] = HandState(pose.position, pose.quaternion, np.asarray(grip, dtype=np.float64))
+        return out
+
+
+def _interp(samples: list, t: float, tolerance_s: float):
+    if not samples:
+        return None
+    times = [s for s, _ in samples]
+    if t <= times[0]:
+        return samples[0][1] if times[0] - t <= tolerance_s else None
+    if t >= times[-1]:
+        return samples[-1][1] if t - times[-1] <= tolerance_s else None
+    i = int(np.searchsorted(times, t))
+    (t0, a), (t1, b) = samples[i - 1], samples[i]
+    alpha = (t - t0) / (t1 - t0)
+    if isinstance(a, HandState):
+        return blend_states(a, b, alpha)
+    return a + alpha * (b - a)

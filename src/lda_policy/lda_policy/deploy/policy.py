@@ -1,0 +1,130 @@
+"""The policy side of deployment, ROS-free: observations in, proposed chunks out, approved chunks -> plans.
+
+:class:`PolicyRunner` is what ``policy_node`` wraps. Callbacks feed it camera frames, EEF poses,
+finger states and the instruction (cheap: they only store); a worker thread calls :meth:`propose`
+(DINO-encodes the newest frame, runs the policy objective) and publishes the result; approved chunks
+come back through :meth:`plan_approved`, which checks they are the chunks this runner proposed
+(same sequence, same actions) and chains them into per-hand targets from the states measured at
+their observation.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .chunk_executor import ChunkPlan
+from .geometry import HandsState
+from .inference import FrameLatents, HandStateBuffer, ModelRuntime
+from .robot import RobotInterface
+
+
+@dataclass
+class ProposedChunk:
+    """A chunk in physical units as it goes on /lda/proposed_chunk."""
+
+    sequence: int
+    stamp: float  # observation (camera) stamp [s]
+    dt: float
+    embodiment: str
+    dimension_names: list[str]
+    actions: np.ndarray  # (H, A) float64
+    inference_time: float  # [s], encoders included
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    max_image_age_s: float = 0.5  # do not predict from a camera frame older than this
+    state_tolerance_s: float = 0.15  # EEF/finger samples may be this far from the frame stamp
+    frame_period_s: float = 0.05  # camera frames closer than this are not stored
+    seed: int = -1  # flow-sampling seed (-1: a fresh sample per call)
+    anchors_kept: int = 64  # proposals remembered for matching approvals
+
+
+class PolicyRunner:
+    """Assembles observations, runs the policy objective, turns approved chunks into plans (thread-safe)."""
+
+    def __init__(self, runtime: ModelRuntime, robot: RobotInterface, settings: PolicySettings | None = None) -> None:
+        self.runtime = runtime
+        self.robot = robot
+        self.settings = settings or PolicySettings()
+        robot.check_model(runtime.config)
+        t = runtime.config.time
+        self.obs_offsets = t.obs_offsets_s
+        self.history_steps = t.history_action_steps
+        self.frames = FrameLatents(runtime.encode_image, min_period_s=self.settings.frame_period_s,
+                                   keep_s=max(4.0, 2 - min(self.obs_offsets)), tolerance_s=0.1)
+        self.states = HandStateBuffer(robot.hands)
+        self._instruction: str | None = None
+        self._sequence = 0
+        self._proposals: OrderedDict[int, tuple[ProposedChunk, HandsState]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.last_camera_stamp: float | None = None
+
+    # -- inputs (cheap, from callbacks) --------------------------------------------------------------
+    def set_instruction(self, text: str) -> None:
+        self._instruction = text.strip() or None
+
+    @property
+    def instruction(self) -> str | None:
+        return self._instruction
+
+    def on_frame(self, stamp: float, image: np.ndarray) -> None:
+        self.last_camera_stamp = stamp
+        self.frames.add(stamp, image)
+
+    # -- proposing (worker thread) -------------------------------------------------------------------
+    def not_ready(self, now: float) -> str:
+        """Why a chunk cannot be proposed now ('' when it can)."""
+        if self._instruction is None:
+            return "no instruction yet (publish one on the instruction topic)"
+        newest = self.frames.newest_stamp
+        if newest is None:
+            return "no camera frame yet"
+        if now - newest > self.settings.max_image_age_s:
+            return f"camera frame is {now - newest:.2f} s old (> max_image_age_s {self.settings.max_image_age_s})"
+        if self.states.at(newest, self.settings.state_tolerance_s) is None:
+            return "no EEF pose / finger state near the camera stamp"
+        return ""
+
+    def propose(self, now: float) -> ProposedChunk | None:
+        """Predict a chunk from the newest frame (None when not ready: see :meth:`not_ready`)."""
+        if self.not_ready(now):
+            return None
+        t0 = time.perf_counter()
+        stamp = self.frames.newest_stamp
+        anchor = self.states.at(stamp, self.settings.state_tolerance_s)
+        if anchor is None:
+            return None
+        history, _pad = self.frames.history(stamp, self.obs_offsets)
+        hist_actions = self.robot.history_actions(self.states, stamp, self.history_steps,
+                                                  self.settings.state_tolerance_s)
+        obs = self.runtime.observation(self.robot.embodiment, history, self._instruction,
+                                       self.robot.state_vector(anchor), hist_actions)
+        actions = self.runtime.policy(obs, seed=None if self.settings.seed < 0 else self.settings.seed)
+        with self._lock:
+            self._sequence += 1
+            chunk = ProposedChunk(self._sequence, stamp, self.robot.dt, self.robot.embodiment,
+                                  self.robot.dimension_names, actions, time.perf_counter() - t0)
+            self._proposals[chunk.sequence] = (chunk, anchor)
+            while len(self._proposals) > self.settings.anchors_kept:
+                self._proposals.popitem(last=False)
+        return chunk
+
+    # -- approvals -----------------------------------------------------------------------------------
+    def plan_approved(self, sequence: int, actions: np.ndarray, embodiment: str) -> tuple[ChunkPlan | None, str]:
+        """The plan of an approved chunk, or (None, reason) when it is not one this runner proposed."""
+        with self._lock:
+            entry = self._proposals.get(int(sequence))
+        if entry is None:
+            return None, f"unknown: chunk {sequence} was not proposed by this policy (or is too old)"
+        chunk, anchor = entry
+        a = np.asarray(actions, dtype=np.float64)
+        if embodiment != chunk.embodiment or a.shape != chunk.actions.shape or not np.isfinite(a).all() \
+                or not np.allclose(a, chunk.actions, rtol=1e-5, atol=1e-6):
+            return None, f"mismatch: approved chunk {sequence} differs from the proposal"
+        return self.robot.plan(chunk.actions, anchor, chunk.sequence, chunk.stamp, chunk.dt), ""

@@ -1,0 +1,178 @@
+"""Message conversions and QoS profiles shared by the deployment nodes (the one ROS-dependent module here).
+
+Everything else in :mod:`lda_policy.deploy` is ROS-free; the nodes use these helpers to go between
+messages and the NumPy values the cores take. Images are converted with NumPy (``cv_bridge`` is not
+needed): ``rgb8``, ``bgr8``, ``rgba8``, ``bgra8``, ``mono8`` raw images, and JPEG/PNG compressed
+images through OpenCV when it is importable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+from .policy import ProposedChunk
+
+#: Camera, EEF poses, finger states: best-effort, keep the newest few (a late frame is a useless frame).
+SENSOR_QOS = qos_profile_sensor_data
+#: Chunks, safety statuses, targets, gripper commands: reliable, shallow queue.
+COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                         durability=DurabilityPolicy.VOLATILE)
+#: The instruction: reliable + transient-local, so a node started later still gets the current task.
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class ImageError(ValueError):
+    """An image message that cannot be converted (encoding, size)."""
+
+
+def stamp_to_sec(stamp) -> float:
+    return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
+
+
+def sec_to_stamp(t: float) -> Time:
+    sec = int(np.floor(t))
+    return Time(sec=sec, nanosec=min(int(round((t - sec) * 1e9)), 999_999_999))
+
+
+_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC3": 3, "8UC1": 1}
+
+
+def image_to_rgb(msg) -> np.ndarray:
+    """sensor_msgs/Image -> (H, W, 3) uint8 RGB (copy)."""
+    enc = msg.encoding
+    if enc not in _CHANNELS:
+        raise ImageError(f"unsupported image encoding '{enc}' (supported: {sorted(_CHANNELS)})")
+    ch = _CHANNELS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h == 0 or w == 0 or step < w * ch or len(msg.data) < h * step:
+        raise ImageError(f"image {w}x{h} step {step} has {len(msg.data)} bytes")
+    buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)[: h * step].reshape(h, step)[:, : w * ch]
+    img = buf.reshape(h, w, ch)
+    if ch == 1:
+        return np.repeat(img, 3, axis=2)
+    if enc.startswith("bgr"):
+        img = img[..., [2, 1, 0]]
+    return np.ascontiguousarray(img[..., :3])
+
+
+def compressed_to_rgb(msg) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg/png) -> (H, W, 3) uint8 RGB."""
+    try:
+        import cv2
+    except ImportError:
+        raise ImageError("compressed images need OpenCV (python3-opencv / opencv-python)") from None
+    img = cv2.imdecode(np.frombuffer(bytes(msg.data), dtype=np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ImageError(f"cannot decode a compressed image of format '{msg.format}'")
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str = ""):
+    """(H, W, 3) uint8 RGB -> sensor_msgs/Image (rgb8)."""
+    from sensor_msgs.msg import Image
+
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0, step=rgb.shape[1] * 3)
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.data = rgb.tobytes()
+    return msg
+
+
+def pose_arrays(msg) -> tuple[np.ndarray, np.ndarray]:
+    """geometry_msgs/PoseStamped -> (position (3,), quaternion xyzw (4,))."""
+    p, q = msg.pose.position, msg.pose.orientation
+    return np.array([p.x, p.y, p.z], dtype=np.float64), np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
+
+
+def pose_stamped(position, quaternion, stamp: Time, frame_id: str):
+    from geometry_msgs.msg import PoseStamped
+
+    msg = PoseStamped()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in position)
+    (msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z,
+     msg.pose.orientation.w) = (float(v) for v in quaternion)
+    return msg
+
+
+def chunk_to_msg(chunk: ProposedChunk, frame_id: str = ""):
+    from lda_msgs.msg import ActionChunk
+
+    a = np.asarray(chunk.actions, dtype=np.float32)
+    msg = ActionChunk()
+    msg.header.stamp = sec_to_stamp(chunk.stamp)
+    msg.header.frame_id = frame_id
+    msg.embodiment = chunk.embodiment
+    msg.horizon, msg.action_dim = int(a.shape[0]), int(a.shape[1])
+    msg.dt = float(chunk.dt)
+    msg.dimension_names = list(chunk.dimension_names)
+    msg.actions = a.reshape(-1).tolist()
+    msg.sequence = int(chunk.sequence)
+    msg.inference_time = float(chunk.inference_time)
+    return msg
+
+
+def msg_to_chunk(msg) -> ProposedChunk:
+    """lda_msgs/ActionChunk -> ProposedChunk; a length mismatch gives NaN actions of the declared shape
+    (so the monitor refuses it with a clear reason instead of crashing)."""
+    h, a = int(msg.horizon), int(msg.action_dim)
+    flat = np.asarray(msg.actions, dtype=np.float64)
+    actions = flat.reshape(h, a) if flat.size == h * a and h * a > 0 else np.full((max(h, 1), max(a, 1)), np.nan)
+    return ProposedChunk(int(msg.sequence), stamp_to_sec(msg.header.stamp), float(msg.dt), msg.embodiment,
+                         list(msg.dimension_names), actions, float(msg.inference_time))
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+
+
+class ParameterError(ValueError):
+    """A node parameter with a bad value; the message names it."""
+
+
+def declare(node, name: str, default, description: str, *, read_only: bool = True, low: float | None = None,
+            high: float | None = None, choices: list[str] | None = None, required: bool = False):
+    """Declare a parameter with a descriptor (description, read-only, range) and return its value.
+
+    Ranges are also checked here (rclpy only enforces them on set): a value outside ``[low, high]``,
+    not in ``choices``, or an empty ``required`` string raises :class:`ParameterError`.
+    """
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    extra = []
+    if choices:
+        extra.append(f"one of {choices}")
+    if required:
+        extra.append("required")
+    desc = ParameterDescriptor(description=description + (f" ({'; '.join(extra)})" if extra else ""),
+                               read_only=read_only)
+    if low is not None or high is not None:
+        if isinstance(default, float):
+            desc.floating_point_range = [FloatingPointRange(from_value=float(-1e300 if low is None else low),
+                                                            to_value=float(1e300 if high is None else high))]
+        elif isinstance(default, int) and not isinstance(default, bool):
+            desc.integer_range = [IntegerRange(from_value=int(-(2**62) if low is None else low),
+                                               to_value=int(2**62 if high is None else high), step=0)]
+    value = node.declare_parameter(name, default, desc).value
+    if required and (value is None or (isinstance(value, str) and not value.strip())):
+        raise ParameterError(f"parameter '{name}' is required: {description}")
+    if choices and value not in choices:
+        raise ParameterError(f"parameter '{name}' is '{value}'; choose one of {choices}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ParameterError(f"parameter '{name}' = {value} is outside [{low}, {high}]")
+    return value
+
+
+def diagnostic_status(name: str, hardware_id: str, level: int, message: str, values: dict):
+    """diagnostic_msgs/DiagnosticStatus with key/values as strings (level: 0 OK, 1 WARN, 2 ERROR, 3 STALE)."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+    status = DiagnosticStatus(level=bytes([level]), name=name, message=message[:200], hardware_id=hardware_id)
+    status.values = [KeyValue(key=str(k), value=(f"{v:.4g}" if isinstance(v, float) else str(v)))
+                     for k, v in values.items()]
+    return status

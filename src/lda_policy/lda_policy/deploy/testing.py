@@ -1,0 +1,256 @@
+"""Small fixtures for the deployment tests and benchmark: a robot config, synthetic scenes, a random-weight
+checkpoint with calibration, and a fake robot made of real rclpy publishers.
+
+Everything is small enough for a CPU: 64 x 48 camera images, a one-layer random DINOv3 ViT (384-d
+patches at 64 px -> a 4 x 4 grid, pooled to the model grid), the ``lda-tiny`` preset.
+
+The random-weight model's forward-dynamics prediction does not depend on its inputs (its latent
+decoder starts at zero, so the flow sample is the latent normalisation's mid-range plus scaled noise).
+The checkpoint therefore gets latent statistics measured on scene A, and a calibration measured on
+scene A episodes: scene A then looks "as expected" and any other scene is surprising, which is what
+the monitor's plumbing tests need. A trained checkpoint makes the same comparison meaningful per
+action.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+TEST_ROBOT = "test_arm"
+IMAGE_W, IMAGE_H = 64, 48
+HOME = (np.array([0.45, 0.0, 0.25]), np.array([1.0, 0.0, 0.0, 0.0]))  # EEF pointing down, base frame
+
+
+def write_robot_config(path: str | Path, robot: str = TEST_ROBOT, camera_topic: str = "/test/head/image_raw") -> Path:
+    """A one-arm robot config in the recorder's format (config/robots/*.yaml)."""
+    path = Path(path)
+    cfg = {
+        "robot": robot,
+        "description": "single arm with a parallel gripper (deployment tests)",
+        "fps": 10,
+        "base_frame": "base",
+        "cameras": [{"name": "head", "topic": camera_topic, "type": "raw", "width": IMAGE_W, "height": IMAGE_H}],
+        "hands": [{"name": "right", "pose_topic": "/robot/right/eef_pose",
+                   "gripper_topic": "/robot/right/gripper_state",
+                   "fingers": {"type": "width", "joints": ["finger_joint1", "finger_joint2"], "scale": 1.0}}],
+    }
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def scene_image(scene: str, position: np.ndarray | None = None, t: float = 0.0) -> np.ndarray:
+    """(48, 64, 3) uint8. Scene "a": a grey table with a red block under the gripper (it moves with the EEF
+    x/y) and a little sensor noise. Scene "b": a different room (saturated colour tiles)."""
+    rng = np.random.default_rng(int(t * 1000) % 2**32)
+    if scene == "a":
+        img = np.full((IMAGE_H, IMAGE_W, 3), (120, 120, 115), dtype=np.float64)
+        img[: IMAGE_H // 3] = (170, 180, 190)  # wall
+        p = HOME[0] + np.clip((HOME[0] if position is None else position) - HOME[0], -0.04, 0.04)
+        cx = int(np.clip(IMAGE_W / 2 + (p[1] - HOME[0][1]) * 60, 6, IMAGE_W - 7))
+        cy = int(np.clip(IMAGE_H * 0.65 + (p[0] - HOME[0][0]) * 60, 6, IMAGE_H - 7))
+        img[cy - 5:cy + 5, cx - 5:cx + 5] = (200, 30, 30)
+        img += rng.normal(0, 2.0, img.shape)
+    elif scene == "b":
+        tiles = np.random.default_rng(7).integers(0, 256, (6, 8, 3))
+        img = np.kron(tiles, np.ones((8, 8, 1))).astype(np.float64) + rng.normal(0, 2.0, (IMAGE_H, IMAGE_W, 3))
+    else:
+        raise ValueError(f"unknown scene {scene!r}")
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_checkpoint(directory: str | Path, robot_config: str | Path, preset: str = "lda-tiny", seed: int = 0,
+                    calibrate: bool = True, instruction: str = "pick up the red block") -> dict[str, Path]:
+    """Write ``<dir>/ckpt`` (random weights, test statistics, safety_calibration.json) and ``<dir>/dino``."""
+    import torch
+
+    from lda_policy.model import (
+        DinoV3Encoder,
+        EmbodimentSpec,
+        LDAModel,
+        RobustStats,
+        pool_latents,
+        write_random_dinov3_checkpoint,
+    )
+
+    from .robot import RobotInterface
+
+    directory = Path(directory)
+    robot = RobotInterface(robot_config)
+    dino_dir = write_random_dinov3_checkpoint(directory / "dino", num_layers=1, image_size=64, seed=seed)
+    torch.manual_seed(seed)
+    spec = EmbodimentSpec(robot.embodiment, robot.action_dim, robot.state_dim, "deployment test arm")
+    model = LDAModel.from_preset(preset, embodiments=(spec,))
+    # Small, safe actions: +-4 mm and +-0.01 rad per step, gripper near 4 cm.
+    n_f = robot.action_dim - 6
+    model.normalizer.set_embodiment_stats(
+        robot.embodiment,
+        RobustStats((-0.004,) * 3 + (-0.01,) * 3 + (0.039,) * n_f, (0.004,) * 3 + (0.01,) * 3 + (0.041,) * n_f),
+        RobustStats((0.2, -0.3, 0.0, -1, -1, -1, -1) + (0.0,) * n_f, (0.7, 0.3, 0.5, 1, 1, 1, 1) + (0.08,) * n_f))
+    dino = DinoV3Encoder(dino_dir)
+    rng = np.random.default_rng(seed)
+    frames = [scene_image("a", HOME[0] + rng.normal(0, 0.05, 3) * [1, 1, 0], t=i * 0.1) for i in range(32)]
+    lat = pool_latents(dino.encode(np.stack(frames)), model.config.latent_grid)
+    model.normalizer.set_latent_stats(RobustStats.from_array(lat))
+    ckpt = model.save_pretrained(directory / "ckpt")
+    out = {"checkpoint": ckpt, "dino_path": dino_dir, "robot_config": Path(robot_config)}
+    if calibrate:
+        out["calibration"] = calibrate_on_scene(ckpt, dino_dir, robot_config, instruction, seed=seed)
+    return out
+
+
+def synthetic_episode(robot, steps: int = 60, seed: int = 0, scene: str = "a", dt: float | None = None,
+                      step_std: float = 0.004):
+    """An in-memory Episode: the arm wanders slowly around HOME over scene ``scene``."""
+    from .geometry import HandState
+    from .replay import Episode, ReplayFrame
+
+    rng = np.random.default_rng(seed)
+    dt = dt or robot.dt
+    pos = HOME[0].copy()
+    frames = []
+    for k in range(steps):
+        pos = pos + rng.normal(0, step_std, 3)
+        hands = {h: HandState.make(pos.copy(), HOME[1], [0.04]) for h in robot.hands}
+        frames.append(ReplayFrame(k, 1000.0 + k * dt, scene_image(scene, pos, t=k * dt), hands,
+                                  robot.state_vector(hands)))
+    actions, valid = robot.space.actions_from_states(np.stack([f.state for f in frames]))
+    return Episode(frames, actions, valid, "pick up the red block")
+
+
+def calibrate_on_scene(checkpoint, dino_path, robot_config, instruction: str, seed: int = 0, episodes: int = 4,
+                       num_samples: int = 1, fd_seed: int = 0) -> Path:
+    """Calibrate the surprise on synthetic scene-A episodes (what "training data" is for the test model)."""
+    from .inference import ModelRuntime
+    from .replay import DynamicsReplay, calibration_distances
+    from .robot import RobotInterface
+    from .safety import SafetyCalibration
+
+    robot = RobotInterface(robot_config)
+    runtime = ModelRuntime(checkpoint, dino_path)
+    replays = [DynamicsReplay(runtime, robot, synthetic_episode(robot, 40, seed + e), instruction, None, num_samples,
+                              fd_seed) for e in range(episodes)]
+    d = calibration_distances(replays, every=2)
+    cal = SafetyCalibration.from_distances(d, runtime.config.time.future_offsets_s, runtime.num_steps, num_samples,
+                                           fd_seed, source="synthetic scene-A episodes (deploy tests)")
+    return cal.save(Path(checkpoint))
+
+
+def write_params(path: str | Path, params: dict) -> Path:
+    """A ROS 2 parameter file applying ``params`` to every node (``/**``)."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}, sort_keys=False))
+    return path
+
+
+class FakeRobot:
+    """A robot made of real rclpy publishers/subscribers, driven from a background thread.
+
+    Publishes the head camera (scene "a" or "b"), the EEF pose and the gripper JointState at ``rate_hz``
+    and the instruction (transient-local); follows ``/robot/right/eef_target`` like a perfect position
+    controller (the measured pose becomes the last target). Records what it receives.
+    """
+
+    def __init__(self, node, robot_config: str | Path, rate_hz: float = 10.0,
+                 instruction: str = "pick up the red block") -> None:
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Float64, String
+
+        from lda_msgs.msg import ActionChunk, SafetyStatus
+
+        from .robot import RobotInterface
+        from .ros_io import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
+
+        self.node = node
+        self.robot = RobotInterface(robot_config)
+        self.rate_hz = rate_hz
+        self.scene = "a"
+        self.camera_on = True
+        self.pose_override: tuple | None = None  # (position, quaternion) published instead of the true pose
+        self.position, self.quaternion = HOME[0].copy(), HOME[1].copy()
+        self.gripper = 0.04
+        self.lock = threading.Lock()
+        self.targets: list[tuple[float, np.ndarray, np.ndarray]] = []  # (receive time, position, quaternion)
+        self.gripper_commands: list[float] = []
+        self.statuses: list[tuple[float, object]] = []
+        self.approved: list[tuple[float, object]] = []
+        self.proposed: list[tuple[float, object]] = []
+        cam = self.robot.camera
+        hand = self.robot.config.hands[0]
+        self._Image, self._PoseStamped, self._JointState = Image, PoseStamped, JointState
+        self.pub_image = node.create_publisher(Image, cam.topic, SENSOR_QOS)
+        self.pub_pose = node.create_publisher(PoseStamped, hand.pose_topic, SENSOR_QOS)
+        self.pub_joints = node.create_publisher(JointState, hand.gripper_topic, SENSOR_QOS)
+        self.pub_instruction = node.create_publisher(String, self.robot.config.instruction_topic, LATCHED_QOS)
+        self.pub_proposed = node.create_publisher(ActionChunk, "/lda/proposed_chunk", COMMAND_QOS)
+        node.create_subscription(PoseStamped, "/robot/right/eef_target", self._on_target, COMMAND_QOS)
+        node.create_subscription(Float64, "/robot/right/gripper_command",
+                                 lambda m: self.gripper_commands.append(m.data), COMMAND_QOS)
+        node.create_subscription(SafetyStatus, "/lda/safety_status", lambda m: self._record(self.statuses, m),
+                                 COMMAND_QOS)
+        node.create_subscription(ActionChunk, "/lda/action_chunk", lambda m: self._record(self.approved, m),
+                                 COMMAND_QOS)
+        node.create_subscription(ActionChunk, "/lda/proposed_chunk", lambda m: self._record(self.proposed, m),
+                                 COMMAND_QOS)
+        self.pub_instruction.publish(String(data=instruction))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def _record(self, store: list, msg) -> None:
+        with self.lock:
+            store.append((self.now(), msg))
+
+    def _on_target(self, msg) -> None:
+        from .ros_io import pose_arrays
+
+        pos, quat = pose_arrays(msg)
+        with self.lock:
+            self.targets.append((self.now(), pos, quat))
+            if np.isfinite(pos).all() and np.isfinite(quat).all():
+                self.position, self.quaternion = pos, quat
+
+    def _run(self) -> None:
+        from .ros_io import rgb_to_image, sec_to_stamp
+
+        period = 1.0 / self.rate_hz
+        while not self._stop.wait(period):
+            t = self.now()
+            stamp = sec_to_stamp(t)
+            with self.lock:
+                pos, quat = self.position.copy(), self.quaternion.copy()
+                scene, camera_on, override = self.scene, self.camera_on, self.pose_override
+            if camera_on:
+                self.pub_image.publish(rgb_to_image(scene_image(scene, pos, t), stamp, "head"))
+            pose = self._PoseStamped()
+            pose.header.stamp, pose.header.frame_id = stamp, "base"
+            p, q = override if override is not None else (pos, quat)
+            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in p)
+            (pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z,
+             pose.pose.orientation.w) = (float(v) for v in q)
+            self.pub_pose.publish(pose)
+            js = self._JointState(name=["finger_joint1", "finger_joint2"],
+                                  position=[self.gripper / 2, self.gripper / 2])
+            js.header.stamp = stamp
+            self.pub_joints.publish(js)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    # -- queries ---------------------------------------------------------------------------------------
+    def since(self, store: list, t: float) -> list:
+        with self.lock:
+            return [m for (ts, m) in store if ts >= t]
+
+    def targets_since(self, t: float) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        with self.lock:
+            return [x for x in self.targets if x[0] >= t]
+

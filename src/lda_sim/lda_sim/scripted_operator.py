@@ -1,0 +1,227 @@
+"""ROS-free scripted teleoperator: turns observations into absolute EEF targets and gripper widths.
+
+    op = ScriptedOperator("panda_lift", "low", seed=7)
+    obs = sim.reset(seed=7)
+    while not op.done:
+        targets, grippers = op.act(obs)
+        obs = sim.step(targets, grippers)
+
+Modes mimic the data an LDA user collects: ``high`` is a clean expert (approach above the object, descend,
+close, lift); ``low`` is the real-world kind of teleoperation the paper keeps instead of discarding (pauses,
+detours, hand jitter and drift, sloppy grasps that need retries, some failures); ``actionless`` moves the
+robot through the task like a demonstrator whose actions are not kept, so it is an expert with some jitter.
+The operator reads the privileged object pose, like a human who sees the scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from lda_sim.sim_core import Pose, SimObservation
+
+MODES = ("high", "low", "actionless")
+
+
+@dataclass(frozen=True)
+class TaskScript:
+    """Where the operator's waypoints lie for one robot's task (base frame, metres)."""
+
+    hand: str  # the hand that does the task; the others hold still
+    open_width: float
+    closed_width: float = 0.0
+    hover: float = 0.10  # approach height above the grasp point
+    grasp_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # grip site relative to the object centre
+    lift: float = 0.15
+    align_yaw: bool = False  # turn the gripper to the object's yaw (a box: 90-degree symmetric)
+    lifted_dz: float = 0.03  # the object rose this much: the grasp held
+
+
+TASKS: dict[str, TaskScript] = {
+    "panda_lift": TaskScript(hand="right", open_width=0.08, align_yaw=True),
+    # The can starts in the right-hand bin. The dexterous hand is driven like a gripper (all fingers
+    # close together), which pushes the can more often than it lifts it: a motion source, not an expert.
+    "gr1_pickplace": TaskScript(hand="right", open_width=0.10, hover=0.12, grasp_offset=(0.02, -0.03, 0.03)),
+}
+
+
+@dataclass(frozen=True)
+class Style:
+    """How an operator moves; ``high`` and ``low`` differ only in these numbers."""
+
+    speed: tuple[float, float]  # commanded speed range [m per control step], drawn per attempt
+    jitter: float = 0.0  # per-step hand tremor, std [m]
+    drift: float = 0.0  # slowly wandering offset (random walk) std per step [m]
+    pause_prob: float = 0.0  # chance per step to freeze ...
+    pause_steps: tuple[int, int] = (0, 0)  # ... for this many steps
+    detour_prob: float = 0.0  # chance per attempt to wander off to a wrong spot first
+    detour: float = 0.0  # how far that spot is [m]
+    grasp_error: float = 0.0  # std of the horizontal grasp offset per attempt [m]
+    height_error: float = 0.0  # std of the grasp height error per attempt [m]
+    yaw_error: float = 0.0  # std of the gripper yaw error per attempt [rad]
+    close_steps: int = 8  # steps to wait for the gripper to close
+    max_attempts: int = 3
+
+
+STYLES: dict[str, Style] = {
+    "high": Style(speed=(0.035, 0.04)),
+    "actionless": Style(speed=(0.025, 0.035), jitter=0.002),
+    "low": Style(
+        speed=(0.01, 0.025), jitter=0.004, drift=0.003, pause_prob=0.05, pause_steps=(3, 12),
+        detour_prob=0.6, detour=0.12, grasp_error=0.014, height_error=0.012, yaw_error=0.35, close_steps=12,
+        max_attempts=2,
+    ),
+}
+
+
+class ScriptedOperator:
+    """A finite-state operator for one episode; build a new one (or call ``reset``) per episode."""
+
+    def __init__(self, robot: str, mode: str, seed: int = 0, max_steps: int = 200):
+        if robot not in TASKS:
+            raise ValueError(f"no scripted task for robot '{robot}'; choose one of {sorted(TASKS)}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode '{mode}'; choose one of {list(MODES)}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be positive, got {max_steps}")
+        self.task = TASKS[robot]
+        self.mode = mode
+        self.style = STYLES[mode]
+        self.max_steps = max_steps
+        self.rng = np.random.default_rng(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps = 0
+        self.attempts = 0
+        self.pauses = 0  # pause events, for statistics
+        self.done = False
+        self.success = False
+        self.phase = "start"
+        self._phase_steps = 0
+        self._pause_left = 0
+        self._cmd: np.ndarray | None = None  # commanded position, moved toward the waypoint each step
+        self._quat: np.ndarray | None = None
+        self._drift = np.zeros(3)
+        self._width = self.task.open_width
+        self._settle = 0
+
+    # -- main entry --------------------------------------------------------------------------------
+    def act(self, obs: SimObservation) -> tuple[dict[str, Pose], dict[str, float]]:
+        """One control step: the targets and gripper widths to send for observation ``obs``."""
+        hand = self.task.hand
+        if self._cmd is None:
+            self._cmd = np.array(obs.eef_pos[hand], dtype=float)
+            self._start_rot = Rotation.from_quat(obs.eef_quat[hand])
+            self._begin_attempt(obs)
+        if not self.done:
+            self.steps += 1
+            self._phase_steps += 1
+            if self._pause_left > 0:
+                self._pause_left -= 1
+            elif self.style.pause_prob and self.rng.random() < self.style.pause_prob and self.phase != "start":
+                self._pause_left = int(self.rng.integers(*self.style.pause_steps, endpoint=True))
+                self.pauses += 1
+            else:
+                self._advance(obs)
+            if self.steps >= self.max_steps and not self.done:
+                self._finish(obs.success)
+        target = self._cmd + self._drift + self.rng.normal(0.0, self.style.jitter, 3) * (not self.done)
+        return {hand: (target, self._quat)}, {hand: self._width}
+
+    # -- state machine -----------------------------------------------------------------------------
+    def _advance(self, obs: SimObservation) -> None:
+        hand, task, style = self.task.hand, self.task, self.style
+        eef = np.asarray(obs.eef_pos[hand])
+        obj = np.asarray(obs.object_pos)
+        self._drift = self._drift + self.rng.normal(0.0, style.drift, 3) if style.drift else self._drift
+        self._drift = np.clip(self._drift, -0.015, 0.015)
+        grasp = obj + np.asarray(task.grasp_offset) + self._grasp_error
+        if self.phase == "start":
+            self._goto("detour" if self._detour is not None else "approach")
+        elif self.phase == "detour":
+            if self._move(self._detour, eef, tol=0.03) or self._phase_steps > 40:
+                self._goto("approach")
+        elif self.phase == "approach":
+            hover = grasp + [0.0, 0.0, task.hover]
+            if np.linalg.norm((hover - self._cmd)[:2]) > 0.03:  # travel at hover height, not through the object
+                hover[2] = max(hover[2], self._cmd[2])
+            if self._move(hover, eef, tol=0.015) or self._phase_steps > 50:
+                self._goto("descend")
+        elif self.phase == "descend":
+            if self._move(grasp, eef, tol=0.008) or self._phase_steps > 30:
+                self._object_z = obj[2]
+                self._goto("close")
+        elif self.phase == "close":
+            self._width = task.closed_width
+            self._move(self._cmd, eef)
+            if self._phase_steps >= style.close_steps:
+                self._lift_from, self._lift_eef_z = self._cmd.copy(), eef[2]
+                self._goto("lift")
+        elif self.phase == "lift":
+            reached = self._move(self._lift_from + [0.0, 0.0, task.lift], eef, tol=0.02)
+            if eef[2] - self._lift_eef_z > 0.06 and obj[2] - self._object_z < task.lifted_dz:
+                self._goto("release")  # the object stayed behind: the grasp failed
+            elif reached or self._phase_steps > 40:
+                self._goto("settle")
+        elif self.phase == "release":
+            self._width = task.open_width
+            self._move(self._cmd + [0.0, 0.0, 0.01], eef)
+            if self._phase_steps >= 5:
+                if self.attempts >= style.max_attempts:
+                    self._finish(False)
+                else:
+                    self._begin_attempt(obs)
+                    self._goto("approach")
+        elif self.phase == "settle":
+            self._move(self._cmd, eef)
+            self._settle = self._settle + 1 if obs.success else 0
+            if self._settle >= 3:
+                self._finish(True)
+            elif self._phase_steps > 20:
+                self._finish(bool(obs.success))
+
+    def _begin_attempt(self, obs: SimObservation) -> None:
+        """New grasp attempt: draw this attempt's speed and sloppiness."""
+        style, task = self.style, self.task
+        self.attempts += 1
+        self._speed = float(self.rng.uniform(*style.speed))
+        self._grasp_error = np.zeros(3)
+        self._grasp_error[:2] = self.rng.normal(0.0, style.grasp_error, 2)
+        self._grasp_error[2] = abs(self.rng.normal(0.0, style.height_error))  # people stop short, not below
+        rot = self._start_rot
+        if task.align_yaw:
+            rot = Rotation.from_euler("z", self._yaw_to_object(obs) + self.rng.normal(0.0, style.yaw_error)) * rot
+        self._quat = rot.as_quat()
+        self._detour = None
+        if self.rng.random() < style.detour_prob:
+            offset = self.rng.uniform(-1.0, 1.0, 3) * style.detour
+            offset[2] = abs(offset[2]) + task.hover
+            self._detour = np.asarray(obs.object_pos) + offset
+
+    def _yaw_to_object(self, obs: SimObservation) -> float:
+        """Smallest rotation about z that lines the gripper's fingers up with a box's faces."""
+        gripper_x = self._start_rot.apply([1.0, 0.0, 0.0])
+        object_x = Rotation.from_quat(obs.object_quat).apply([1.0, 0.0, 0.0])
+        diff = np.arctan2(object_x[1], object_x[0]) - np.arctan2(gripper_x[1], gripper_x[0])
+        return float((diff + np.pi / 4) % (np.pi / 2) - np.pi / 4)
+
+    def _move(self, waypoint, eef: np.ndarray, tol: float = 0.0) -> bool:
+        """Step the commanded position toward ``waypoint``; True once both command and hand are there."""
+        waypoint = np.asarray(waypoint, dtype=float)
+        delta = waypoint - self._cmd
+        dist = float(np.linalg.norm(delta))
+        self._cmd = waypoint.copy() if dist <= self._speed else self._cmd + delta * (self._speed / dist)
+        # The hand follows command + drift, so that is where the operator sees it arrive.
+        return dist <= self._speed and float(np.linalg.norm(eef - waypoint - self._drift)) <= tol
+
+    def _goto(self, phase: str) -> None:
+        self.phase = phase
+        self._phase_steps = 0
+
+    def _finish(self, success: bool) -> None:
+        self.done = True
+        self.success = bool(success)
+        self.phase = "done"

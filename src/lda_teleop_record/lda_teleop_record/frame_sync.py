@@ -1,0 +1,167 @@
+"""Align asynchronous streams (cameras, EEF poses, fingers) to a fixed-rate tick grid by timestamp.
+
+ROS-free and clock-free: time is the messages' own stamps (``header.stamp`` in ns), so a live node and a
+bag replay of the same messages give the same frames.
+
+* The grid starts at the first sample of the **reference** stream (the first camera):
+  ``t_k = t_0 + k * period``.
+* For tick ``k`` every stream contributes its sample nearest to ``t_k``, if within ``tolerance``.
+  A value converter may reject a chosen sample (a corrupt image, say); the next nearest is tried.
+* A tick is decided once no better sample can arrive: every stream has a sample later than
+  ``t_k + tolerance`` (stamps per stream only increase), or the newest stamp seen on any stream is
+  more than ``tolerance + max_latency`` past ``t_k`` (a stream fell silent), or the episode ends.
+* A decided tick with a sample from every stream is a frame; otherwise a gap naming the missing streams.
+  At the end, trailing ticks past the data are dropped silently (they are after the operator's stop).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class BadSample(ValueError):
+    """Raised by a stream converter for a sample that must not be recorded; the message says why."""
+
+
+@dataclass
+class Sample:
+    stamp_ns: int
+    value: Any
+    converted: Any = None
+    done: bool = False  # converted (or rejected) already
+    error: str | None = None
+
+
+@dataclass
+class Tick:
+    index: int  # ticks since t_0
+    stamp_ns: int
+    values: dict[str, Any] = field(default_factory=dict)  # stream -> converted value (complete ticks)
+    stamps: dict[str, int] = field(default_factory=dict)  # stream -> stamp of the chosen sample
+    missing: list[str] = field(default_factory=list)  # streams without a usable sample within tolerance
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+class FrameSync:
+    """Push samples per stream, poll decided ticks. See the module docstring for the rules."""
+
+    def __init__(self, streams: Sequence[str], reference: str, period_ns: int, tolerance_ns: int,
+                 max_latency_ns: int, converters: dict[str, Callable[[Any], Any]] | None = None,
+                 on_reject: Callable[[str, int, str], None] | None = None):
+        if reference not in streams:
+            raise ValueError(f"reference stream '{reference}' is not one of {list(streams)}")
+        if not 0 < tolerance_ns < period_ns:
+            raise ValueError("tolerance must be positive and below one period")
+        self.streams = list(streams)
+        self.reference = reference
+        self.period_ns = int(period_ns)
+        self.tolerance_ns = int(tolerance_ns)
+        self.max_latency_ns = int(max_latency_ns)
+        self.converters = converters or {}
+        self.on_reject = on_reject
+        self._buf: dict[str, list[Sample]] = {s: [] for s in self.streams}
+        self._stamps: dict[str, list[int]] = {s: [] for s in self.streams}
+        self.last_stamp: dict[str, int | None] = dict.fromkeys(self.streams)
+        self.t0: int | None = None
+        self.next_tick = 0
+        self.newest_ns: int | None = None
+
+    # -- input -------------------------------------------------------------------------------------
+    def push(self, stream: str, stamp_ns: int, value: Any) -> str | None:
+        """Add a sample; returns why it was refused (stamp not after the stream's previous one), else None."""
+        last = self.last_stamp[stream]
+        if last is not None and stamp_ns <= last:
+            what = "repeats" if stamp_ns == last else "goes backwards from"
+            return f"stamp {stamp_ns / 1e9:.6f} s {what} the previous {last / 1e9:.6f} s"
+        self.last_stamp[stream] = stamp_ns
+        self._buf[stream].append(Sample(stamp_ns, value))
+        self._stamps[stream].append(stamp_ns)
+        self.newest_ns = stamp_ns if self.newest_ns is None else max(self.newest_ns, stamp_ns)
+        if stream == self.reference and self.t0 is None:
+            self.t0 = stamp_ns
+        return None
+
+    # -- output ------------------------------------------------------------------------------------
+    def tick_stamp(self, k: int) -> int:
+        assert self.t0 is not None
+        return self.t0 + k * self.period_ns
+
+    def _decidable(self, t: int) -> bool:
+        if self.newest_ns is not None and self.newest_ns > t + self.tolerance_ns + self.max_latency_ns:
+            return True
+        return all(last is not None and last > t + self.tolerance_ns for last in self.last_stamp.values())
+
+    def poll(self, final: bool = False) -> list[Tick]:
+        """Decided ticks since the last poll, in order. ``final``: the episode ended, decide all."""
+        out: list[Tick] = []
+        if self.t0 is None:
+            return out
+        end = None
+        if final:
+            ref_last = self.last_stamp[self.reference]
+            end = ref_last + self.tolerance_ns if ref_last is not None else self.t0
+        while True:
+            t = self.tick_stamp(self.next_tick)
+            if final:
+                if t > end:
+                    break
+            elif not self._decidable(t):
+                break
+            out.append(self._decide(self.next_tick, t))
+            self.next_tick += 1
+            self._prune(t + self.period_ns - self.tolerance_ns)
+        if final:
+            while out and not out[-1].complete:  # ticks after a stream's last sample: past the stop
+                out.pop()
+        return out
+
+    def _decide(self, k: int, t: int) -> Tick:
+        tick = Tick(index=k, stamp_ns=t)
+        for s in self.streams:
+            sample = self._choose(s, t)
+            if sample is None:
+                tick.missing.append(s)
+            else:
+                tick.values[s] = sample.converted
+                tick.stamps[s] = sample.stamp_ns
+        if tick.missing:
+            tick.values.clear()
+        return tick
+
+    def _choose(self, stream: str, t: int) -> Sample | None:
+        buf, stamps = self._buf[stream], self._stamps[stream]
+        lo = bisect.bisect_left(stamps, t - self.tolerance_ns)
+        hi = bisect.bisect_right(stamps, t + self.tolerance_ns)
+        candidates = sorted(buf[lo:hi], key=lambda smp: (abs(smp.stamp_ns - t), smp.stamp_ns))
+        convert = self.converters.get(stream)
+        for sample in candidates:
+            if not sample.done:
+                sample.done = True
+                if convert is None:
+                    sample.converted = sample.value
+                else:
+                    try:
+                        sample.converted = convert(sample.value)
+                    except BadSample as exc:
+                        sample.error = str(exc)
+                        if self.on_reject:
+                            self.on_reject(stream, sample.stamp_ns, str(exc))
+                sample.value = None  # the raw message is not needed any more
+            if sample.error is None:
+                return sample
+        return None
+
+    def _prune(self, before_ns: int) -> None:
+        """Forget samples too old for any tick still to come."""
+        for s in self.streams:
+            stamps = self._stamps[s]
+            cut = bisect.bisect_left(stamps, before_ns)
+            if cut:
+                del stamps[:cut]
+                del self._buf[s][:cut]

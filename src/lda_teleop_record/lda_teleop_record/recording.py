@@ -1,0 +1,440 @@
+"""The recording pipeline shared by the recorder node and the bag converter (ROS-free).
+
+Serialized messages ``(topic, receive_time_ns, cdr)`` go in, in arrival order, together with start and
+stop commands; LeRobot episodes come out. The node feeds it from raw subscriptions, ``lda-bag2lerobot``
+from a bag's messages in log-time order: both run exactly this code.
+
+    recorder = EpisodeRecorder(config, store)
+    recorder.start(task="pick the can", now_ns=t)        # messages received from here on belong to it
+    recorder.ingest(topic, receive_ns, cdr)              # ... for every message
+    pending = recorder.finish(now_ns=t2, quality="high") # stop: decide the last frames
+    index = pending.save()                               # slow part (encoding tail, commit)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .action_space import HandCentricActionSpace
+from .bag_io import EVENTS_MSGTYPE, BagWriter, serialize, typestore
+from .episode_writer import DatasetError, DatasetStore, EpisodeWriter, SaveError
+from .frame_sync import BadSample, FrameSync, Tick
+from .messages import (
+    check_raw_image,
+    compressed_to_rgb,
+    deserialize,
+    fingers_from_joint_state,
+    keypoints_from_pose_array,
+    pose_from_msg,
+    raw_image_to_rgb,
+    stamp_ns,
+)
+from .robot_config import CameraConfig, HandConfig, RobotConfig
+from .schema import QUALITIES
+
+DEFAULT_EVENTS_TOPIC = "/lda/episode_events"
+
+
+class RecorderError(RuntimeError):
+    """A command that cannot be carried out now (start while recording, stop while idle, no task...)."""
+
+
+@dataclass(frozen=True)
+class Stream:
+    id: str  # camera:<name> | pose:<hand> | fingers:<hand>
+    topic: str
+    msgtype: str
+    camera: CameraConfig | None = None
+    hand: HandConfig | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.id.split(":")[0]
+
+    @property
+    def label(self) -> str:
+        kind, name = self.id.split(":")
+        return {"camera": f"camera {name}", "pose": f"{name} EEF pose", "fingers": f"{name} fingers"}[kind] + \
+            f" ({self.topic})"
+
+
+def streams_of(config: RobotConfig) -> list[Stream]:
+    out = [Stream(f"camera:{c.name}", c.topic, c.msgtype, camera=c) for c in config.cameras]
+    for h in config.hands:
+        out.append(Stream(f"pose:{h.name}", h.pose_topic, "geometry_msgs/msg/PoseStamped", hand=h))
+        out.append(Stream(f"fingers:{h.name}", h.gripper_topic, h.finger_msgtype, hand=h))
+    return out
+
+
+class Diagnostics:
+    """Counters and recent problems; logs each kind of problem the first time and then every 100th."""
+
+    def __init__(self, log: Callable[[str, str], None]):
+        self._log = log
+        self.received: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.recent: deque[tuple[float, str]] = deque(maxlen=20)
+        self._kinds: Counter[str] = Counter()
+        self.error: str | None = None
+
+    def problem(self, subject: str, reason: str, level: str = "warn") -> None:
+        kind = subject + ":" + re.sub(r"[-+0-9.e]+", "#", reason)
+        self._kinds[kind] += 1
+        n = self._kinds[kind]
+        text = f"{subject}: {reason}"
+        self.recent.append((time.monotonic(), text))
+        if n == 1 or n % 100 == 0:
+            self._log(level, text + (f" (x{n})" if n > 1 else ""))
+
+    def recent_problems(self, within_s: float) -> list[str]:
+        now = time.monotonic()
+        return [text for t, text in self.recent if now - t <= within_s]
+
+
+@dataclass
+class _Gap:
+    first_tick: int
+    ticks: int = 0
+    last_seen_ns: int | None = None
+
+
+@dataclass
+class EpisodeSummary:
+    index: int
+    frames: int
+    quality: str
+    task: str
+    dropped_ticks: int
+    action_valid_frames: int
+    bag: str | None = None
+    save_s: float = 0.0
+
+    def describe(self) -> str:
+        text = (f"saved episode {self.index} ({self.quality}, {self.frames} frames, "
+                f"{self.action_valid_frames} valid actions, task '{self.task}')")
+        if self.dropped_ticks:
+            text += f"; {self.dropped_ticks} tick(s) without complete data were dropped"
+        return text
+
+
+class EpisodeRecorder:
+    """Turns ordered serialized messages and start/stop commands into saved LeRobot episodes."""
+
+    def __init__(self, config: RobotConfig, store: DatasetStore, *, bag_dir: str | Path | None = None,
+                 default_task: str = "", events_topic: str = DEFAULT_EVENTS_TOPIC, source: str = "teleop_recorder",
+                 log: Callable[[str, str], None] | None = None):
+        self.config = config
+        self.store = store
+        self.space = HandCentricActionSpace(config)
+        self.streams = streams_of(config)
+        self.by_topic = {s.topic: s for s in self.streams}
+        self.reference = self.streams[0].id  # the first camera anchors the 10 Hz grid
+        self.default_task = default_task
+        self.events_topic = events_topic
+        self.source = source
+        self.bag_dir = Path(bag_dir).expanduser().absolute() if bag_dir else None
+        self.diag = Diagnostics(log or (lambda level, text: None))
+        self.instruction: str | None = None
+        self._seeds: dict[str, tuple[int, bytes]] = {}
+        self._episode: _Episode | None = None
+        self._topics = {s.topic: s.msgtype for s in self.streams}
+        self._topics[config.instruction_topic] = "std_msgs/msg/String"
+        if self.bag_dir is not None:
+            self._clean_bags()
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def topics(self) -> dict[str, str]:
+        """Every topic to subscribe to (or read from a bag) -> message type."""
+        return dict(self._topics)
+
+    @property
+    def recording(self) -> bool:
+        return self._episode is not None
+
+    @property
+    def episode(self) -> _Episode | None:
+        return self._episode
+
+    def ingest(self, topic: str, receive_ns: int, cdr: bytes | memoryview) -> None:
+        """One serialized message as received; messages must come in arrival order."""
+        self.diag.received[topic] += 1
+        ep = self._episode
+        if ep is not None and ep.bag is not None and topic in self._topics:
+            try:
+                ep.bag.write(topic, self._topics[topic], receive_ns, cdr)
+            except Exception as exc:  # noqa: BLE001 - a failing bag must not stop the dataset recording
+                self.diag.problem("episode bag", f"writing failed, bag dropped: {exc}", "error")
+                ep.bag.abort()
+                ep.bag = None
+        if topic == self.config.instruction_topic:
+            try:
+                text = str(deserialize(cdr, "std_msgs/msg/String").data).strip()
+            except BadSample as exc:
+                self.diag.problem("instruction", str(exc))
+                return
+            if text:
+                self.instruction = text
+            return
+        stream = self.by_topic.get(topic)
+        if stream is None:
+            return
+        if ep is None:
+            if stream.id != self.reference:
+                self._seeds[stream.id] = (receive_ns, bytes(cdr))  # pre-roll for the next episode's first tick
+            return
+        ep.push(stream, cdr)
+
+    # -- commands ----------------------------------------------------------------------------------
+    def start(self, task: str = "", now_ns: int = 0, require_task: bool = True) -> int:
+        """Start an episode; returns the index it will have once saved. Raises RecorderError/DatasetError.
+
+        Without ``task`` the episode's task is the last instruction received before it stops (or
+        ``default_task``); ``require_task`` refuses to start when none is known yet.
+        """
+        if self._episode is not None:
+            raise RecorderError(f"already recording episode {self._episode.writer.index}; stop it first")
+        task = task.strip()
+        if require_task and not task and not self.instruction and not self.default_task:
+            raise RecorderError(f"no task: pass StartEpisode.task, publish the instruction on "
+                                f"{self.config.instruction_topic}, or set the default_task parameter")
+        writer = self.store.new_episode()
+        bag = None
+        if self.bag_dir is not None:
+            try:
+                bag = BagWriter(self.bag_dir / f".partial-{os.getpid()}-{writer.index}-{time.monotonic_ns()}")
+            except Exception as exc:  # noqa: BLE001
+                self.diag.problem("episode bag", f"cannot open a bag, recording without one: {exc}", "error")
+        ep = _Episode(self, writer, task, bag)
+        self._episode = ep
+        if bag is not None:
+            ep.write_event(now_ns, {"event": "start", "episode": writer.index, "task": task,
+                                    "robot": self.config.robot})
+        for stream_id, (recv_ns, cdr) in sorted(self._seeds.items()):
+            stream = next(s for s in self.streams if s.id == stream_id)
+            if bag is not None:
+                bag.write(stream.topic, stream.msgtype, recv_ns, cdr)
+            ep.push(stream, cdr, seed=True)
+        self._seeds.clear()
+        return writer.index
+
+    def finish(self, now_ns: int = 0, quality: str | None = "high") -> PendingEpisode:
+        """Stop recording. ``quality`` None means discard. Returns the episode to save (or already discarded)."""
+        ep = self._episode
+        if ep is None:
+            raise RecorderError("not recording: start an episode first")
+        if quality is not None and quality not in QUALITIES:
+            raise RecorderError(f"unknown quality '{quality}': one of {list(QUALITIES)} (or discard)")
+        self._episode = None
+        ep.handle(ep.sync.poll(final=True))
+        ep.close_gaps(final=True)
+        event = {"event": "stop", "episode": ep.writer.index, "quality": quality} if quality else \
+            {"event": "discard", "episode": ep.writer.index}
+        ep.write_event(now_ns, event)
+        task = ep.task or self.instruction or self.default_task
+        pending = PendingEpisode(self, ep, quality, task)
+        if quality is None:
+            pending.discard()
+        return pending
+
+    def event_json(self, event: dict[str, Any]) -> str:
+        return json.dumps(event, sort_keys=True)
+
+    def _clean_bags(self) -> None:
+        if not self.bag_dir.is_dir():
+            return
+        total = self.store.num_episodes
+        for p in self.bag_dir.iterdir():
+            m = re.fullmatch(r"episode_(\d+)", p.name)
+            if p.name.startswith(".partial-") or (m and int(m.group(1)) >= total):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+class _Episode:
+    """The state of the episode being recorded."""
+
+    def __init__(self, rec: EpisodeRecorder, writer: EpisodeWriter, task: str, bag: BagWriter | None):
+        self.rec = rec
+        self.writer = writer
+        self.task = task
+        self.bag = bag
+        cfg = rec.config
+        self.first_image: dict[str, tuple[str, int, int]] = {}  # per camera: encoding, width, height
+        converters: dict[str, Callable[[Any], Any]] = {}
+        for s in rec.streams:
+            if s.kind == "camera":
+                converters[s.id] = functools.partial(self._convert_image, s)
+        self.sync = FrameSync([s.id for s in rec.streams], rec.reference, period_ns=round(1e9 / cfg.fps),
+                              tolerance_ns=round(cfg.tolerance_s * 1e9), max_latency_ns=round(cfg.max_latency_s * 1e9),
+                              converters=converters, on_reject=self._on_reject)
+        self.by_id = {s.id: s for s in rec.streams}
+        self.states: list[np.ndarray] = []
+        self.ticks: list[int] = []
+        self.rejected: Counter[str] = Counter()
+        self.gaps: dict[str, _Gap] = {}
+        self.last_used: dict[str, int] = {}
+        self.dropped_ticks = 0
+        self.failed: str | None = None
+        self.started_wall = time.time()
+
+    # -- input -------------------------------------------------------------------------------------
+    def push(self, stream: Stream, cdr: bytes | memoryview, seed: bool = False) -> None:
+        try:
+            msg = deserialize(cdr, stream.msgtype)
+            stamp = stamp_ns(msg)
+            if stamp <= 0:
+                raise BadSample("header.stamp is zero (the publisher does not stamp its messages)")
+            value = self._parse(stream, msg)
+        except BadSample as exc:
+            if not seed:
+                self._reject(stream, str(exc))
+            return
+        why = self.sync.push(stream.id, stamp, value)
+        if why:
+            self._reject(stream, f"timestamp {why}; message dropped")
+            return
+        self.handle(self.sync.poll())
+
+    def _convert_image(self, stream: Stream, msg) -> np.ndarray:
+        if stream.camera.type == "raw":
+            return raw_image_to_rgb(msg, stream.camera)
+        img = compressed_to_rgb(msg, stream.camera, self.first_image.get(stream.id))
+        self.first_image.setdefault(stream.id, (msg.format, img.shape[1], img.shape[0]))
+        return img
+
+    def _parse(self, stream: Stream, msg) -> Any:
+        cfg = self.rec.config
+        if stream.kind == "camera":
+            if stream.camera.type == "raw":
+                check_raw_image(msg, stream.camera, self.first_image.get(stream.id))
+                self.first_image.setdefault(stream.id, (msg.encoding, msg.width, msg.height))
+            return msg
+        if stream.kind == "pose":
+            return pose_from_msg(msg, cfg.quaternion_tolerance, cfg.base_frame)
+        if stream.hand.fingers.type == "keypoints":
+            return keypoints_from_pose_array(msg, stream.hand.fingers)
+        return fingers_from_joint_state(msg, stream.hand.fingers)
+
+    def _reject(self, stream: Stream, reason: str) -> None:
+        self.rejected[stream.id] += 1
+        self.rec.diag.rejected[stream.id] += 1
+        self.rec.diag.problem(stream.label, reason)
+
+    def _on_reject(self, stream_id: str, stamp: int, reason: str) -> None:
+        self._reject(self.by_id[stream_id], reason)
+
+    # -- frames ------------------------------------------------------------------------------------
+    def handle(self, ticks: list[Tick]) -> None:
+        for tick in ticks:
+            if not tick.complete:
+                self.dropped_ticks += 1
+                for sid in tick.missing:
+                    gap = self.gaps.get(sid)
+                    if gap is None:
+                        gap = self.gaps[sid] = _Gap(first_tick=tick.index, last_seen_ns=self.last_used.get(sid))
+                    gap.ticks += 1
+                continue
+            self.close_gaps()
+            self.last_used.update(tick.stamps)
+            if self.failed:
+                continue
+            images = {c.name: tick.values[f"camera:{c.name}"] for c in self.rec.config.cameras}
+            per_hand = {h.name: (*tick.values[f"pose:{h.name}"], tick.values[f"fingers:{h.name}"])
+                        for h in self.rec.config.hands}
+            state = self.rec.space.state(per_hand)
+            try:
+                self.writer.add_frame(images, state, tick.index)
+            except Exception as exc:  # noqa: BLE001 - e.g. the encoder died on a full disk
+                self.failed = f"recording failed at frame {len(self.states)}: {type(exc).__name__}: {exc}"
+                self.rec.diag.problem("episode", self.failed + "; stop and discard this episode", "error")
+                continue
+            self.states.append(state)
+            self.ticks.append(tick.index)
+
+    def close_gaps(self, final: bool = False) -> None:
+        period = 1.0 / self.rec.config.fps
+        tol = self.rec.config.tolerance_s
+        t0 = self.sync.t0 or 0
+        for sid, gap in list(self.gaps.items()):
+            stream = self.by_id[sid]
+            start = gap.first_tick * period
+            end = (gap.first_tick + gap.ticks - 1) * period
+            since = "" if gap.last_seen_ns is None else f"; last sample at {(gap.last_seen_ns - t0) / 1e9:.3f} s"
+            self.rec.diag.problem(stream.label,
+                                  f"no usable sample within {tol * 1000:.0f} ms of {gap.ticks} tick(s) at "
+                                  f"{start:.3f}-{end:.3f} s into the episode (silent or rejected{since}); "
+                                  "those ticks were dropped")
+            del self.gaps[sid]
+
+    def write_event(self, now_ns: int, event: dict[str, Any]) -> None:
+        if self.bag is None:
+            return
+        msg = typestore().types[EVENTS_MSGTYPE](data=self.rec.event_json(event))
+        try:
+            self.bag.write(self.rec.events_topic, EVENTS_MSGTYPE, now_ns, serialize(msg, EVENTS_MSGTYPE))
+        except Exception as exc:  # noqa: BLE001
+            self.rec.diag.problem("episode bag", f"writing failed, bag dropped: {exc}", "error")
+            self.bag.abort()
+            self.bag = None
+
+
+class PendingEpisode:
+    """A stopped episode: ``save()`` encodes the tail, computes the actions and commits it."""
+
+    def __init__(self, rec: EpisodeRecorder, ep: _Episode, quality: str | None, task: str):
+        self.rec, self.ep, self.quality, self.task = rec, ep, quality, task
+        self.index = ep.writer.index
+        self.frames = len(ep.states)
+
+    def discard(self) -> None:
+        self.ep.writer.discard()
+        if self.ep.bag is not None:
+            self.ep.bag.abort()
+            self.ep.bag = None
+
+    def save(self) -> EpisodeSummary:
+        """Commit the episode to the dataset (and its bag beside it). Raises SaveError/DatasetError."""
+        ep, rec = self.ep, self.rec
+        if self.quality is None:
+            raise RecorderError("episode was discarded")
+        if ep.failed:
+            self.discard()
+            raise SaveError(ep.failed + "; the episode was discarded")
+        started = time.monotonic()
+        states = np.array(ep.states) if ep.states else np.zeros((0, rec.config.state_dim))
+        step_ok = np.diff(np.array(ep.ticks, dtype=np.int64)) == 1
+        actions, valid = rec.space.actions_from_states(states, step_ok)
+        bag_rel = None
+        final_bag = None
+        if ep.bag is not None:
+            try:
+                final_bag = ep.bag.commit(rec.bag_dir / f"episode_{self.index:06d}")
+                ep.bag = None
+                bag_rel = os.path.relpath(final_bag, rec.store.root)
+            except Exception as exc:  # noqa: BLE001
+                rec.diag.problem("episode bag", f"could not be saved: {exc}", "error")
+                ep.bag.abort()
+                ep.bag = None
+        info = {"robot": rec.config.robot, "source": rec.source, "dropped_ticks": ep.dropped_ticks,
+                "rejected_messages": dict(ep.rejected), "start_stamp_ns": ep.sync.t0, "bag": bag_rel}
+        try:
+            index = ep.writer.save(self.quality, self.task, actions, valid, info)
+        except DatasetError:
+            if final_bag is not None:
+                shutil.rmtree(final_bag, ignore_errors=True)
+            raise
+        return EpisodeSummary(index=index, frames=self.frames, quality=self.quality, task=self.task,
+                              dropped_ticks=ep.dropped_ticks, action_valid_frames=int(valid.sum())
+                              if self.quality != "actionless" else 0, bag=bag_rel,
+                              save_s=time.monotonic() - started)

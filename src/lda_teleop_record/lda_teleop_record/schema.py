@@ -1,0 +1,99 @@
+"""The recorded dataset's schema: LeRobot features, quality ids, and the LDA sidecar files in ``meta/``.
+
+ROS-free and LeRobot-free (training code can import it to select episodes by quality)::
+
+    from lda_teleop_record.schema import episodes_with_quality
+    high = episodes_with_quality("/data/pick_can", "high")          # -> [0, 3, 4, ...]
+    LeRobotDataset("lda/pick_can", root="/data/pick_can", episodes=high, delta_timestamps=...)
+
+Per frame: ``observation.images.<camera>`` (video), ``observation.state`` and ``action`` (float32, names
+in ``meta/info.json`` and ``meta/lda_embodiment.json``), ``action_valid`` (bool), ``quality`` (int64,
+``QUALITY_IDS``), ``tick_index`` (int64, 10 Hz ticks since the episode's first frame; equals
+``frame_index`` unless ticks were dropped). Per episode: ``meta/lda_episodes.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .robot_config import RobotConfig
+
+QUALITIES = ("high", "low", "actionless")
+QUALITY_IDS = {"high": 0, "low": 1, "actionless": 2}
+EMBODIMENT_FILE = "meta/lda_embodiment.json"
+EPISODES_FILE = "meta/lda_episodes.json"
+FORMAT = "lda-teleop-record/1"
+
+
+def dataset_features(config: RobotConfig) -> dict[str, dict]:
+    """LeRobot feature spec for a robot config (the default timestamp/index columns are added by LeRobot)."""
+    features: dict[str, dict] = {}
+    for cam in config.cameras:
+        features[cam.feature_key] = {"dtype": "video", "shape": (cam.height, cam.width, 3),
+                                     "names": ["height", "width", "channels"]}
+    features["observation.state"] = {"dtype": "float32", "shape": (config.state_dim,),
+                                     "names": config.state_names}
+    features["action"] = {"dtype": "float32", "shape": (config.action_dim,), "names": config.action_names}
+    features["action_valid"] = {"dtype": "bool", "shape": (1,), "names": None}
+    features["quality"] = {"dtype": "int64", "shape": (1,), "names": None}
+    features["tick_index"] = {"dtype": "int64", "shape": (1,), "names": None}
+    return features
+
+
+def embodiment_record(config: RobotConfig) -> dict[str, Any]:
+    """Contents of meta/lda_embodiment.json: everything needed to interpret the vectors without the YAML."""
+    return {
+        "format": FORMAT,
+        "embodiment": config.robot,
+        "fps": config.fps,
+        "hands": config.hand_names,
+        "cameras": {c.name: {"feature": c.feature_key, "height": c.height, "width": c.width, "topic": c.topic}
+                    for c in config.cameras},
+        "state": {"names": config.state_names, "units": config.state_units,
+                  "frame": "canonical EEF frame pose in the robot base frame; quaternion xyzw with w >= 0"},
+        "action": {"names": config.action_names, "units": config.action_units,
+                   "frame": "per hand: motion from step t to t+1 in the canonical EEF frame at t; "
+                            "rotation as rotation vector; fingers: value at t+1",
+                   "valid_flag": "action_valid"},
+        "quality_ids": QUALITY_IDS,
+        "robot_config": config.to_dict(),
+    }
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that readers see the old or the new file, never a torn one (tmp + fsync + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_episode_labels(root: str | Path) -> list[dict[str, Any]]:
+    """Per-episode records of meta/lda_episodes.json (episode_index, quality, task, length, ...)."""
+    path = Path(root) / EPISODES_FILE
+    if not path.is_file():
+        return []
+    return json.loads(path.read_text())["episodes"]
+
+
+def episodes_with_quality(root: str | Path, *qualities: str) -> list[int]:
+    """Indices of the saved episodes labelled with any of ``qualities``."""
+    bad = [q for q in qualities if q not in QUALITIES]
+    if bad:
+        raise ValueError(f"unknown quality {bad[0]!r}; one of {list(QUALITIES)}")
+    return [e["episode_index"] for e in read_episode_labels(root) if e["quality"] in qualities]

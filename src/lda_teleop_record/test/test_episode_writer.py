@@ -1,0 +1,139 @@
+"""Durability of the LeRobot dataset: interrupted saves roll back, full disks lose nothing saved, bad reuse is refused."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+from lda_teleop_record.episode_writer import DatasetError, DatasetStore
+from lda_teleop_record.recording import EpisodeRecorder
+from lda_teleop_record.robot_config import RobotConfig
+from lda_teleop_record.schema import episodes_with_quality, read_episode_labels
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+import synthetic as syn  # noqa: E402
+
+CONFIG = RobotConfig.from_dict(syn.robot_dict())
+
+
+def _open(root, **kw):
+    kw.setdefault("min_free_mb", 0)
+    store = DatasetStore(root, CONFIG, **kw)
+    return store, EpisodeRecorder(CONFIG, store)
+
+
+def _read(root):
+    return LeRobotDataset("t/x", root=root)
+
+
+@pytest.mark.parametrize("point", ["after_save_episode", "before_commit"])
+def test_sigkill_inside_a_save_rolls_back_to_the_last_episode(tmp_path, point):
+    root = tmp_path / "ds"
+    child = subprocess.run([sys.executable, str(HERE / "writer_child.py"), str(root), point],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
+    assert "saved episode 0" in child.stdout and "killing myself" in child.stdout
+    assert (root / ".lda" / "txn").is_dir()  # the interrupted save left its journal
+    store, recorder = _open(root)  # recovery on open
+    assert not (root / ".lda" / "txn").exists()
+    ds = _read(root)
+    assert ds.num_episodes == 1 and len(ds) == 10
+    assert [e["episode_index"] for e in read_episode_labels(root)] == [0]
+    assert len(list((root / "data").rglob("*.parquet"))) == 1
+    assert len(list((root / "videos").rglob("*.mp4"))) == 2
+    summary = syn.record(recorder, syn.Plan(duration_s=1.0), "low").save()  # appending works again
+    store.close()
+    assert summary.index == 1
+    ds = _read(root)
+    assert ds.num_episodes == 2 and episodes_with_quality(root, "low") == [1]
+    assert ds[15]["quality"].item() == 1 and ds[3]["quality"].item() == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(path: Path, leave_bytes: int) -> Path:
+    filler = path / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    free = os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
+    if leave_bytes:
+        os.truncate(filler, max(0, os.path.getsize(filler) - (leave_bytes - free)))
+    return filler
+
+
+@pytest.mark.parametrize("leave_kb", [0, 40])
+def test_full_disk_loses_nothing_saved(small_disk, leave_kb):
+    root = small_disk / "ds"
+    store, recorder = _open(root)
+    assert syn.record(recorder, syn.Plan(duration_s=1.0), "high").save().index == 0
+    filler = _fill(small_disk, leave_kb * 1024)
+    with pytest.raises(DatasetError) as err:
+        syn.record(recorder, syn.Plan(duration_s=3.0), "high").save()
+    text = str(err.value)
+    assert "No space left" in text or "disk full" in text, text
+    assert not (root / ".lda" / "txn").exists()
+    assert _read(root).num_episodes == 1 and len(_read(root)) == 10
+    filler.unlink()
+    assert syn.record(recorder, syn.Plan(duration_s=1.0), "low").save().index == 1
+    store.close()
+    assert _read(root).num_episodes == 2
+
+
+def test_free_space_guard_refuses_before_writing(tmp_path):
+    store, recorder = _open(tmp_path / "ds", min_free_mb=1e9)
+    with pytest.raises(DatasetError, match="only .* MiB free .* min_free_disk_mb is 1000000000"):
+        recorder.start("task")
+    assert not recorder.recording
+    assert json.loads((tmp_path / "ds" / "meta" / "info.json").read_text())["total_episodes"] == 0
+
+
+def test_other_robot_layout_and_second_writer_are_refused(tmp_path):
+    root = tmp_path / "ds"
+    store, _ = _open(root)
+    with pytest.raises(DatasetError, match="in use by another recorder or converter"):
+        DatasetStore(root, CONFIG)
+    store.close()
+    other = RobotConfig.from_dict(syn.robot_dict(robot="other", fps=15, tolerance_s=0.02))
+    with pytest.raises(DatasetError, match="different robot layout than 'other'.*fps 10 != 15"):
+        DatasetStore(root, other)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError, match="not empty and holds no LeRobot dataset"):
+        DatasetStore(tmp_path / "junk", CONFIG)
+
+
+def test_short_or_discarded_episodes_leave_no_trace(tmp_path):
+    root = tmp_path / "ds"
+    store, recorder = _open(root)
+    pending = syn.record(recorder, syn.Plan(duration_s=0.1), "high")  # 1 frame
+    with pytest.raises(DatasetError, match="at least 2 are needed"):
+        pending.save()
+    syn.record(recorder, syn.Plan(duration_s=1.0), None)  # discarded
+    assert not [p for p in root.iterdir() if p.name.startswith("tmp")]
+    saved = syn.record(recorder, syn.Plan(duration_s=1.0), "actionless").save()
+    store.close()
+    assert saved.index == 0 and saved.action_valid_frames == 0
+    ds = _read(root)
+    acts = np.stack([ds[i]["action"].numpy() for i in range(len(ds))])
+    assert not acts.any() and not any(ds[i]["action_valid"].item() for i in range(len(ds)))
+    assert np.allclose(ds[4]["observation.state"].numpy(), syn.expected_state(0.4), atol=1e-6)  # state kept

@@ -1,0 +1,35 @@
+"""Child process for test_episode_writer: saves one episode, then dies by SIGKILL inside the next save.
+
+    python writer_child.py ROOT KILL_POINT       KILL_POINT: after_save_episode | before_commit
+"""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import synthetic as syn  # noqa: E402
+
+from lda_teleop_record import episode_writer  # noqa: E402
+from lda_teleop_record.episode_writer import DatasetStore, EpisodeWriter  # noqa: E402
+from lda_teleop_record.recording import EpisodeRecorder  # noqa: E402
+from lda_teleop_record.robot_config import RobotConfig  # noqa: E402
+
+
+def die(*_args, **_kwargs):
+    print("killing myself", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+root, point = sys.argv[1], sys.argv[2]
+config = RobotConfig.from_dict(syn.robot_dict())
+store = DatasetStore(root, config, min_free_mb=0)
+recorder = EpisodeRecorder(config, store)
+print(syn.record(recorder, syn.Plan(duration_s=1.0), "high").save().describe(), flush=True)
+if point == "after_save_episode":
+    EpisodeWriter._check_video_lengths = staticmethod(die)  # runs right after save_episode + finalize
+else:
+    episode_writer.DatasetStore._commit = die
+syn.record(recorder, syn.Plan(duration_s=1.0), "low").save()
+print("not reached", flush=True)
