@@ -44,10 +44,8 @@ from lda_policy.deploy.ros_io import (
     ImageError,
     ParameterError,
     chunk_to_msg,
-    compressed_to_rgb,
     declare,
     diagnostic_status,
-    image_to_rgb,
     msg_to_chunk,
     pose_arrays,
     pose_stamped,
@@ -228,7 +226,7 @@ class PolicyNode(LifecycleNode):
 
     def _on_image(self, msg) -> None:
         try:
-            rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+            rgb = self.robot.image_to_rgb(msg)
         except ImageError as err:
             self._stats["bad_images"] += 1
             self.get_logger().warning(f"dropping camera frame: {err}", throttle_duration_sec=5.0)
@@ -300,6 +298,14 @@ class PolicyNode(LifecycleNode):
     # ------------------------------------------------------------------ inference thread
 
     def _inference_loop(self) -> None:
+        try:
+            self._inference_steps()
+        except Exception as err:  # noqa: BLE001 - at shutdown the context goes away under the thread
+            if not self._stop.is_set():
+                self._last_error = f"inference thread died: {type(err).__name__}: {err}"
+                self.get_logger().error(self._last_error)
+
+    def _inference_steps(self) -> None:
         last = -1e9
         period = self.p["replan_period_s"]
         while not self._stop.is_set():
@@ -323,6 +329,7 @@ class PolicyNode(LifecycleNode):
                 time.sleep(0.5)
                 continue
             if chunk is None:
+                self._not_ready = self.runner.skipped
                 continue
             last = now
             if not np.isfinite(chunk.actions).all():

@@ -42,10 +42,8 @@ from lda_policy.deploy.ros_io import (
     SENSOR_QOS,
     ImageError,
     ParameterError,
-    compressed_to_rgb,
     declare,
     diagnostic_status,
-    image_to_rgb,
     msg_to_chunk,
     pose_arrays,
     sec_to_stamp,
@@ -158,8 +156,12 @@ class SafetyMonitorNode(Node):
                                f"{runtime.device}; {cal}; stop_surprise {p['stop_surprise']}")
 
     def shutdown(self) -> None:
+        """Stop the worker thread and wait for it (it must not publish while the node is destroyed)."""
         self._stop.set()
         self._wake.set()
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            worker.join(timeout=10)
 
     # ------------------------------------------------------------------ callbacks (cheap)
 
@@ -168,7 +170,7 @@ class SafetyMonitorNode(Node):
 
     def _on_image(self, msg) -> None:
         try:
-            rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+            rgb = self.robot.image_to_rgb(msg)
         except ImageError as err:
             self._bad_images += 1
             self.get_logger().warning(f"dropping camera frame: {err}", throttle_duration_sec=5.0)
@@ -208,33 +210,45 @@ class SafetyMonitorNode(Node):
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(timeout=0.05)
-            self._wake.clear()
-            while True:
-                with self._queue_lock:
-                    msg = self._queue.popleft() if self._queue else None
-                if msg is None or self._stop.is_set():
-                    break
-                self._busy_since, self._busy_seq = time.monotonic(), msg.sequence
-                try:
-                    judgement = self.core.judge(msg_to_chunk(msg), self._now())
-                except Exception as err:  # noqa: BLE001 - any failure to judge is a refusal + STOP
-                    self.core.state.stop(f"monitor error judging chunk {msg.sequence}: {type(err).__name__}: {err}",
-                                         msg.sequence)
-                    judgement = None
-                self._busy_since = None
-                if judgement is not None and judgement.approved:
-                    self._fd_times.append(judgement.fd_time_s)
-                    self.pub_approved.publish(msg)
-                elif judgement is not None:
-                    self.get_logger().warning(f"refused chunk {msg.sequence}: {judgement.reason}",
-                                              throttle_duration_sec=1.0)
-                self._publish_if_changed()
             try:
-                self.core.score()
-            except Exception as err:  # noqa: BLE001
-                self.core.state.stop(f"monitor error scoring surprise: {type(err).__name__}: {err}")
+                self._work_once()
+            except Exception as err:  # noqa: BLE001 - never let the worker die; a failure is a STOP
+                if self._stop.is_set():
+                    break  # shutting down: the context went away under the thread
+                self._busy_since = None
+                self.core.state.stop(f"monitor error: {type(err).__name__}: {err}")
+                self.get_logger().error(f"monitor error: {type(err).__name__}: {err}", throttle_duration_sec=2.0)
+                time.sleep(0.1)
+
+    def _work_once(self) -> None:
+        """Judge every waiting chunk, then score the predictions whose real frames arrived."""
+        self._wake.wait(timeout=0.05)
+        self._wake.clear()
+        while True:
+            with self._queue_lock:
+                msg = self._queue.popleft() if self._queue else None
+            if msg is None or self._stop.is_set():
+                break
+            self._busy_since, self._busy_seq = time.monotonic(), msg.sequence
+            try:
+                judgement = self.core.judge(msg_to_chunk(msg), self._now())
+            except Exception as err:  # noqa: BLE001 - any failure to judge is a refusal + STOP
+                self.core.state.stop(f"monitor error judging chunk {msg.sequence}: {type(err).__name__}: {err}",
+                                     msg.sequence)
+                judgement = None
+            self._busy_since = None
+            if judgement is not None and judgement.approved:
+                self._fd_times.append(judgement.fd_time_s)
+                self.pub_approved.publish(msg)
+            elif judgement is not None:
+                self.get_logger().warning(f"refused chunk {msg.sequence}: {judgement.reason}",
+                                          throttle_duration_sec=1.0)
             self._publish_if_changed()
+        try:
+            self.core.score()
+        except Exception as err:  # noqa: BLE001
+            self.core.state.stop(f"monitor error scoring surprise: {type(err).__name__}: {err}")
+        self._publish_if_changed()
 
     # ------------------------------------------------------------------ status
 
@@ -259,9 +273,10 @@ class SafetyMonitorNode(Node):
                                reason=v.reason, chunk_sequence=int(v.chunk_sequence))
             msg.header.stamp = sec_to_stamp(self._now())
             self.pub_status.publish(msg)
-        if changed:
-            log = self.get_logger().error if v.level == 2 else self.get_logger().info
-            log(f"safety {LEVEL_NAMES[v.level]}: {v.reason}")
+        if changed and v.level == 2:
+            self.get_logger().error(f"safety STOP: {v.reason}")
+        elif changed:
+            self.get_logger().info(f"safety {LEVEL_NAMES[v.level]}: {v.reason}")
 
     def _publish_if_changed(self) -> None:
         self._publish_status(force=False)

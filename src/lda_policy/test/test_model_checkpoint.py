@@ -5,7 +5,6 @@ import pickle
 
 import pytest
 import torch
-
 from lda_policy.model import CheckpointError, LDAModel, Observation, RobustStats, read_config
 
 
@@ -52,7 +51,7 @@ def test_round_trip_reproduces_every_objective_bit_for_bit(saved_model):
                 m.inverse_dynamics(obs, future, seed=5), m.forecast(obs, seed=5))
 
     original = outputs(model)
-    for a, b in zip(original, outputs(loaded)):
+    for a, b in zip(original, outputs(loaded), strict=True):
         assert torch.equal(a, b)
     # The statistics travel with the checkpoint: a model without them gives other physical outputs.
     fresh = LDAModel.from_preset("lda-tiny")

@@ -3,9 +3,19 @@
 import numpy as np
 import pytest
 import torch
-
-from lda_policy.model import (PRESETS, DataRole, EmbodimentSpec, LDAConfig, LDAModel, Normalizer, RobustStats,
-                              Task, TimeLayout, allowed_tasks, pool_latents)
+from lda_policy.model import (
+    PRESETS,
+    DataRole,
+    EmbodimentSpec,
+    LDAConfig,
+    LDAModel,
+    Normalizer,
+    RobustStats,
+    Task,
+    TimeLayout,
+    allowed_tasks,
+    pool_latents,
+)
 
 
 def test_allowed_tasks_follow_data_roles():

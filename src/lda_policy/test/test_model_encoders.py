@@ -6,9 +6,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub
 
 import pytest
 import torch
-
-from lda_policy.model import (DinoV3Encoder, LatentHistory, LDAModel, MiniLMEncoder, Observation, Qwen3VLEncoder,
-                              pool_latents, write_random_dinov3_checkpoint, write_random_qwen3vl_checkpoint)
+from lda_policy.model import (
+    DinoV3Encoder,
+    LatentHistory,
+    LDAModel,
+    MiniLMEncoder,
+    Observation,
+    Qwen3VLEncoder,
+    pool_latents,
+    write_random_dinov3_checkpoint,
+    write_random_qwen3vl_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from lda_policy.model import DataRole, EmbodimentSpec, InputError, LDAModel, Task
 
 POINT = EmbodimentSpec("point", action_dim=2, state_dim=2, description="2-D velocity of a point")
@@ -131,6 +130,19 @@ def test_padding_masks_remove_loss_terms():
     assert grads["actions"][1, :10].abs().sum() > 0 and not grads["actions"][1, 10:].any()
     # Inverse dynamics without any valid future frame has no clean condition: no loss at all.
     assert not grads["actions"][2].any() and info["count/inverse_dynamics"] == 0
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = make_model()
+    batch = random_batch(model, list(Task), [DataRole.HIGH] * 4)
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad()
+        model.set_gradient_checkpointing(enabled)
+        torch.manual_seed(0)
+        model.compute_loss(batch)[0].backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads, strict=True))
 
 
 def test_batch_validation_names_the_bad_field():

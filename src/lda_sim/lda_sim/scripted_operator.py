@@ -49,7 +49,7 @@ TASKS: dict[str, TaskScript] = {
 
 @dataclass(frozen=True)
 class Style:
-    """How an operator moves; ``high`` and ``low`` differ only in these numbers."""
+    """How an operator moves; the three modes differ only in these numbers."""
 
     speed: tuple[float, float]  # commanded speed range [m per control step], drawn per attempt
     jitter: float = 0.0  # per-step hand tremor, std [m]
@@ -128,8 +128,8 @@ class ScriptedOperator:
                 self._advance(obs)
             if self.steps >= self.max_steps and not self.done:
                 self._finish(obs.success)
-        target = self._cmd + self._drift + self.rng.normal(0.0, self.style.jitter, 3) * (not self.done)
-        return {hand: (target, self._quat)}, {hand: self._width}
+        tremor = np.zeros(3) if self.done else self.rng.normal(0.0, self.style.jitter, 3)
+        return {hand: (self._cmd + self._drift + tremor, self._quat)}, {hand: self._width}
 
     # -- state machine -----------------------------------------------------------------------------
     def _advance(self, obs: SimObservation) -> None:

@@ -153,14 +153,14 @@ class ScriptedTeleopNode(Node):
 
     # -- services ----------------------------------------------------------------------------------
     def call(self, client, request, what: str):
-        timeout = self.cfg["service_timeout_s"]
+        timeout, name = self.cfg["service_timeout_s"], self.resolve_service_name(client.srv_name)
         if not client.wait_for_service(timeout_sec=timeout):
-            raise TeleopError(f"service {client.srv_name} ({what}) not available after {timeout:g} s")
+            raise TeleopError(f"service {name} ({what}) not available after {timeout:g} s")
         done = threading.Event()
         future = client.call_async(request)
         future.add_done_callback(lambda _: done.set())
         if not done.wait(timeout=timeout):
-            raise TeleopError(f"service {client.srv_name} ({what}) did not answer within {timeout:g} s")
+            raise TeleopError(f"service {name} ({what}) did not answer within {timeout:g} s")
         return future.result()
 
     def send(self, targets: dict, grippers: dict) -> None:
@@ -236,14 +236,14 @@ def main(args=None) -> None:
     rclpy.init(args=args)
     logger = rclpy.logging.get_logger("scripted_teleop")
     code = 1
-    node = None
-    executor = None
+    node = executor = spinner = None
     try:
         node = ScriptedTeleopNode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         # Callbacks on a background thread; the episode loop below blocks on them like a script.
-        threading.Thread(target=executor.spin, daemon=True).start()
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
         code = 0 if node.run() else 1
     except (ParameterError, rclpy.exceptions.ParameterException) as exc:
         logger.error(f"invalid parameters: {exc}")
@@ -255,6 +255,8 @@ def main(args=None) -> None:
     finally:
         if executor is not None:
             executor.shutdown()
+            if spinner is not None:
+                spinner.join(timeout=5.0)  # a thread still spinning at exit aborts the process
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

@@ -129,7 +129,7 @@ class SimNode(Node):
         # Log the first few rejections in full, then every 50th, so a bad stream cannot flood the log.
         count = self._reject_counts.get(hand, 0) + 1
         self._reject_counts[hand] = count
-        if count <= 3 or count % 50 == 0:
+        if count <= 10 or count % 100 == 0:
             self.get_logger().warning(f"rejected {hand} command ({count} so far): {why}")
 
     def _check_target(self, hand, pos, quat):
@@ -155,13 +155,20 @@ class SimNode(Node):
 
     # -- physics thread ----------------------------------------------------------------------------
     def _run(self) -> None:
+        self._step_times: list[float] = []
         try:
             self._loop()
         except Exception as exc:
-            if self._running:  # not a shutdown race: report it so main() exits non-zero
+            if self._running and rclpy.ok(context=self.context):  # not a shutdown race: make main() exit 1
                 self.failed = f"{type(exc).__name__}: {exc}"
                 self.get_logger().error(f"simulation stopped: {self.failed}")
                 self.ready.set()
+        finally:
+            if self._step_times:  # print: the ROS logger may already be shut down here
+                ms = 1000 * np.mean(self._step_times)
+                print(f"[sim_node] stepped {len(self._step_times)} times, mean {ms:.1f} ms per step", flush=True)
+            if hasattr(self, "sim"):
+                self.sim.close()
 
     def _loop(self) -> None:
         cfg = self.cfg
@@ -186,7 +193,6 @@ class SimNode(Node):
         )
         period = 1.0 / cfg["control_hz"]
         next_tick = time.monotonic()
-        step_times: list[float] = []
         frozen_logged = False
         while self._running and rclpy.ok(context=self.context):
             with self._lock:
@@ -202,7 +208,7 @@ class SimNode(Node):
                 targets, grippers = self._commands()
                 start = time.perf_counter()
                 obs = self.sim.step(targets, grippers)
-                step_times.append(time.perf_counter() - start)
+                self._step_times.append(time.perf_counter() - start)
             self._publish(obs)
             if cfg["realtime"] or frozen_logged:
                 next_tick += period
@@ -211,10 +217,6 @@ class SimNode(Node):
                     time.sleep(delay)
                 else:
                     next_tick = time.monotonic()  # overran: do not try to catch up with a burst
-        if step_times:
-            print(f"[sim_node] stepped {len(step_times)} times, mean {1000 * np.mean(step_times):.1f} ms per step",
-                  flush=True)  # the ROS logger may already be shut down here
-        self.sim.close()
 
     def _commands(self) -> tuple[dict, dict]:
         now = time.monotonic()

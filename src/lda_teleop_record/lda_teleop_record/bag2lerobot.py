@@ -42,12 +42,13 @@ class _Fail(Exception):
     pass
 
 
-def convert(args: argparse.Namespace, out=sys.stdout, err=sys.stderr) -> int:
+def convert(args: argparse.Namespace, out=None, err=None) -> int:
     from .bag_io import BagError, bag_info, read_messages
     from .episode_writer import DatasetError, DatasetStore
     from .recording import DEFAULT_EVENTS_TOPIC, EpisodeRecorder, RecorderError, streams_of
     from .robot_config import ConfigError, load_robot_config
 
+    out, err = out or sys.stdout, err or sys.stderr
     events_topic = args.events_topic or DEFAULT_EVENTS_TOPIC
 
     def warn(level: str, text: str) -> None:

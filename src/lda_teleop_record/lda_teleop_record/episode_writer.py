@@ -50,6 +50,7 @@ from .schema import (
 )
 
 log = logging.getLogger("lda_teleop_record.episode_writer")
+os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 (LeRobot's default codec) prints banners on every episode otherwise
 
 MUTABLE_FILES = ("meta/info.json", "meta/stats.json", "meta/tasks.parquet", EPISODES_FILE)
 APPEND_ONLY_DIRS = ("data", "videos", "meta/episodes")

@@ -71,6 +71,7 @@ class FrameSync:
         self.t0: int | None = None
         self.next_tick = 0
         self.newest_ns: int | None = None
+        self.max_lag_ns: dict[str, int] = dict.fromkeys(self.streams, 0)  # how far behind the newest stamp
 
     # -- input -------------------------------------------------------------------------------------
     def push(self, stream: str, stamp_ns: int, value: Any) -> str | None:
@@ -82,7 +83,10 @@ class FrameSync:
         self.last_stamp[stream] = stamp_ns
         self._buf[stream].append(Sample(stamp_ns, value))
         self._stamps[stream].append(stamp_ns)
-        self.newest_ns = stamp_ns if self.newest_ns is None else max(self.newest_ns, stamp_ns)
+        if self.newest_ns is None or stamp_ns > self.newest_ns:
+            self.newest_ns = stamp_ns
+        elif self.t0 is not None:
+            self.max_lag_ns[stream] = max(self.max_lag_ns[stream], self.newest_ns - stamp_ns)
         if stream == self.reference and self.t0 is None:
             self.t0 = stamp_ns
         return None

@@ -13,8 +13,10 @@ A thin rclpy shell around ``recording.EpisodeRecorder``:
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -39,8 +41,6 @@ from .episode_writer import DatasetError, DatasetStore  # noqa: E402
 from .recording import DEFAULT_EVENTS_TOPIC, EpisodeRecorder, RecorderError  # noqa: E402
 from .robot_config import ConfigError, load_robot_config  # noqa: E402
 
-SENSOR_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST,
-                        durability=DurabilityPolicy.VOLATILE)
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                          durability=DurabilityPolicy.VOLATILE)
 
@@ -100,8 +100,12 @@ class TeleopRecorder(Node):
 
         sensors = MutuallyExclusiveCallbackGroup()
         services = MutuallyExclusiveCallbackGroup()
+        # Sensor data: best effort (never slows a camera down), but a deep queue so that a busy moment of
+        # this process (encoder start-up, a save) does not overflow the DDS reader.
+        sensor_qos = QoSProfile(depth=p["sensor_queue_depth"], reliability=ReliabilityPolicy.BEST_EFFORT,
+                                history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
         for topic, msgtype in self.recorder.topics().items():
-            qos = COMMAND_QOS if topic == self.config.instruction_topic else SENSOR_QOS
+            qos = COMMAND_QOS if topic == self.config.instruction_topic else sensor_qos
             self.create_subscription(_msg_class(msgtype), topic, self._make_callback(topic), qos, raw=True,
                                      callback_group=sensors)
         self._events = self.create_publisher(String, p["events_topic"], COMMAND_QOS)
@@ -131,6 +135,7 @@ class TeleopRecorder(Node):
             ("min_free_disk_mb", 500.0, D, "refuse to start or save an episode below this much free disk [MiB]"),
             ("encoder_queue_frames", 200, I, "frames per camera the video encoder may lag behind"),
             ("ingest_queue_size", 4000, I, "messages buffered between the DDS callbacks and the worker thread"),
+            ("sensor_queue_depth", 100, I, "DDS history depth of each sensor subscription (best effort)"),
             ("events_topic", DEFAULT_EVENTS_TOPIC, S, "topic of the episode start/stop events (JSON strings)"),
             ("diagnostics_period_s", 1.0, D, "period of /diagnostics messages [s]"),
             ("save_timeout_s", 300.0, D, "how long stop_episode waits for the save [s]"),
@@ -141,6 +146,7 @@ class TeleopRecorder(Node):
             "save_timeout_s": dict(floating_point_range=[FloatingPointRange(from_value=1.0, to_value=3600.0)]),
             "encoder_queue_frames": dict(integer_range=[IntegerRange(from_value=10, to_value=100000)]),
             "ingest_queue_size": dict(integer_range=[IntegerRange(from_value=10, to_value=1000000)]),
+            "sensor_queue_depth": dict(integer_range=[IntegerRange(from_value=1, to_value=10000)]),
         }
         values = {}
         for name, default, ptype, text in specs:
@@ -219,6 +225,9 @@ class TeleopRecorder(Node):
 
         try:
             index = self._run_in_worker(start, timeout=30.0)
+        except (FutureTimeout, queue.Full):
+            response.success, response.message = False, "the recorder's worker is busy; try again"
+            return response
         except (RecorderError, DatasetError) as exc:
             response.success, response.message = False, str(exc)
             self.get_logger().warning(f"start_episode refused: {exc}")
@@ -241,6 +250,9 @@ class TeleopRecorder(Node):
 
         try:
             pending = self._run_in_worker(finish, timeout=30.0)
+        except (FutureTimeout, queue.Full):
+            response.success, response.message = False, "the recorder's worker is busy; try again"
+            return response
         except RecorderError as exc:
             response.success, response.message = False, str(exc)
             self.get_logger().warning(f"stop_episode refused: {exc}")
@@ -280,7 +292,7 @@ class TeleopRecorder(Node):
     # -- diagnostics -------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         rec = self.recorder
-        status = DiagnosticStatus(name="teleop_recorder", hardware_id=self.config.robot)
+        status = DiagnosticStatus(name=self.get_fully_qualified_name(), hardware_id=self.config.robot)
         ep = rec.episode
         problems = rec.diag.recent_problems(within_s=5.0)
         if ep is not None:
@@ -312,6 +324,9 @@ class TeleopRecorder(Node):
             rate = (n - prev_counts.get(topic, 0)) / max(now - prev_t, 1e-6)
             values.append((f"received {topic}", str(n)))
             values.append((f"rate_hz {topic}", f"{rate:.1f}"))
+        if ep is not None:
+            for stream, lag in ep.sync.max_lag_ns.items():
+                values.append((f"max_lag_ms {stream}", f"{lag / 1e6:.0f}"))
         for stream, n in sorted(rec.diag.rejected.items()):
             values.append((f"rejected {stream}", str(n)))
         for i, text in enumerate(problems[-5:]):
@@ -341,6 +356,7 @@ class TeleopRecorder(Node):
 
 
 def main(args=None) -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 <pid>: print every thread's stack
     rclpy.init(args=args)
     try:
         node = TeleopRecorder()

@@ -160,6 +160,7 @@ class Plan:
     instruction: str | None = "pick up the red block"
     camera_silent: tuple[float, float] | None = None  # head camera publishes nothing in [a, b) s
     nan_pose: tuple[float, float] | None = None  # left pose NaN in [a, b) s
+    bad_norm: tuple[float, float] | None = None  # right pose quaternion scaled by 1.5 in [a, b) s
     bad_size_from: float | None = None  # head images change size from this time on
     bad_encoding_from: float | None = None  # head images switch to mono8 from this time on
     backwards_at: list[float] = field(default_factory=list)  # extra head images stamped 0.5 s in the past
@@ -192,6 +193,8 @@ class Plan:
                 pos, q = pose_at(hand, t)
                 if hand == "left" and self.nan_pose and self.nan_pose[0] <= t < self.nan_pose[1]:
                     q = np.array([np.nan, 0, 0, 1.0])
+                if hand == "right" and self.bad_norm and self.bad_norm[0] <= t < self.bad_norm[1]:
+                    q = 1.5 * q
                 out.append((f"/robot/{hand}/eef_pose", TOPICS[f"/robot/{hand}/eef_pose"], ns, pose_cdr(pos, q, ns)))
         for k in range(int(round(self.duration_s * self.finger_hz))):
             t = k / self.finger_hz

@@ -117,6 +117,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest checkpoints kept (0 keeps all)
     eval_every: int = 500  # 0: evaluate only at the end
     num_threads: int = 0  # torch CPU threads per process (0: torch default)
+    deterministic: bool = False  # torch deterministic kernels: bit-exact reruns, somewhat slower
 
 
 @dataclass

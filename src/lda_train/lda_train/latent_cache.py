@@ -8,7 +8,8 @@ Layout (one directory per dataset and content fingerprint)::
         latents-00001.safetensors      ...
         language.safetensors           "tokens": (tasks, L, D), "mask": (tasks, L)
 
-The fingerprint hashes (a) the dataset's contents: every file under ``meta/`` and ``data/`` in full,
+The fingerprint hashes (a) the dataset's contents: every file under ``meta/`` and ``data/`` in full
+(except the recorder's quality labels, ``meta/lda_episodes.json``, which are read afresh every run),
 and the chosen camera's video files (size + SHA-256 of the whole file up to 64 MiB, of 17 spread
 1 MiB blocks beyond); (b) the DINO checkpoint directory (config, processor, weights); (c) the
 language encoder directory; (d) the cache settings (camera, grid, dtype, video backend, format
@@ -39,7 +40,7 @@ from lda_policy.model import pool_latents
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .data import BatchPlan, LanguageTable, SourceDataset
+from .data import EPISODES_FILE, BatchPlan, LanguageTable, SourceDataset
 
 log = logging.getLogger("lda_train.cache")
 
@@ -109,10 +110,16 @@ def _digest_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+#: Sidecar files that do not influence latents or language (quality labels are re-read at every start).
+FINGERPRINT_EXCLUDE = (EPISODES_FILE,)
+
+
 def dataset_fingerprint(source: SourceDataset) -> str:
     """Content hash of what the cache depends on in one dataset (metadata, frame data, the camera's video)."""
     root = source.root
     parts = tree_digest(root, ["meta", "data"], full=True)
+    for rel in FINGERPRINT_EXCLUDE:
+        parts.pop(rel, None)
     if source.is_video:
         parts.update(tree_digest(root, [f"videos/{source.image_key}"], full=False))
     return _digest_json(parts)

@@ -3,9 +3,13 @@
 Actions and proprio states use per-dimension 1 % / 99 % quantiles (the model's
 :class:`~lda_policy.model.RobustStats`): a few teleoperation glitches cannot stretch the range the
 way they stretch a mean/std. Only training episodes count; invalid actions (``action_valid``
-False, non-finite, frames labelled actionless, actionless episodes) never do. Actions of ``low``
-episodes do count: they are real robot motions that dynamics training sees. Large datasets are
-subsampled deterministically (``max_rows``).
+False, non-finite, frames labelled actionless, actionless episodes) never do.
+
+Action statistics come from ``high`` episodes whenever the embodiment has any: the policy is
+normalised by the actions it imitates, so noisy ``low`` actions cannot reach the policy objective
+even through the normalisation (corrupting a low episode's actions leaves every policy gradient
+unchanged). Without high data, low episodes' valid actions are used. States come from all
+episodes with a state. Large datasets are subsampled deterministically (``max_rows``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from lda_policy.model import RobustStats
+from lda_policy.model import DataRole, RobustStats
 
 from .data import SourceDataset
 
@@ -31,12 +35,15 @@ class EmbodimentStats:
     action_mean: np.ndarray | None  # the predict-the-mean baseline of the evaluation
     action_rows: int
     state_rows: int
+    action_source: str = "high"  # which episodes the action statistics came from
+
 
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.action.to_dict() if self.action else None,
                 "state": self.state.to_dict() if self.state else None,
                 "action_mean": None if self.action_mean is None else self.action_mean.tolist(),
-                "action_rows": self.action_rows, "state_rows": self.state_rows}
+                "action_rows": self.action_rows, "state_rows": self.state_rows,
+                "action_source": self.action_source}
 
 
 def _subsample(x: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.ndarray:
@@ -58,14 +65,18 @@ def embodiment_stats(sources: Sequence[SourceDataset], split: str = "train", max
                {(s.action_dim, s.state_dim) for s in group if s.has_state}
         if len(dims) > 1:
             raise ValueError(f"embodiment {name!r}: datasets disagree on (action_dim, state_dim): {sorted(dims)}")
-        actions, states = [], []
+        actions: dict[str, list[np.ndarray]] = {"high": [], "low": []}
+        states = []
         for s in group:
             rows = s.rows(split)
             if s.has_action:
-                actions.append(s.action[rows[s.frame_action_valid[rows]]])
+                ok = rows[s.frame_action_valid[rows]]
+                actions["high"].append(s.action[ok[s.role[ok] == DataRole.HIGH]])
+                actions["low"].append(s.action[ok[s.role[ok] == DataRole.LOW]])
             if s.has_state:
                 states.append(s.state[rows[s.state_valid[rows]]])
-        a = np.concatenate(actions) if actions else np.zeros((0, 0), np.float32)
+        source = "high" if sum(len(x) for x in actions["high"]) else "low"
+        a = np.concatenate(actions[source]) if actions[source] else np.zeros((0, 0), np.float32)
         st = np.concatenate(states) if states else np.zeros((0, 0), np.float32)
         a, st = _subsample(a, max_rows, rng), _subsample(st, max_rows, rng)
         out[name] = EmbodimentStats(
@@ -73,7 +84,7 @@ def embodiment_stats(sources: Sequence[SourceDataset], split: str = "train", max
             action=RobustStats.from_array(a, Q_LOW, Q_HIGH) if len(a) else None,
             state=RobustStats.from_array(st, Q_LOW, Q_HIGH) if len(st) else None,
             action_mean=a.astype(np.float64).mean(axis=0) if len(a) else None,
-            action_rows=len(a), state_rows=len(st),
+            action_rows=len(a), state_rows=len(st), action_source=source,
         )
     return out
 

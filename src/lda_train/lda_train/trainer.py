@@ -254,6 +254,9 @@ class Trainer:
         self.elapsed = 0.0
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
+        if cfg.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
         self._check_run_dir()
         self._build()
 

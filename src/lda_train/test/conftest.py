@@ -24,10 +24,12 @@ def session_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dino_dir(session_dir) -> Path:
-    """DINOv3 ViT with the ViT-S/16 width (384) but one layer: real format, 224 px, 14 x 14 patches."""
+    """DINOv3 ViT with the ViT-S/16 width (384) but one layer at 112 px (7 x 7 patches; 64 px frames
+    are resized up to it): the real on-disk format, a quarter of the tokens of 224 px."""
     from lda_policy.model import write_random_dinov3_checkpoint
 
-    return write_random_dinov3_checkpoint(session_dir / "dino", hidden_size=384, num_layers=1, num_heads=6)
+    return write_random_dinov3_checkpoint(session_dir / "dino", hidden_size=384, num_layers=1, num_heads=6,
+                                          image_size=112)
 
 
 @pytest.fixture(scope="session")

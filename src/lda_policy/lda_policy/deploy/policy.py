@@ -64,6 +64,7 @@ class PolicyRunner:
         self._proposals: OrderedDict[int, tuple[ProposedChunk, HandsState]] = OrderedDict()
         self._lock = threading.Lock()
         self.last_camera_stamp: float | None = None
+        self.skipped = ""  # why the last propose() returned None
 
     # -- inputs (cheap, from callbacks) --------------------------------------------------------------
     def set_instruction(self, text: str) -> None:
@@ -98,9 +99,14 @@ class PolicyRunner:
         t0 = time.perf_counter()
         stamp = self.frames.newest_stamp
         anchor = self.states.at(stamp, self.settings.state_tolerance_s)
-        if anchor is None:
+        if anchor is None or not all(s.is_finite() for s in anchor.values()):
+            self.skipped = "no finite EEF pose / finger state at the camera stamp"
             return None
-        history, _pad = self.frames.history(stamp, self.obs_offsets)
+        try:
+            history, _pad = self.frames.history(stamp, self.obs_offsets)
+        except LookupError as err:  # a camera gap inside the history window: wait until it has passed
+            self.skipped = f"history frames: {err}"
+            return None
         hist_actions = self.robot.history_actions(self.states, stamp, self.history_steps,
                                                   self.settings.state_tolerance_s)
         obs = self.runtime.observation(self.robot.embodiment, history, self._instruction,

@@ -56,15 +56,9 @@ def read_episode(bag: str | Path, robot: RobotInterface) -> Episode:
     """All complete control ticks of a bag (camera ``robot.camera``), with states and recorded actions."""
     from lda_teleop_record.bag_io import BagError, bag_info, read_messages
     from lda_teleop_record.frame_sync import BadSample, FrameSync
-    from lda_teleop_record.messages import (
-        check_raw_image,
-        compressed_to_rgb,
-        deserialize,
-        fingers_from_joint_state,
-        pose_from_msg,
-        raw_image_to_rgb,
-        stamp_ns,
-    )
+    from lda_teleop_record.messages import deserialize, fingers_from_joint_state, pose_from_msg, stamp_ns
+
+    from .robot import ImageError
 
     cfg = robot.config
     cam = robot.camera
@@ -80,7 +74,6 @@ def read_episode(bag: str | Path, robot: RobotInterface) -> Episode:
     if missing:
         raise ReplayError(f"bag {bag} lacks topic(s) {missing} of robot '{cfg.robot}' (has {sorted(info.topics)})")
     ids = {t: (k if k == "camera" else f"{k}:{h.name}") for t, (k, h) in streams.items()}
-    convert = {"camera": (lambda m: compressed_to_rgb(m, cam)) if cam.type == "compressed" else raw_image_to_rgb}
     rejected: dict[str, int] = {}
 
     def reject(stream: str, _stamp: int, _reason: str) -> None:
@@ -88,7 +81,7 @@ def read_episode(bag: str | Path, robot: RobotInterface) -> Episode:
 
     sync = FrameSync(list(ids.values()), "camera", period_ns=round(1e9 / cfg.fps),
                      tolerance_ns=round(cfg.tolerance_s * 1e9), max_latency_ns=round(cfg.max_latency_s * 1e9),
-                     converters=convert, on_reject=reject)
+                     on_reject=reject)
     ticks = []
     instruction = None
     topics = set(streams) | {cfg.instruction_topic}
@@ -100,14 +93,12 @@ def read_episode(bag: str | Path, robot: RobotInterface) -> Episode:
                 continue
             kind, hand = streams[topic]
             if kind == "camera":
-                if cam.type == "raw":
-                    check_raw_image(msg, cam, None)
-                value = msg
+                value = robot.image_to_rgb(msg)  # converted up front: the recorder's checks and resize
             elif kind == "pose":
                 value = pose_from_msg(msg, cfg.quaternion_tolerance, cfg.base_frame)
             else:
                 value = fingers_from_joint_state(msg, hand.fingers)
-        except BadSample:
+        except (BadSample, ImageError):
             reject(ids.get(topic, topic), 0, "")
             continue
         sync.push(ids[topic], stamp_ns(msg), value)

@@ -23,7 +23,11 @@ from .chunk_executor import ChunkPlan, HandTrajectory
 from .geometry import HandsState
 from .inference import HandStateBuffer
 
-__all__ = ["ConfigError", "RobotInterface"]
+__all__ = ["ConfigError", "ImageError", "RobotInterface"]
+
+
+class ImageError(ValueError):
+    """A camera message that cannot be used (encoding, size, corrupt data); the message says why."""
 
 
 class RobotInterface:
@@ -71,6 +75,24 @@ class RobotInterface:
                               f"at fps={self.config.fps}")
 
     # -- conversions ---------------------------------------------------------------------------------
+    def image_to_rgb(self, msg) -> np.ndarray:
+        """A camera message (sensor_msgs Image / CompressedImage, rclpy or rosbags) -> (H, W, 3) uint8 RGB,
+        through the recorder's own conversion: same checks, same resize to the configured size as the
+        training data went through."""
+        from lda_teleop_record.frame_sync import BadSample
+        from lda_teleop_record.messages import check_raw_image, compressed_to_rgb, raw_image_to_rgb
+
+        try:
+            if self.camera.type == "compressed":
+                img = compressed_to_rgb(msg, self.camera)
+            else:
+                check_raw_image(msg, self.camera, None)
+                img = raw_image_to_rgb(msg, self.camera)
+        except BadSample as err:
+            raise ImageError(f"camera {self.camera.topic}: {err}") from None
+        img = np.ascontiguousarray(img)
+        return img if img.flags.writeable and img.base is None else img.copy()
+
     def fingers_from_joint_state(self, hand: str, names, positions) -> np.ndarray | None:
         """Finger values of ``hand`` from a JointState (None if a configured joint is absent)."""
         h = next(x for x in self.config.hands if x.name == hand)

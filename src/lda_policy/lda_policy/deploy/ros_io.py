@@ -13,6 +13,7 @@ from builtin_interfaces.msg import Time
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 from .policy import ProposedChunk
+from .robot import ImageError
 
 #: Camera, EEF poses, finger states: best-effort, keep the newest few (a late frame is a useless frame).
 SENSOR_QOS = qos_profile_sensor_data
@@ -22,10 +23,6 @@ COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, histo
 #: The instruction: reliable + transient-local, so a node started later still gets the current task.
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-class ImageError(ValueError):
-    """An image message that cannot be converted (encoding, size)."""
 
 
 def stamp_to_sec(stamp) -> float:
@@ -55,7 +52,7 @@ def image_to_rgb(msg) -> np.ndarray:
         return np.repeat(img, 3, axis=2)
     if enc.startswith("bgr"):
         img = img[..., [2, 1, 0]]
-    return np.ascontiguousarray(img[..., :3])
+    return img[..., :3].copy()  # writable and contiguous (torch refuses read-only buffers)
 
 
 def compressed_to_rgb(msg) -> np.ndarray:
@@ -67,7 +64,7 @@ def compressed_to_rgb(msg) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(bytes(msg.data), dtype=np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ImageError(f"cannot decode a compressed image of format '{msg.format}'")
-    return np.ascontiguousarray(img[..., ::-1])
+    return img[..., ::-1].copy()
 
 
 def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str = ""):
@@ -148,8 +145,10 @@ def declare(node, name: str, default, description: str, *, read_only: bool = Tru
         extra.append(f"one of {choices}")
     if required:
         extra.append("required")
+    # dynamic typing + coercion below: `-p rate:=1` (an int) for a float parameter, or `instruction:=42`
+    # for a string one, is what a user means, not a type error
     desc = ParameterDescriptor(description=description + (f" ({'; '.join(extra)})" if extra else ""),
-                               read_only=read_only)
+                               read_only=read_only, dynamic_typing=True)
     if low is not None or high is not None:
         if isinstance(default, float):
             desc.floating_point_range = [FloatingPointRange(from_value=float(-1e300 if low is None else low),
@@ -157,7 +156,7 @@ def declare(node, name: str, default, description: str, *, read_only: bool = Tru
         elif isinstance(default, int) and not isinstance(default, bool):
             desc.integer_range = [IntegerRange(from_value=int(-(2**62) if low is None else low),
                                                to_value=int(2**62 if high is None else high), step=0)]
-    value = node.declare_parameter(name, default, desc).value
+    value = _coerce(name, node.declare_parameter(name, default, desc).value, default)
     if required and (value is None or (isinstance(value, str) and not value.strip())):
         raise ParameterError(f"parameter '{name}' is required: {description}")
     if choices and value not in choices:
@@ -165,6 +164,37 @@ def declare(node, name: str, default, description: str, *, read_only: bool = Tru
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if (low is not None and value < low) or (high is not None and value > high):
             raise ParameterError(f"parameter '{name}' = {value} is outside [{low}, {high}]")
+    return value
+
+
+def _coerce(name: str, value, default):
+    """The parameter value in the type of its default, or ParameterError."""
+    if value is None:  # `-p name:=` (empty) reads as "not set"
+        value = "" if isinstance(default, str) else default
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if isinstance(default, int):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if isinstance(default, str):
+            return value if isinstance(value, str) else str(value)
+        if isinstance(default, (list, tuple)):
+            if not isinstance(value, (list, tuple)) or len(value) != len(default):
+                raise TypeError
+            return [float(v) for v in value] if all(isinstance(v, float) for v in default) else list(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"parameter '{name}' = {value!r} should be a {type(default).__name__}"
+                             + (f" of length {len(default)}" if isinstance(default, (list, tuple)) else "")) from None
     return value
 
 

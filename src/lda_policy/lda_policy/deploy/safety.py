@@ -118,7 +118,7 @@ def check_chunk(actions: np.ndarray, dimension_names: list[str], dt: float, plan
         return [bad]
     if not dt > 0:
         return [f"chunk dt {dt} is not positive"]
-    lo, hi = np.asarray(limits.workspace_min), np.asarray(limits.workspace_max)
+    lo, hi = np.asarray(limits.workspace_min, dtype=float), np.asarray(limits.workspace_max, dtype=float)
     step_t = min(limits.max_step_translation_m, limits.max_linear_speed_m_s * dt)
     step_r = min(limits.max_step_rotation_rad, limits.max_angular_speed_rad_s * dt)
     for hand, traj in plan.items():
@@ -147,7 +147,7 @@ def check_chunk(actions: np.ndarray, dimension_names: list[str], dt: float, plan
         if outside.any():
             k = int(np.argmax(outside))
             p = np.round(traj.positions[k], 3).tolist()
-            out.append(f"{hand} target {p} (row {k}) leaves the workspace box {list(lo)}..{list(hi)}")
+            out.append(f"{hand} target {p} (row {k}) leaves the workspace box {lo.tolist()}..{hi.tolist()}")
         g = traj.fingers
         if (g < limits.finger_min).any() or (g > limits.finger_max).any():
             out.append(f"{hand} finger command {float(g.min()):.3f}..{float(g.max()):.3f} outside "

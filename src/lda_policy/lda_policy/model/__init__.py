@@ -11,10 +11,29 @@ Encoders (transformers-based, imported lazily) live in :mod:`lda_policy.model.en
 """
 
 from .checkpoint import CheckpointError, read_config
-from .config import (DEFAULT_EMBODIMENTS, DINO_DIM, DINO_GRID, PRESETS, TASKS, DataRole, EmbodimentSpec,
-                     FlowConfig, LDAConfig, Task, TimeLayout, allowed_tasks)
-from .encoders import (DinoV3Encoder, LanguageEmbedding, MiniLMEncoder, Qwen3VLEncoder, load_language_encoder,
-                       write_random_dinov3_checkpoint, write_random_qwen3vl_checkpoint)
+from .config import (
+                     DEFAULT_EMBODIMENTS,
+                     DINO_DIM,
+                     DINO_GRID,
+                     PRESETS,
+                     TASKS,
+                     DataRole,
+                     EmbodimentSpec,
+                     FlowConfig,
+                     LDAConfig,
+                     Task,
+                     TimeLayout,
+                     allowed_tasks,
+)
+from .encoders import (
+                     DinoV3Encoder,
+                     LanguageEmbedding,
+                     MiniLMEncoder,
+                     Qwen3VLEncoder,
+                     load_language_encoder,
+                     write_random_dinov3_checkpoint,
+                     write_random_qwen3vl_checkpoint,
+)
 from .lda import InputError, LDAModel, Observation, pool_latents
 from .normalization import Normalizer, RobustStats
 from .runner import LatentHistory

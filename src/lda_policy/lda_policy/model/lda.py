@@ -337,9 +337,10 @@ class LDAModel(nn.Module):
         as tokens (history and chunk become stand-ins), a disallowed (role, task) pair, a task whose
         target or clean condition is missing (no valid actions, no valid future frame) contributes
         exactly zero loss and gradient. Entries flagged as padding never enter the network (zeros
-        where they are noised targets, stand-ins where they are clean conditions) and carry no loss. Returns the mean loss over samples with an active loss and
-        ``info`` with ``loss``, ``loss/<task>``, ``count/<task>`` (active samples per task),
-        ``loss/action`` and ``loss/visual``.
+        where they are noised targets, stand-ins where they are clean conditions) and carry no loss.
+
+        Returns the mean loss over samples with an active loss and ``info`` with ``loss``,
+        ``loss/<task>``, ``count/<task>`` (active samples per task), ``loss/action``, ``loss/visual``.
         """
         c = self.config
         x = self._training_inputs(batch)
@@ -563,7 +564,8 @@ class LDAModel(nn.Module):
             out["state"] = torch.zeros(b, c.max_state_dim, device=dev)
             out["state_present"] = torch.zeros(b, dtype=torch.bool, device=dev)
         else:
-            s = F.pad(_check_tensor("state", obs.state, (b, spec.state_dim), dev), (0, c.max_state_dim - spec.state_dim))
+            s = _check_tensor("state", obs.state, (b, spec.state_dim), dev)
+            s = F.pad(s, (0, c.max_state_dim - spec.state_dim))
             out["state"] = torch.where(self.state_dim_mask[eid], self.normalizer.normalize_state(s, eid), 0.0)
             out["state_present"] = torch.ones(b, dtype=torch.bool, device=dev)
         n_hist = c.time.history_action_steps

@@ -70,7 +70,7 @@ class MMDiTBlock(nn.Module):
         mods = [s.ada_ln(c).chunk(6, dim=-1) for s in self.streams]
 
         qs, ks, vs = [], [], []
-        for x, s, (shift, scale, _, _, _, _) in zip(xs, self.streams, mods):
+        for x, s, (shift, scale, _, _, _, _) in zip(xs, self.streams, mods, strict=True):
             q, k, v = s.qkv(modulate(s.norm_attn(x), shift, scale)).chunk(3, dim=-1)
             qs.append(s.q_norm(self._heads(q)))
             ks.append(s.k_norm(self._heads(k)))
@@ -78,18 +78,18 @@ class MMDiTBlock(nn.Module):
         out = F.scaled_dot_product_attention(torch.cat(qs, 2), torch.cat(ks, 2), torch.cat(vs, 2))
         out = self._merge(out).split(lengths, dim=1)
         xs = [x + gate.unsqueeze(1) * s.attn_out(o)
-              for x, o, s, (_, _, gate, _, _, _) in zip(xs, out, self.streams, mods)]
+              for x, o, s, (_, _, gate, _, _, _) in zip(xs, out, self.streams, mods, strict=True)]
 
         k, v = self.cross_kv(ctx).chunk(2, dim=-1)
         k, v = self.cross_k_norm(self._heads(k)), self._heads(v)
         q = torch.cat([s.cross_q_norm(self._heads(s.cross_q(s.norm_cross(x))))
-                       for x, s in zip(xs, self.streams)], dim=2)
+                       for x, s in zip(xs, self.streams, strict=True)], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx_mask[:, None, None, :])
         out = self._merge(out).split(lengths, dim=1)
-        xs = [x + s.cross_out(o) for x, o, s in zip(xs, out, self.streams)]
+        xs = [x + s.cross_out(o) for x, o, s in zip(xs, out, self.streams, strict=True)]
 
         return [x + gate.unsqueeze(1) * s.mlp(modulate(s.norm_mlp(x), shift, scale))
-                for x, s, (_, _, _, shift, scale, gate) in zip(xs, self.streams, mods)]
+                for x, s, (_, _, _, shift, scale, gate) in zip(xs, self.streams, mods, strict=True)]
 
 
 class MMDiT(nn.Module):
@@ -127,7 +127,7 @@ class MMDiT(nn.Module):
             else:
                 xs = block(xs, c, ctx, ctx_mask)
         out = []
-        for x, ada in zip(xs, self.final_ada_ln):
+        for x, ada in zip(xs, self.final_ada_ln, strict=True):
             shift, scale = ada(c).chunk(2, dim=-1)
             out.append(modulate(self.final_norm(x), shift, scale))
         return out

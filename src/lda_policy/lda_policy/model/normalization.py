@@ -36,7 +36,7 @@ class RobustStats:
             raise ValueError("RobustStats.low and .high must be non-empty and of equal length")
         if not all(math.isfinite(v) for v in self.low + self.high):
             raise ValueError("RobustStats contains non-finite values")
-        if any(lo > hi for lo, hi in zip(self.low, self.high)):
+        if any(lo > hi for lo, hi in zip(self.low, self.high, strict=True)):
             raise ValueError("RobustStats.low must not exceed .high")
 
     @property

@@ -1,0 +1,180 @@
+"""Policy-chunk latency of the LDA model per preset, with and without DINO encoding.
+
+One control step with the latent history cache = encode the newest camera frame with DINOv3
+(ViT-S/16 geometry, random weights built from its config) + ``model.policy`` on the cached history.
+For each preset and Euler step count this reports p50/p95 of: the DINO encoding alone, the policy
+alone, and the full control step; plus the policy's achieved FLOP/s (FLOPs counted by
+``torch.utils.flop_counter``) as a fraction of the dense-matmul FLOP/s measured on the same machine in
+the same run. The language embedding is computed once per instruction and is not timed.
+
+Usage:
+    PYTHONPATH=src/lda_policy python benchmarks/model_latency.py                       # CPU, small presets
+    PYTHONPATH=src/lda_policy python benchmarks/model_latency.py --device cuda --dtype bf16 \\
+        --presets lda-tiny lda-small lda-0.5b lda-1b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+from lda_policy.model import (
+    DinoV3Encoder,
+    LatentHistory,
+    LDAModel,
+    Observation,
+    pool_latents,
+    write_random_dinov3_checkpoint,
+)
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Wall-clock milliseconds of ``iters`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def summary(times_ms: list[float]) -> dict[str, float]:
+    return {"p50_ms": float(np.percentile(times_ms, 50)), "p95_ms": float(np.percentile(times_ms, 95)),
+            "n": len(times_ms)}
+
+
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int, iters: int) -> float:
+    """Dense (size x size) @ (size x size) throughput: the machine's practical peak for this dtype."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    times = timed(lambda: a @ b, device, warmup=2, iters=iters)
+    return 2 * size**3 / (float(np.median(times)) / 1e3)
+
+
+def bench_preset(name: str, args: argparse.Namespace, device: torch.device, dino: DinoV3Encoder,
+                 frame: torch.Tensor, peak: float) -> list[dict]:
+    """Latency and FLOP figures of one preset for every Euler step count in ``args.steps``."""
+    torch.manual_seed(0)
+    model = LDAModel.from_preset(name, device=device).eval()
+    model.bf16_autocast = args.dtype == "bf16"
+    if args.compile:
+        model.compile()
+    c = model.config
+    spec = c.embodiments[0]
+    history = LatentHistory(lambda im: pool_latents(dino.encode(im), c.latent_grid), c.time.obs_offsets_s)
+    for k in range(6):
+        history.add(0.1 * k, frame)
+    lang = torch.randn(1, 16, c.lang_dim)
+    lang_mask = torch.ones(1, 16, dtype=torch.bool)
+    state = torch.zeros(1, spec.state_dim)
+    past_actions = torch.zeros(1, c.time.history_action_steps, spec.action_dim)
+    obs = Observation(spec.name, history.latents()[0], lang, lang_mask, state, past_actions)
+    clock = [0.5]
+
+    def control_step(steps: int) -> torch.Tensor:
+        """What a 10 Hz controller does: encode the newest frame, read the cached history, plan."""
+        clock[0] += 0.1
+        history.add(clock[0], frame)
+        return model.policy(Observation(spec.name, history.latents()[0], lang, lang_mask, state, past_actions),
+                            num_steps=steps)
+
+    results = []
+    for steps in args.steps:
+        with FlopCounterMode(display=False) as counter:
+            model.policy(obs, num_steps=steps)
+        flops = counter.get_total_flops()
+        policy = summary(timed(lambda s=steps: model.policy(obs, num_steps=s), device, args.warmup, args.iters))
+        step = summary(timed(lambda s=steps: control_step(s), device, args.warmup, args.iters))
+        achieved = flops / (policy["p50_ms"] / 1e3)
+        results.append({
+            "preset": name, "euler_steps": steps, "parameters": model.parameter_counts()["total"],
+            "tokens": c.time.history_action_steps + 1 + c.time.chunk_size + c.num_registers
+            + (c.num_obs_frames + c.num_future_frames) * c.tokens_per_frame,
+            "policy": policy, "control_step_with_dino": step, "policy_flops": flops,
+            "policy_flops_per_s": achieved, "fraction_of_matmul_peak": achieved / peak,
+        })
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["lda-tiny", "lda-small"])
+    parser.add_argument("--steps", nargs="+", type=int, default=[4, 10], help="Euler steps per chunk")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: denoiser under bf16 autocast, DINO with bf16 weights (CUDA only)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_latency.json"))
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]  # other processes on the machine skew CPU timings; record it
+    device = torch.device(args.device)
+    bf16 = args.dtype == "bf16"
+    if bf16 and device.type != "cuda":
+        parser.error("--dtype bf16 needs --device cuda (bf16 autocast is the GPU inference path)")
+    matmul_dtype = torch.bfloat16 if bf16 else torch.float32
+    peak = matmul_flops_per_s(device, matmul_dtype, 4096 if device.type == "cuda" else 1024, iters=10)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dino = DinoV3Encoder(write_random_dinov3_checkpoint(Path(tmp) / "dinov3-vits16"), device=device,
+                             dtype=torch.bfloat16 if bf16 else torch.float32)
+    frame = torch.randint(0, 256, (1, 480, 640, 3), dtype=torch.uint8)  # a VGA camera frame
+    dino_times = summary(timed(lambda: dino.encode(frame), device, args.warmup, args.iters))
+
+    results = []
+    for name in args.presets:
+        results += bench_preset(name, args, device, dino, frame, peak)
+
+    report = {
+        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": args.dtype,
+        "compile": args.compile, "python": sys.version.split()[0],
+        "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
+        "matmul_flops_per_s": peak, "dino_encode_one_frame": dino_times, "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"device {report['device']} ({report['device_name']}), {report['threads']} threads, {args.dtype}, "
+          f"dense matmul {peak / 1e9:.1f} GFLOP/s, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"DINOv3 ViT-S/16 encode, 1 frame: p50 {dino_times['p50_ms']:.1f} ms, p95 {dino_times['p95_ms']:.1f} ms")
+    header = (f"{'preset':<10} {'params':>8} {'steps':>5} {'policy p50':>11} {'p95':>8} "
+              f"{'+DINO p50':>10} {'p95':>8} {'GFLOP':>7} {'GFLOP/s':>8} {'of peak':>8}")
+    print(header)
+    for r in results:
+        print(f"{r['preset']:<10} {r['parameters'] / 1e6:>7.1f}M {r['euler_steps']:>5} "
+              f"{r['policy']['p50_ms']:>9.1f}ms {r['policy']['p95_ms']:>6.1f}ms "
+              f"{r['control_step_with_dino']['p50_ms']:>8.1f}ms {r['control_step_with_dino']['p95_ms']:>6.1f}ms "
+              f"{r['policy_flops'] / 1e9:>7.2f} {r['policy_flops_per_s'] / 1e9:>8.1f} "
+              f"{100 * r['fraction_of_matmul_peak']:>7.1f}%")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""ROS-free deployment core: chunk hand-over, latency compensation, hold-still, hard limits, latching, surprise."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from lda_policy.deploy import testing as T
+from lda_policy.deploy.chunk_executor import (
+    STATUS_OK,
+    STATUS_STOP,
+    ChunkExecutor,
+    ChunkPlan,
+    ExecutorConfig,
+    HandTrajectory,
+)
+from lda_policy.deploy.geometry import HandState
+from lda_policy.deploy.inference import FrameLatents, HandStateBuffer
+from lda_policy.deploy.replay import LatentPCA, heatmap, panel
+from lda_policy.deploy.safety import CalibrationError, SafetyCalibration, SafetyLimits, SafetyState, check_chunk
+
+Q = np.array([1.0, 0.0, 0.0, 0.0])
+
+
+def straight_plan(seq, stamp, start, velocity, rows=16, dt=0.1, finger=0.04):
+    """A chunk moving in a straight line: row k targets start + velocity * (k + 1) * dt."""
+    pos = np.array([start + velocity * (k + 1) * dt for k in range(rows)])
+    traj = HandTrajectory(pos, np.tile(Q, (rows, 1)), np.full((rows, 1), finger))
+    return ChunkPlan(seq, stamp, dt, {"right": traj})
+
+
+def measured(p, finger=0.04):
+    return {"right": HandState.make(p, Q, [finger])}
+
+
+def run(ex, t0, t1, dt=0.1, meas=None):
+    out = []
+    t = t0
+    while t < t1 - 1e-9:
+        out.append((t, ex.step(t, meas or measured(np.zeros(3)))))
+        t += dt
+    return out
+
+
+@pytest.mark.parametrize("blend", [0.3, 0.0])
+def test_hand_over_between_chunks_is_continuous_only_with_blending(blend):
+    # Two chunks that disagree by 10 cm: the cross-fade spreads the difference over blend_time_s.
+    ex = ChunkExecutor(["right"], ExecutorConfig(blend_time_s=blend))
+    ex.on_status(STATUS_OK, "ok", 0.0)
+    v = np.array([0.05, 0.0, 0.0])
+    assert ex.add_chunk(straight_plan(1, 0.0, np.zeros(3), v), 0.05)[0]
+    steps = run(ex, 0.05, 0.55)
+    assert ex.add_chunk(straight_plan(2, 0.45, np.array([0.0, 0.10, 0.0]), v), 0.55)[0]
+    for t in np.arange(0.55, 1.2, 0.1):
+        ex.on_status(STATUS_OK, "ok", t)
+        steps.append((t, ex.step(t, measured(np.zeros(3)))))
+    assert all(c.mode == "execute" for _, c in steps)
+    jumps = [np.linalg.norm(b.targets["right"].position - a.targets["right"].position)
+             for (_, a), (_, b) in zip(steps, steps[1:], strict=False)]
+    if blend:
+        assert max(jumps) < 0.045, jumps  # ~10 cm / 3 ticks + 5 mm of motion per tick
+    else:
+        assert max(jumps) > 0.09, jumps  # without blending the switch is a 10 cm jump: the test can fail
+    assert steps[-1][1].chunk_sequence == 2
+    assert abs(steps[-1][1].targets["right"].position[1] - 0.10) < 1e-9  # fully on the new chunk
+
+
+def test_latency_compensation_skips_the_rows_that_passed():
+    ex = ChunkExecutor(["right"], ExecutorConfig(blend_time_s=0.0))
+    ex.on_status(STATUS_OK, "ok", 10.3)
+    plan = straight_plan(1, 10.0, np.zeros(3), np.array([0.1, 0.0, 0.0]))
+    assert ex.add_chunk(plan, 10.3)[0]
+    cmd = ex.step(10.3, measured(np.zeros(3)))
+    # observation at t=10.0, now 10.3 -> row 3 (target after 4 steps of 1 cm)
+    assert cmd.mode == "execute"
+    assert np.allclose(cmd.targets["right"].position, [0.04, 0, 0])
+    assert ex.stats.last_latency_s == pytest.approx(0.3)
+
+
+def test_holds_measured_pose_without_heartbeat_and_keeps_the_commanded_fingers():
+    ex = ChunkExecutor(["right"], ExecutorConfig(heartbeat_timeout_s=0.5, blend_time_s=0.0))
+    assert ex.step(0.0, measured([0.3, 0, 0])).mode == "hold"  # nothing heard from the monitor yet
+    ex.on_status(STATUS_OK, "ok", 0.0)
+    assert ex.add_chunk(straight_plan(1, 0.0, np.zeros(3), np.array([0.1, 0, 0]), finger=0.01), 0.0)[0]
+    assert ex.step(0.2, measured([0.01, 0, 0], 0.03)).mode == "execute"
+    cmd = ex.step(0.7, measured([0.05, 0, 0], 0.03))  # 0.7 s after the last status
+    assert cmd.mode == "hold" and "heartbeat missing" in cmd.reason
+    assert np.allclose(cmd.targets["right"].position, [0.05, 0, 0])  # the measured pose, latched
+    assert np.allclose(cmd.targets["right"].fingers, [0.01])  # the last commanded width, not the measured one
+    later = ex.step(0.9, measured([0.06, 0, 0]))
+    assert np.allclose(later.targets["right"].position, [0.05, 0, 0])  # latched: measurement drift ignored
+    ex.on_status(STATUS_OK, "ok", 1.0)
+    assert ex.step(1.0, measured([0.06, 0, 0])).mode == "hold"  # the old chunk was discarded on the hold
+
+
+def test_stop_holds_and_chunks_from_before_the_stop_never_run():
+    ex = ChunkExecutor(["right"], ExecutorConfig(blend_time_s=0.0))
+    ex.on_status(STATUS_OK, "ok", 0.0)
+    ex.add_chunk(straight_plan(1, 0.0, np.zeros(3), np.array([0.1, 0, 0])), 0.0)
+    ex.on_status(STATUS_STOP, "surprise 9 > 4", 0.3)
+    cmd = ex.step(0.3, measured([0.02, 0, 0]))
+    assert cmd.mode == "hold" and "surprise 9" in cmd.reason
+    ok, why = ex.add_chunk(straight_plan(2, 0.25, np.zeros(3), np.array([0.1, 0, 0])), 0.35)
+    assert not ok and why.startswith("safety stop")
+    ex.on_status(STATUS_OK, "reset", 0.4)  # reset: a chunk observed before the STOP is still refused
+    ok, why = ex.add_chunk(straight_plan(3, 0.28, np.zeros(3), np.array([0.1, 0, 0])), 0.4)
+    assert not ok and why.startswith("before stop")
+    assert ex.add_chunk(straight_plan(4, 0.4, np.zeros(3), np.array([0.1, 0, 0])), 0.45)[0]
+    assert ex.step(0.5, measured([0.02, 0, 0])).mode == "execute"
+
+
+def test_approval_deadline_and_stale_or_late_chunks():
+    ex = ChunkExecutor(["right"], ExecutorConfig(approval_deadline_s=1.0, max_chunk_age_s=1.0, blend_time_s=0.0))
+    for t in np.arange(0, 3, 0.1):
+        ex.on_status(STATUS_OK, "ok", t)
+    ex.add_chunk(straight_plan(1, 0.0, np.zeros(3), np.array([0.01, 0, 0]), rows=40), 0.1)
+    assert ex.step(1.0, measured(np.zeros(3))).mode == "execute"
+    cmd = ex.step(1.2, measured(np.zeros(3)))
+    assert cmd.mode == "hold" and "no approved chunk" in cmd.reason
+    ok, why = ex.add_chunk(straight_plan(2, 0.0, np.zeros(3), np.zeros(3)), 1.5)
+    assert not ok and why.startswith("stale")
+    ok, why = ex.add_chunk(straight_plan(3, 1.0, np.zeros(3), np.zeros(3), rows=4), 1.45)
+    assert not ok and why.startswith("late")
+    nan = straight_plan(4, 1.5, np.zeros(3), np.zeros(3))
+    nan.hands["right"].positions[3, 0] = np.nan
+    ok, why = ex.add_chunk(nan, 1.5)
+    assert not ok and why.startswith("non-finite")
+
+
+def test_hard_limits_name_what_is_wrong():
+    lim = SafetyLimits(workspace_min=(-1, -1, 0.0), workspace_max=(1, 1, 1), finger_min=0.0, finger_max=0.08)
+    anchor = measured([0.5, 0, 0.3])
+    names = [f"right/{c}" for c in ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")]
+    ok = straight_plan(1, 0, np.array([0.5, 0, 0.3]), np.array([0.1, 0, 0]))
+    actions = np.zeros((16, 7))
+    assert check_chunk(actions, names, 0.1, ok.hands, anchor, lim) == []
+    actions[2, 4] = np.nan
+    assert check_chunk(actions, names, 0.1, ok.hands, anchor, lim) == ["NaN/inf in actions (row 2, column right/dry)"]
+    fast = straight_plan(1, 0, np.array([0.5, 0, 0.3]), np.array([1.0, 0, 0]))  # 10 cm per row
+    assert any("right moves 0.100 m in row" in v for v in check_chunk(np.zeros((16, 7)), names, 0.1, fast.hands, anchor,
+                                                                  lim))
+    down = straight_plan(1, 0, np.array([0.5, 0, 0.3]), np.array([0, 0, -0.3]))
+    assert any("leaves the workspace box" in v for v in check_chunk(np.zeros((16, 7)), names, 0.1, down.hands,
+                                                                    anchor, lim))
+    wide = straight_plan(1, 0, np.array([0.5, 0, 0.3]), np.zeros(3), finger=0.2)
+    assert any("finger command" in v for v in check_chunk(np.zeros((16, 7)), names, 0.1, wide.hands, anchor, lim))
+
+
+def test_stop_latches_until_reset_and_surprise_moves_ok_warn():
+    s = SafetyState(warn_surprise=2.0, stop_surprise=4.0, stop_consecutive=2)
+    s.update_surprise(2.5, 1)
+    assert s.level == 1
+    s.update_surprise(0.5, 2)
+    assert s.level == 0
+    s.update_surprise(5.0, 3)
+    assert s.level == 1  # one over the stop threshold: warn (stop_consecutive=2)
+    assert s.update_surprise(6.0, 4)
+    assert s.latched and s.reason.startswith("surprise 6.00 > 4")
+    s.update_surprise(0.0, 5)
+    assert s.latched  # good scores do not clear a STOP
+    assert not s.stop("another reason")  # the first reason is kept
+    s.reset()
+    assert s.level == 0 and not s.latched
+
+
+def test_calibration_round_trip_and_clear_errors(tmp_path):
+    d = np.array([[1.0, 2.0], [1.2, 2.4], [0.8, 1.6]])
+    cal = SafetyCalibration.from_distances(d, (0.5, 1.0), num_steps=4, num_samples=1, seed=0, source="x")
+    path = cal.save(tmp_path)
+    back = SafetyCalibration.load(tmp_path)
+    assert back.mean == pytest.approx((1.0, 2.0)) and back.std == pytest.approx((0.2, 0.4))
+    assert back.surprise(1, 2.8) == pytest.approx(2.0)
+    back.check_fits((0.5, 1.0), 4, 1, 0)
+    with pytest.raises(CalibrationError, match="num_steps 8 vs calibrated 4"):
+        back.check_fits((0.5, 1.0), 8, 1, 0)
+    with pytest.raises(CalibrationError, match="not found; compute it"):
+        SafetyCalibration.load(tmp_path / "nowhere")
+    path.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(CalibrationError, match="is not a safety calibration"):
+        SafetyCalibration.load(path)
+
+
+def test_frames_are_encoded_once_and_history_pads_at_start_up():
+    calls = []
+
+    def encode(img):
+        calls.append(img[0, 0, 0])
+        return torch.full((2, 2, 4), float(img[0, 0, 0]))
+
+    frames = FrameLatents(encode, min_period_s=0.05, tolerance_s=0.06)
+    frames.add(0.0, np.full((4, 4, 3), 1, np.uint8))
+    lat, pad = frames.history(0.0, (-0.5, 0.0))
+    assert pad == [True, False] and len(calls) == 1  # start-up: the oldest frame stands in, encoded once
+    for k in range(1, 11):
+        frames.add(k * 0.1, np.full((4, 4, 3), k + 1, np.uint8))
+    assert not frames.add(1.02, np.zeros((4, 4, 3), np.uint8))  # too close to the previous frame
+    lat, pad = frames.history(1.0, (-0.5, 0.0))
+    assert pad == [False, False] and lat[0, :, 0, 0, 0].tolist() == [6.0, 11.0]
+    lat, _ = frames.history(1.5 - 1e-9, (-0.5,))
+    assert len(calls) == 3  # frames 0.5 and 1.0 encoded for the step at 1.0 and reused
+    with pytest.raises(LookupError):
+        frames.history(3.0, (0.0,))
+
+
+def test_state_buffer_interpolates_poses():
+    buf = HandStateBuffer(["right"])
+    buf.add_pose("right", 0.0, [0, 0, 0], Q)
+    buf.add_pose("right", 0.1, [0.1, 0, 0], Q)
+    buf.add_fingers("right", 0.0, [0.02])
+    buf.add_fingers("right", 0.1, [0.04])
+    s = buf.at(0.025, 0.05)["right"]
+    assert np.allclose(s.position, [0.025, 0, 0]) and np.allclose(s.fingers, [0.025])
+    assert buf.at(0.3, 0.05) is None  # too far past the newest sample
+
+
+def test_pictures_have_the_expected_layout():
+    rng = np.random.default_rng(0)
+    lat = rng.normal(size=(10, 4, 4, 8))
+    pca = LatentPCA(lat)
+    rgb = pca.rgb(lat[0])
+    assert rgb.shape == (4, 4, 3) and rgb.dtype == np.uint8
+    hm = heatmap(np.array([[0.0, 1.0], [2.0, np.nan]]), vmax=2.0)
+    assert hm.shape == (2, 2, 3) and hm[0, 0].sum() < hm[1, 0].sum()  # inferno: dark for 0, bright for vmax
+    pic = panel(T.scene_image("a"), rgb, rgb, hm, tile=32, gap=2)
+    assert pic.shape == (32, 4 * 32 + 3 * 2, 3)
