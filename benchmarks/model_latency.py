@@ -36,7 +36,13 @@ from lda_policy.model import (
     pool_latents,
     write_random_dinov3_checkpoint,
 )
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
+
+
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """torch counts the CUDA attention kernels but not the CPU one; count it the same way."""
+    return sdpa_flop_count(query, key, value)
 
 
 def sync(device: torch.device) -> None:
@@ -78,7 +84,7 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device, dino
     model = LDAModel.from_preset(name, device=device).eval()
     model.bf16_autocast = args.dtype == "bf16"
     if args.compile:
-        model.compile()
+        model.compile_denoiser()
     c = model.config
     spec = c.embodiments[0]
     history = LatentHistory(lambda im: pool_latents(dino.encode(im), c.latent_grid), c.time.obs_offsets_s)

@@ -36,12 +36,11 @@ from lda_msgs.msg import ActionChunk, SafetyStatus
 from lda_policy.deploy.chunk_executor import ChunkExecutor, ExecutorConfig
 from lda_policy.deploy.inference import ModelRuntime, RuntimeLoadError, set_torch_threads
 from lda_policy.deploy.policy import PolicyRunner, PolicySettings
-from lda_policy.deploy.robot import ConfigError, RobotInterface
+from lda_policy.deploy.robot import ConfigError, ImageError, RobotInterface
 from lda_policy.deploy.ros_io import (
     COMMAND_QOS,
     LATCHED_QOS,
     SENSOR_QOS,
-    ImageError,
     ParameterError,
     chunk_to_msg,
     declare,

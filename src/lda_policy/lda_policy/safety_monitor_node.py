@@ -35,12 +35,11 @@ from std_srvs.srv import Trigger
 from lda_msgs.msg import ActionChunk, SafetyStatus
 from lda_policy.deploy.inference import ModelRuntime, RuntimeLoadError, set_torch_threads
 from lda_policy.deploy.monitor import MonitorSettings, SafetyMonitorCore
-from lda_policy.deploy.robot import ConfigError, RobotInterface
+from lda_policy.deploy.robot import ConfigError, ImageError, RobotInterface
 from lda_policy.deploy.ros_io import (
     COMMAND_QOS,
     LATCHED_QOS,
     SENSOR_QOS,
-    ImageError,
     ParameterError,
     declare,
     diagnostic_status,

@@ -44,3 +44,33 @@ def _exe(name: str) -> Path:
     from ament_index_python.packages import get_package_prefix
 
     return Path(get_package_prefix("lda_policy")) / "lib" / "lda_policy" / name
+
+
+def test_policy_node_is_a_lifecycle_node(tmp_path_factory):
+    from lda_bringup.testing import ros_node, wait_for
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    paths = T.cached_checkpoint(tmp_path_factory.getbasetemp() / "lda_deploy_model")
+    cmd = [str(_exe("policy_node")), "--ros-args", "-r", "__node:=lc_policy", "-p", "autostart:=false",
+           "-p", "torch_threads:=1"]
+    for key in ("robot_config", "checkpoint", "dino_path"):
+        cmd += ["-p", f"{key}:={paths[key]}"]
+    with NodeProcess(cmd) as run, ros_node("lifecycle_probe") as node:
+        change = node.create_client(ChangeState, "/lc_policy/change_state")
+        get = node.create_client(GetState, "/lc_policy/get_state")
+        assert change.wait_for_service(timeout_sec=60), run.output
+
+        def call(client, request):
+            future = client.call_async(request)
+            assert wait_for(future.done, 60)
+            return future.result()
+
+        assert call(get, GetState.Request()).current_state.label == "unconfigured"  # autostart:=false waits
+        for transition, label in ((Transition.TRANSITION_CONFIGURE, "inactive"),
+                                  (Transition.TRANSITION_ACTIVATE, "active"),
+                                  (Transition.TRANSITION_DEACTIVATE, "inactive"),
+                                  (Transition.TRANSITION_ACTIVATE, "active")):
+            assert call(change, ChangeState.Request(transition=Transition(id=transition))).success, run.output
+            assert call(get, GetState.Request()).current_state.label == label
+    assert "deactivated: holding the last measured pose" in run.output

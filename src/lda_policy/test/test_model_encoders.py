@@ -66,6 +66,9 @@ def test_latent_history_encodes_only_the_newest_frame(dino):
     history.add(2.0, frame)  # camera stalled for 1.4 s: the frame 0.5 s ago is missing
     with pytest.raises(LookupError, match="no frame within"):
         history.latents()
+    history.clear()  # a new episode starts from an empty history
+    with pytest.raises(LookupError, match="no frame"):
+        history.latents()
 
 
 def test_qwen3vl_encoder_loads_the_random_checkpoint_with_and_without_images(tmp_path):

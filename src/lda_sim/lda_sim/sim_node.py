@@ -217,6 +217,9 @@ class SimNode(Node):
                     time.sleep(delay)
                 else:
                     next_tick = time.monotonic()  # overran: do not try to catch up with a burst
+                    self.get_logger().warning(
+                        f"a step took {1000 * (period - delay):.0f} ms, longer than the {1000 * period:.0f} ms "
+                        "control period: running slower than real time", throttle_duration_sec=10.0)
 
     def _commands(self) -> tuple[dict, dict]:
         now = time.monotonic()

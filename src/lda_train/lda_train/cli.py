@@ -55,7 +55,7 @@ def train_main(argv: list[str] | None = None) -> int:
     p = _parser("lda-train", "Role-aware training of LDA on local LeRobot datasets.")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in output_dir from its newest complete checkpoint")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     _setup_logging()
     config_error, run_errors = _errors()
     try:
@@ -85,7 +85,7 @@ def cache_main(argv: list[str] | None = None) -> int:
     p = _parser("lda-cache-latents", "Build or verify the latent cache of every dataset in a training config.")
     p.add_argument("--verify-only", action="store_true",
                    help="only check the caches (exit 1 when one is missing, stale or corrupt)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     _setup_logging()
     config_error, run_errors = _errors()
     try:

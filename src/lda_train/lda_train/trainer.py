@@ -281,8 +281,10 @@ class Trainer:
         if cfg.encoders.dino_path is None:
             raise TrainError("encoders.dino_path is not set: name the local DINOv3 checkpoint directory")
         enc_device = self._encoder_device()
-        # the model config decides the latent grid; build it first to know it
+        # the model config decides the latent grid; build it first to know it. Seeded: every process
+        # (and a rerun) starts from the same weights (FSDP shards them without a broadcast).
         language_dim = self._language_dim()
+        torch.manual_seed(cfg.seed)
         self.model, self.from_checkpoint = build_model(cfg, self.sources, language_dim)
         spec_grid = tuple(self.model.config.latent_grid)
         self.cache_spec = CacheSpec(
@@ -813,8 +815,11 @@ def _fmt(x: Any) -> str:
 def run_training(cfg: TrainingRunConfig, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
     """Sets up processes, trains, tears down; the entry point of ``lda-train``."""
     env = setup_distributed(cfg.device)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         trainer = Trainer(cfg, resume=resume, env=env, progress=progress)
         return trainer.train()
     finally:
         teardown_distributed()
+        torch.set_num_threads(threads)  # in-process callers (tests, notebooks) get their settings back
+        torch.use_deterministic_algorithms(deterministic)

@@ -1,9 +1,9 @@
 """Message conversions and QoS profiles shared by the deployment nodes (the one ROS-dependent module here).
 
 Everything else in :mod:`lda_policy.deploy` is ROS-free; the nodes use these helpers to go between
-messages and the NumPy values the cores take. Images are converted with NumPy (``cv_bridge`` is not
-needed): ``rgb8``, ``bgr8``, ``rgba8``, ``bgra8``, ``mono8`` raw images, and JPEG/PNG compressed
-images through OpenCV when it is importable.
+messages and the NumPy values the cores take. Camera messages are converted by
+:meth:`lda_policy.deploy.robot.RobotInterface.image_to_rgb` (the recorder's NumPy conversion, no
+``cv_bridge``), so deployment sees images exactly as the training data was recorded.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from builtin_interfaces.msg import Time
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 from .policy import ProposedChunk
-from .robot import ImageError
 
 #: Camera, EEF poses, finger states: best-effort, keep the newest few (a late frame is a useless frame).
 SENSOR_QOS = qos_profile_sensor_data
@@ -32,39 +31,6 @@ def stamp_to_sec(stamp) -> float:
 def sec_to_stamp(t: float) -> Time:
     sec = int(np.floor(t))
     return Time(sec=sec, nanosec=min(int(round((t - sec) * 1e9)), 999_999_999))
-
-
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC3": 3, "8UC1": 1}
-
-
-def image_to_rgb(msg) -> np.ndarray:
-    """sensor_msgs/Image -> (H, W, 3) uint8 RGB (copy)."""
-    enc = msg.encoding
-    if enc not in _CHANNELS:
-        raise ImageError(f"unsupported image encoding '{enc}' (supported: {sorted(_CHANNELS)})")
-    ch = _CHANNELS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h == 0 or w == 0 or step < w * ch or len(msg.data) < h * step:
-        raise ImageError(f"image {w}x{h} step {step} has {len(msg.data)} bytes")
-    buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)[: h * step].reshape(h, step)[:, : w * ch]
-    img = buf.reshape(h, w, ch)
-    if ch == 1:
-        return np.repeat(img, 3, axis=2)
-    if enc.startswith("bgr"):
-        img = img[..., [2, 1, 0]]
-    return img[..., :3].copy()  # writable and contiguous (torch refuses read-only buffers)
-
-
-def compressed_to_rgb(msg) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg/png) -> (H, W, 3) uint8 RGB."""
-    try:
-        import cv2
-    except ImportError:
-        raise ImageError("compressed images need OpenCV (python3-opencv / opencv-python)") from None
-    img = cv2.imdecode(np.frombuffer(bytes(msg.data), dtype=np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ImageError(f"cannot decode a compressed image of format '{msg.format}'")
-    return img[..., ::-1].copy()
 
 
 def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str = ""):

@@ -25,7 +25,8 @@ IMAGE_W, IMAGE_H = 64, 48
 HOME = (np.array([0.45, 0.0, 0.25]), np.array([1.0, 0.0, 0.0, 0.0]))  # EEF pointing down, base frame
 
 
-def write_robot_config(path: str | Path, robot: str = TEST_ROBOT, camera_topic: str = "/test/head/image_raw") -> Path:
+def write_robot_config(path: str | Path, robot: str = TEST_ROBOT, camera_topic: str = "/test/head/image_raw",
+                       width: int = IMAGE_W, height: int = IMAGE_H) -> Path:
     """A one-arm robot config in the recorder's format (config/robots/*.yaml)."""
     path = Path(path)
     cfg = {
@@ -33,7 +34,7 @@ def write_robot_config(path: str | Path, robot: str = TEST_ROBOT, camera_topic: 
         "description": "single arm with a parallel gripper (deployment tests)",
         "fps": 10,
         "base_frame": "base",
-        "cameras": [{"name": "head", "topic": camera_topic, "type": "raw", "width": IMAGE_W, "height": IMAGE_H}],
+        "cameras": [{"name": "head", "topic": camera_topic, "type": "raw", "width": width, "height": height}],
         "hands": [{"name": "right", "pose_topic": "/robot/right/eef_pose",
                    "gripper_topic": "/robot/right/gripper_state",
                    "fingers": {"type": "width", "joints": ["finger_joint1", "finger_joint2"], "scale": 1.0}}],
@@ -42,9 +43,16 @@ def write_robot_config(path: str | Path, robot: str = TEST_ROBOT, camera_topic: 
     return path
 
 
-def scene_image(scene: str, position: np.ndarray | None = None, t: float = 0.0) -> np.ndarray:
-    """(48, 64, 3) uint8. Scene "a": a grey table with a red block under the gripper (it moves with the EEF
-    x/y) and a little sensor noise. Scene "b": a different room (saturated colour tiles)."""
+def scene_image(scene: str, position: np.ndarray | None = None, t: float = 0.0,
+                size: tuple[int, int] = (IMAGE_W, IMAGE_H)) -> np.ndarray:
+    """(48, 64, 3) uint8 by default (``size`` = (width, height)). Scene "a": a grey table with a red block
+    under the gripper (it moves with the EEF x/y) and a little sensor noise. Scene "b": a different room
+    (saturated colour tiles)."""
+    if tuple(size) != (IMAGE_W, IMAGE_H):
+        small = scene_image(scene, position, t)
+        rows = np.arange(size[1]) * IMAGE_H // size[1]
+        cols = np.arange(size[0]) * IMAGE_W // size[0]
+        return np.ascontiguousarray(small[rows][:, cols])
     rng = np.random.default_rng(int(t * 1000) % 2**32)
     if scene == "a":
         img = np.full((IMAGE_H, IMAGE_W, 3), (120, 120, 115), dtype=np.float64)
@@ -63,8 +71,13 @@ def scene_image(scene: str, position: np.ndarray | None = None, t: float = 0.0) 
 
 
 def make_checkpoint(directory: str | Path, robot_config: str | Path, preset: str = "lda-tiny", seed: int = 0,
-                    calibrate: bool = True, instruction: str = "pick up the red block") -> dict[str, Path]:
-    """Write ``<dir>/ckpt`` (random weights, test statistics, safety_calibration.json) and ``<dir>/dino``."""
+                    calibrate: bool = True, instruction: str = "pick up the red block", dino_layers: int = 1,
+                    dino_image_size: int = 64, **model_overrides) -> dict[str, Path]:
+    """Write ``<dir>/ckpt`` (random weights, test statistics, safety_calibration.json) and ``<dir>/dino``.
+
+    ``dino_layers=12, dino_image_size=224`` gives the real ViT-S/16 shape (benchmarks);
+    ``model_overrides`` go to ``LDAModel.from_preset`` (e.g. ``lang_dim=384`` to pair lda-1b with MiniLM).
+    """
     import torch
 
     from lda_policy.model import (
@@ -80,10 +93,11 @@ def make_checkpoint(directory: str | Path, robot_config: str | Path, preset: str
 
     directory = Path(directory)
     robot = RobotInterface(robot_config)
-    dino_dir = write_random_dinov3_checkpoint(directory / "dino", num_layers=1, image_size=64, seed=seed)
+    dino_dir = write_random_dinov3_checkpoint(directory / "dino", num_layers=dino_layers, image_size=dino_image_size,
+                                              seed=seed)
     torch.manual_seed(seed)
     spec = EmbodimentSpec(robot.embodiment, robot.action_dim, robot.state_dim, "deployment test arm")
-    model = LDAModel.from_preset(preset, embodiments=(spec,))
+    model = LDAModel.from_preset(preset, embodiments=(spec,), **model_overrides)
     # Small, safe actions: +-2 mm and +-0.01 rad per step, gripper near 4 cm.
     n_f = robot.action_dim - 6
     model.normalizer.set_embodiment_stats(
@@ -92,7 +106,9 @@ def make_checkpoint(directory: str | Path, robot_config: str | Path, preset: str
         RobustStats((0.2, -0.3, 0.0, -1, -1, -1, -1) + (0.0,) * n_f, (0.7, 0.3, 0.5, 1, 1, 1, 1) + (0.08,) * n_f))
     dino = DinoV3Encoder(dino_dir)
     rng = np.random.default_rng(seed)
-    frames = [scene_image("a", HOME[0] + rng.normal(0, 0.05, 3) * [1, 1, 0], t=i * 0.1) for i in range(32)]
+    cam = robot.camera
+    frames = [scene_image("a", HOME[0] + rng.normal(0, 0.05, 3) * [1, 1, 0], i * 0.1, (cam.width, cam.height))
+              for i in range(32)]
     lat = pool_latents(dino.encode(np.stack(frames)), model.config.latent_grid)
     model.normalizer.set_latent_stats(RobustStats.from_array(lat))
     ckpt = model.save_pretrained(directory / "ckpt")
@@ -139,7 +155,8 @@ def synthetic_episode(robot, steps: int = 60, seed: int = 0, scene: str = "a", d
     for k in range(steps):
         pos = pos + rng.normal(0, step_std, 3)
         hands = {h: HandState.make(pos.copy(), HOME[1], [0.04]) for h in robot.hands}
-        frames.append(ReplayFrame(k, 1000.0 + k * dt, scene_image(scene, pos, t=k * dt), hands,
+        size = (robot.camera.width, robot.camera.height)
+        frames.append(ReplayFrame(k, 1000.0 + k * dt, scene_image(scene, pos, k * dt, size), hands,
                                   robot.state_vector(hands)))
     actions, valid = robot.space.actions_from_states(np.stack([f.state for f in frames]))
     return Episode(frames, actions, valid, "pick up the red block")
@@ -203,6 +220,7 @@ class FakeRobot:
         self.statuses: list[tuple[float, object]] = []
         self.approved: list[tuple[float, object]] = []
         self.proposed: list[tuple[float, object]] = []
+        self.image_times: list[float] = []
         cam = self.robot.camera
         hand = self.robot.config.hands[0]
         self._Image, self._PoseStamped, self._JointState = Image, PoseStamped, JointState
@@ -252,7 +270,10 @@ class FakeRobot:
                 pos, quat = self.position.copy(), self.quaternion.copy()
                 scene, camera_on, override = self.scene, self.camera_on, self.pose_override
             if camera_on:
-                self.pub_image.publish(rgb_to_image(scene_image(scene, pos, t), stamp, "head"))
+                cam = self.robot.camera
+                self.pub_image.publish(rgb_to_image(scene_image(scene, pos, t, (cam.width, cam.height)), stamp,
+                                                    "head"))
+                self.image_times.append(t)
             pose = self._PoseStamped()
             pose.header.stamp, pose.header.frame_id = stamp, "base"
             p, q = override if override is not None else (pos, quat)

@@ -125,9 +125,10 @@ _ACTION_TASKS = (Task.POLICY, Task.INVERSE_DYNAMICS)  # tasks whose noisy modali
 class LDAModel(nn.Module):
     """LDA-1B style latent dynamics action model. Build with :meth:`from_preset` or :meth:`from_pretrained`.
 
-    Training: :meth:`compute_loss` on a batch that mixes tasks, roles and embodiments sample by sample.
+    Training: :meth:`compute_loss` (also ``model(batch)``, so DDP/FSDP wrappers see the training pass)
+    on a batch that mixes tasks, roles and embodiments sample by sample.
     Inference: :meth:`policy`, :meth:`forward_dynamics`, :meth:`inverse_dynamics`, :meth:`forecast`.
-    ``forward`` is the raw denoiser on normalised tensors; ``model.compile()`` compiles it.
+    :meth:`denoise` is the raw network on normalised tensors; :meth:`compile_denoiser` compiles it.
     """
 
     def __init__(self, config: LDAConfig) -> None:
@@ -136,6 +137,7 @@ class LDAModel(nn.Module):
         c = config
         h, e = c.hidden_size, c.max_embodiments
         self.bf16_autocast = True  # inference runs the denoiser under bf16 autocast on CUDA
+        self._denoise = self.denoise  # replaced by a compiled version in compile_denoiser()
         self.normalizer = Normalizer(c)
 
         self.action_encoder = EmbodimentLinear(e, c.max_action_dim, h)
@@ -222,6 +224,10 @@ class LDAModel(nn.Module):
     def embodiment(self, name: str) -> EmbodimentSpec:
         return self.config.embodiments[self.config.embodiment_index(name)]
 
+    def compile_denoiser(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` the denoiser used by training and the four inference calls."""
+        self._denoise = torch.compile(self.denoise, **compile_kwargs)
+
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute MM-DiT block activations during backward (memory for compute, lda-1b training)."""
         self.mmdit.gradient_checkpointing = enabled
@@ -260,7 +266,7 @@ class LDAModel(nn.Module):
 
     # ------------------------------------------------------------------ denoiser
 
-    def forward(
+    def denoise(
         self,
         embodiment_id: torch.Tensor,
         task: torch.Tensor,
@@ -315,6 +321,10 @@ class LDAModel(nn.Module):
 
     # ------------------------------------------------------------------ training
 
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training pass, :meth:`compute_loss` (LeRobot convention: ``loss, info = policy(batch)``)."""
+        return self.compute_loss(batch)
+
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Flow-matching loss of a batch mixing tasks, roles and embodiments sample by sample.
 
@@ -366,7 +376,7 @@ class LDAModel(nn.Module):
         future_in = torch.where(is_action_task[:, None, None, None], x["future_latents"], noisy_v)
         future_present = ~is_action_task[:, None] | ((task == Task.INVERSE_DYNAMICS)[:, None] & fut_valid)
 
-        v_a, v_v = self(eid, task, t, x["history_actions"], act_valid, x["state"], x["state_valid"],
+        v_a, v_v = self._denoise(eid, task, t, x["history_actions"], act_valid, x["state"], x["state_valid"],
                         actions_in, actions_present, x["obs_latents"], future_in, future_present,
                         x["language"], x["language_mask"])
 
@@ -511,7 +521,7 @@ class LDAModel(nn.Module):
             else:
                 acts, fut = clean_a, x
             with amp:
-                v_a, v_v = self(eid, task_ids, t, o["history_actions"], o["history_present"], o["state"],
+                v_a, v_v = self._denoise(eid, task_ids, t, o["history_actions"], o["history_present"], o["state"],
                                 o["state_present"], acts, act_present, o["obs_latents"], fut, fut_present,
                                 o["language"], o["language_mask"])
             return v_a if task in _ACTION_TASKS else v_v

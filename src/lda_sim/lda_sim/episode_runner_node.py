@@ -1,0 +1,159 @@
+"""episode_runner_node: closed-loop evaluation episodes on the simulated robot.
+
+    ros2 run lda_sim episode_runner_node --ros-args -p episodes:=10 -p results_path:=/tmp/eval.json
+
+Per episode: reset the sim with seed + i, call the configured reset services (std_srvs/Trigger, e.g. the
+safety monitor's latch reset), publish the instruction (transient-local, as a real operator would), then
+watch ``lda/task_success`` for up to ``max_steps`` control steps while whatever drives the robot (the
+policy node, or nothing for the frozen baseline) acts. Writes per-episode results and the success rate
+as JSON and exits 0 (so a launch file can mark it ``on_exit: shutdown``); 1 when the sim is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+
+from lda_msgs.msg import SafetyStatus
+from lda_msgs.srv import ResetSim
+
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+PARAMETERS = {
+    "episodes": (5, "closed-loop episodes to run"),
+    "seed": (1000, "episode i resets the sim with seed + i (use seeds not seen in training)"),
+    "max_steps": (150, "control steps (sim eef_pose messages) before an episode counts as a failure"),
+    "instruction": ("lift the red cube", "instruction published on /lda/instruction"),
+    "reset_service": ("sim/reset", "simulator's ResetSim service"),
+    "reset_services": (["/lda/safety_reset"], "std_srvs/Trigger services called after each sim reset"),
+    "settle_s": (0.5, "wait after the resets before the episode's steps count [s]"),
+    "results_path": ("", "write the results JSON here (empty: only log them)"),
+    "label": ("policy", "name of what drives the robot, stored in the results (e.g. policy, frozen)"),
+    "service_timeout_s": (60.0, "how long to wait for services to appear and answer [s]"),
+}
+
+
+class EpisodeRunner(Node):
+    def __init__(self):
+        super().__init__("episode_runner")
+        for name, (default, description) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=True))
+        self.cfg = {name: self.get_parameter(name).value for name in PARAMETERS}
+        if self.cfg["episodes"] < 1 or self.cfg["max_steps"] < 1:
+            raise ValueError("episodes and max_steps must be >= 1")
+        self._lock = threading.Lock()
+        self._steps = 0
+        self._success = False
+        self._stops = 0
+        self.create_subscription(PoseStamped, "robot/right/eef_pose", self._on_step, qos_profile_sensor_data)
+        self.create_subscription(Bool, "lda/task_success", self._on_success, qos_profile_sensor_data)
+        self.create_subscription(SafetyStatus, "/lda/safety_status", self._on_status, 10)
+        self._instruction = self.create_publisher(String, "/lda/instruction", LATCHED)
+        self._reset = self.create_client(ResetSim, self.cfg["reset_service"])
+        self._triggers = [self.create_client(Trigger, name) for name in self.cfg["reset_services"] if name]
+
+    def _on_step(self, _msg) -> None:
+        with self._lock:
+            self._steps += 1
+
+    def _on_success(self, msg: Bool) -> None:
+        with self._lock:
+            self._success = self._success or msg.data
+
+    def _on_status(self, msg: SafetyStatus) -> None:
+        with self._lock:
+            self._stops += int(msg.level == SafetyStatus.STOP)
+
+    def _call(self, client, request, optional: bool = False):
+        timeout = self.cfg["service_timeout_s"]
+        if not client.wait_for_service(timeout_sec=timeout if not optional else 2.0):
+            if optional:
+                self.get_logger().warning(f"service {client.srv_name} not available; skipped")
+                return None
+            raise RuntimeError(f"service {client.srv_name} not available after {timeout} s")
+        done = threading.Event()
+        future = client.call_async(request)
+        future.add_done_callback(lambda _f: done.set())
+        if not done.wait(timeout):
+            raise RuntimeError(f"service {client.srv_name} did not answer within {timeout} s")
+        return future.result()
+
+    def episode(self, index: int) -> dict:
+        seed = self.cfg["seed"] + index
+        reply = self._call(self._reset, ResetSim.Request(seed=seed))
+        if not reply.success:
+            raise RuntimeError(f"sim reset refused: {reply.message}")
+        for client in self._triggers:
+            self._call(client, Trigger.Request(), optional=True)
+        self._instruction.publish(String(data=self.cfg["instruction"]))
+        time.sleep(self.cfg["settle_s"])
+        with self._lock:
+            self._steps, self._success, self._stops = 0, False, 0
+        start = time.monotonic()
+        while True:
+            with self._lock:
+                steps, success, stops = self._steps, self._success, self._stops
+            if success or steps >= self.cfg["max_steps"]:
+                break
+            if time.monotonic() - start > 10.0 and steps == 0:
+                raise RuntimeError("the sim published no eef_pose for 10 s")
+            time.sleep(0.02)
+        result = {"episode": index, "seed": seed, "success": success, "steps": steps, "stop_statuses": stops,
+                  "wall_s": round(time.monotonic() - start, 2)}
+        self.get_logger().info(f"episode {index} (seed {seed}): {'success' if success else 'failure'} "
+                               f"after {steps} steps, {stops} STOP statuses")
+        return result
+
+    def run(self) -> dict:
+        episodes = [self.episode(i) for i in range(self.cfg["episodes"])]
+        successes = sum(e["success"] for e in episodes)
+        summary = {"label": self.cfg["label"], "episodes": len(episodes), "successes": successes,
+                   "success_rate": successes / len(episodes), "per_episode": episodes}
+        self.get_logger().info(f"{self.cfg['label']}: {successes}/{len(episodes)} episodes succeeded")
+        if self.cfg["results_path"]:
+            path = Path(self.cfg["results_path"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(summary, indent=2))
+            os.replace(tmp, path)
+        return summary
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    code = 0
+    node = executor = spinner = None
+    try:
+        node = EpisodeRunner()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        node.run()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        code = 130
+    except (RuntimeError, ValueError) as exc:
+        print(f"episode_runner_node: error: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        if spinner is not None:
+            spinner.join(timeout=5.0)  # a thread still spinning at interpreter exit aborts the process
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    sys.exit(code)
