@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from synthetic_data import record_dataset  # noqa: E402
+from lda_train.synthetic import record_dataset
 
 REPO = Path(__file__).resolve().parents[3]
 MIXED = ["high", "high", "low", "high", "actionless", "high", "low", "high"]
@@ -61,13 +61,3 @@ def make_config(dataset_roots, dino_dir, cache_root, output_dir, extra=(), datas
     cfg_path.write_text(yaml.safe_dump(data))
     overrides += list(extra)
     return load_config(cfg_path, overrides), cfg_path, overrides
-
-
-@pytest.fixture()
-def fresh_copy(tmp_path):
-    """Copies a dataset so a test may modify it."""
-    def copy(src: Path, name: str = "copy") -> Path:
-        dst = tmp_path / name
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lda"))
-        return dst
-    return copy

@@ -14,7 +14,7 @@ from lda_train.config import DatasetConfig
 from lda_train.data import BatchPlan, SourceDataset
 from lda_train.latent_cache import (CacheCorrupt, CacheMissing, CacheSpec, CacheStale, FrameWindowDataset,
                                     LatentCache, ensure_cache, plan_keys)
-from synthetic_data import record_dataset
+from lda_train.synthetic import record_dataset
 
 TINY = PRESETS["lda-tiny"]
 
@@ -72,8 +72,8 @@ def test_cache_matches_dino_on_lerobot_frames_and_is_reused(mixed_dataset, dino_
     assert torch.equal(again.latents, cache.latents)
 
 
-def test_changed_dataset_or_encoder_invalidates_the_cache(mixed_dataset, dino_dir, fresh_copy, tmp_path):
-    root = fresh_copy(mixed_dataset)
+def test_changed_dataset_or_encoder_invalidates_the_cache(dino_dir, tmp_path):
+    root = record_dataset(tmp_path / "small", ["high", "low", "high"], length=12, seed=3)
     enc = Encoders(dino_dir)
     spec = _spec(tmp_path / "cache", dino_dir)
     first = enc.ensure(_source(root), spec)

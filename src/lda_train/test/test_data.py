@@ -12,7 +12,7 @@ from lda_train.config import DatasetConfig, TaskWeights
 from lda_train.data import (ROLE_TASK_ALLOWED, BatchPlan, DataError, LanguageTable, SourceDataset, TaskSampler,
                             assemble_batch, open_sources, task_probabilities)
 from lda_train.stats import embodiment_stats
-from synthetic_data import record_dataset
+from lda_train.synthetic import record_dataset
 
 LAYOUT = PRESETS["lda-tiny"].time
 

@@ -8,7 +8,7 @@ import torch
 from conftest import MIXED, make_config
 from lda_policy.model import DataRole, Task
 from lda_train.trainer import Trainer
-from synthetic_data import record_dataset
+from lda_train.synthetic import record_dataset
 
 
 def _corrupt_low(index, actions):

@@ -1,4 +1,5 @@
-"""Synthetic teleoperation datasets recorded through the recorder's own episode writer.
+"""Synthetic teleoperation datasets recorded through the recorder's own episode writer (for tests,
+benchmarks and the learning check; the data path is exactly the one recorded robot data takes).
 
 A single-arm "reacher": the end effector moves towards a goal with a proportional controller, so the
 next action is predictable from the state, the goal (drawn in the image) and the previous actions.
