@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,13 +80,18 @@ class LaunchDescription:
         self.arguments = dict(arguments or {})
         self.declared: list[ArgDecl] = []
         self.processes: list[ProcessSpec] = []
+        self.params_dir: Path | None = None  # generated parameter files of inline values
         entries = self._load(self.path)
         self._declare_all(entries)
         unknown = sorted(set(self.arguments) - {a.name for a in self.declared})
         if unknown:
             known = ", ".join(a.name for a in self.declared) or "none"
             raise LaunchError(f"{self.path.name}: unknown launch argument(s) {unknown}; declared: {known}")
-        self._run(entries, _Scope({}, "/", {}), self.path, top_level=True)
+        try:
+            self._run(entries, _Scope({}, "/", {}), self.path, top_level=True)
+        except Exception:
+            self.cleanup()
+            raise
 
     # -- file handling -----------------------------------------------------------------------------
     @staticmethod
@@ -233,14 +240,22 @@ class LaunchDescription:
         namespace = _join_ns(scope.namespace, self._subst(body.get("namespace", ""), scope, path))
         if namespace != "/":
             cmd += ["-r", f"__ns:={namespace}"]
-        for param in body.get("param", []):
+        # Like ros2 launch, inline values go through a generated parameter file (so empty strings,
+        # lists and spaces survive), in order with the `from:` files: later entries win.
+        inline: dict[str, object] = {}
+        for param in [*body.get("param", []), None]:
+            if (param is None or "from" in param) and inline:
+                cmd += ["--params-file", self._params_file(inline)]
+                inline = {}
+            if param is None:
+                break
             if "from" in param:
                 file = Path(self._subst(param["from"], scope, path))
                 if not file.is_file():
                     raise LaunchError(f"{path.name}: parameter file not found: {file}")
                 cmd += ["--params-file", str(file)]
             else:
-                cmd += ["-p", f"{param['name']}:={self._param_value(param['value'], scope, path)}"]
+                inline[str(param["name"])] = self._param_value(param["value"], scope, path)
         for remap in body.get("remap", []):
             cmd += ["-r", f"{self._subst(remap['from'], scope, path)}:={self._subst(remap['to'], scope, path)}"]
         return self._spec(name, cmd, body, scope, path)
@@ -267,12 +282,32 @@ class LaunchDescription:
     def _args(self, body: dict, scope: _Scope, path: Path) -> list[str]:
         return self._subst(body["args"], scope, path).split() if "args" in body else []
 
-    def _param_value(self, value, scope: _Scope, path: Path) -> str:
+    def _param_value(self, value, scope: _Scope, path: Path):
+        """Typed value: lists element-wise, strings after substitution read as YAML scalars
+        ("5" -> 5, "true" -> True), except where that gives nothing ("" stays "")."""
         if isinstance(value, list):
-            return "[" + ",".join(self._param_value(v, scope, path) for v in value) + "]"
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        return self._subst(value, scope, path)
+            return [self._param_value(v, scope, path) for v in value]
+        if not isinstance(value, str):
+            return value
+        text = self._subst(value, scope, path)
+        try:
+            typed = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+        return typed if isinstance(typed, (bool, int, float, str, list)) else text
+
+    def _params_file(self, params: dict[str, object]) -> str:
+        if self.params_dir is None:
+            self.params_dir = Path(tempfile.mkdtemp(prefix="lda_launch_params_"))
+        file = self.params_dir / f"params_{len(list(self.params_dir.iterdir()))}.yaml"
+        file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+        return str(file)
+
+    def cleanup(self) -> None:
+        """Remove the generated parameter files (after the processes have exited)."""
+        if self.params_dir is not None:
+            shutil.rmtree(self.params_dir, ignore_errors=True)
+            self.params_dir = None
 
 
 def _join_ns(base: str, ns: str) -> str:

@@ -127,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as exc:
         print(f"lda-launch: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _execute(description, opts)
+    finally:
+        description.cleanup()
+
+
+def _execute(description: LaunchDescription, opts: argparse.Namespace) -> int:
     if opts.show_args:
         for arg in description.declared:
             default = "(required)" if arg.default is None else f"default: '{arg.default}'"
@@ -135,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     if opts.print:
         for spec in description.processes:
             print(f"{spec.name}: {' '.join(spec.cmd)}")
+            generated = [a for a in spec.cmd if description.params_dir and a.startswith(str(description.params_dir))]
+            for file in generated:
+                print(f"  {file}:\n" + "".join(f"    {line}\n" for line in open(file).read().splitlines()), end="")
         return 0
     if not description.processes:
         print("lda-launch: error: the launch file starts no process", file=sys.stderr)

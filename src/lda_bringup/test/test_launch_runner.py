@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from lda_bringup.launch_description import LaunchDescription, LaunchError
 from lda_bringup.testing import NodeProcess
 
@@ -119,6 +120,9 @@ def test_description_resolves_namespaces_params_remaps_includes(tmp_path):
                 - {from: $(dirname)/params.yaml}
                 - {name: rate_hz, value: 2.5}
                 - {name: names, value: [a, b]}
+                - {name: label, value: ""}
+                - {name: phrase, value: lift the cube}
+                - {name: count, value: "3"}
                 remap:
                 - {from: selftest/chunk, to: $(var topic)}
         - include:
@@ -134,11 +138,16 @@ def test_description_resolves_namespaces_params_remaps_includes(tmp_path):
     assert talker.cmd[0].endswith("lib/lda_bringup/selftest_talker")
     args = " ".join(talker.cmd[1:])
     assert "-r __node:=talk_gr1" in args and "-r __ns:=/robots/gr1" in args
-    assert f"--params-file {params}" in args
-    assert "-p rate_hz:=2.5" in args and "-p names:=[a,b]" in args
+    files = [talker.cmd[i + 1] for i, a in enumerate(talker.cmd) if a == "--params-file"]
+    assert files[0] == str(params)  # order kept: the inline values after the file override it
+    inline = yaml.safe_load(Path(files[1]).read_text())
+    assert inline == {"/**": {"ros__parameters": {"rate_hz": 2.5, "names": ["a", "b"], "label": "",
+                                                  "phrase": "lift the cube", "count": 3}}}
     assert "-r selftest/chunk:=/gr1/chunk" in args
     assert "-r __ns:=/from_outer" in " ".join(listener.cmd)
     assert echo.cmd == ["echo", "fallback"]
+    desc.cleanup()
+    assert not Path(files[1]).exists()
     assert len(LaunchDescription(outer, {"with_listener": "false"}).processes) == 2
     with pytest.raises(LaunchError, match="'if: maybe' is not a boolean"):
         LaunchDescription(outer, {"with_listener": "maybe"})

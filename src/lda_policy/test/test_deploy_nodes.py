@@ -46,7 +46,7 @@ def system(tmp_path_factory):
         robot.diagnostics = []
         node.create_subscription(DiagnosticArray, "/diagnostics", robot.diagnostics.append, 10)
         robot.reset_client = node.create_client(Trigger, "/lda/safety_reset")
-        assert wait_for(lambda: len(robot.approved) >= 2, 90), proc.output[-3000:]
+        assert wait_for(lambda: len(robot.approved) >= 2, 180), proc.output[-3000:]
         yield robot, proc
         robot.stop()
 

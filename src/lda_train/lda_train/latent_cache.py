@@ -325,6 +325,7 @@ def build_cache(source: SourceDataset, spec: CacheSpec, dino: Any, language_enco
         buffer: list[torch.Tensor] = []
         buffered = 0
         shard_start = 0
+        done = 0
         n = source.num_frames
         bar = tqdm(total=n, unit="frame", desc=f"cache {source.name}", disable=not progress, mininterval=1.0,
                    dynamic_ncols=True)
@@ -336,6 +337,11 @@ def build_cache(source: SourceDataset, spec: CacheSpec, dino: Any, language_enco
                 buffer.append(lat)
                 buffered += len(lat)
                 bar.update(len(lat))
+                done += len(lat)
+                if not progress and done * 10 // n > (done - len(lat)) * 10 // n:  # log lines every 10 %
+                    rate = done / max(time.monotonic() - started, 1e-9)
+                    log.info("cache %s: %d/%d frames, %.1f frames/s, eta %.0f s", source.name, done, n, rate,
+                             (n - done) / max(rate, 1e-9))
                 while buffered >= spec.shard_frames:
                     shard_start = _flush(tmp, buffer, shards, shard_start, spec.shard_frames)
                     buffered = sum(len(b) for b in buffer)

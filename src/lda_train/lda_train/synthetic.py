@@ -20,20 +20,21 @@ IMAGE = 64
 TASKS = ("reach the goal", "move the gripper to the marker")
 
 
-def robot_config(robot: str = "test_arm", hands: int = 1, fps: int = 10) -> RobotConfig:
+def robot_config(robot: str = "test_arm", hands: int = 1, fps: int = 10, image: int = IMAGE) -> RobotConfig:
     names = ["right", "left"][:hands]
     return RobotConfig.from_dict({
         "robot": robot, "fps": fps,
-        "cameras": [{"name": "front", "type": "raw", "width": IMAGE, "height": IMAGE}],
+        "cameras": [{"name": "front", "type": "raw", "width": image, "height": image}],
         "hands": [{"name": n, "fingers": {"type": "width", "joints": [f"{n}_f1", f"{n}_f2"]}} for n in names],
     })
 
 
-def _draw(pos: np.ndarray, goal: np.ndarray) -> np.ndarray:
-    img = np.full((IMAGE, IMAGE, 3), 30, np.uint8)
+def _draw(pos: np.ndarray, goal: np.ndarray, size: int = IMAGE) -> np.ndarray:
+    img = np.full((size, size, 3), 30, np.uint8)
 
     def square(p: np.ndarray, value: tuple[int, int, int], half: int) -> None:
-        cx, cy = (np.clip(p[:2], -1, 1) * 0.45 + 0.5) * (IMAGE - 1)
+        half = max(1, half * size // IMAGE)
+        cx, cy = (np.clip(p[:2], -1, 1) * 0.45 + 0.5) * (size - 1)
         x0, y0 = int(cx) - half, int(cy) - half
         img[max(0, y0):y0 + 2 * half, max(0, x0):x0 + 2 * half] = value
 
@@ -43,7 +44,7 @@ def _draw(pos: np.ndarray, goal: np.ndarray) -> np.ndarray:
 
 
 def trajectory(rng: np.random.Generator, length: int, quality: str, hands: int = 1,
-               gain: float = 0.15) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+               gain: float = 0.15, image: int = IMAGE) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Images, states (length, 8 * hands) and actions (length, 7 * hands) of one episode."""
     pos = rng.uniform(-0.8, 0.8, size=(hands, 3))
     goal = rng.uniform(-0.8, 0.8, size=(hands, 3))
@@ -51,7 +52,7 @@ def trajectory(rng: np.random.Generator, length: int, quality: str, hands: int =
     grip = np.full((hands, 1), 0.04)
     images, states, actions = [], [], []
     for _t in range(length):
-        images.append(_draw(pos[0], goal[0]))
+        images.append(_draw(pos[0], goal[0], image))
         states.append(np.concatenate([pos, quat, grip], axis=1).reshape(-1))
         delta = gain * (goal - pos)
         if quality == "low":
@@ -66,15 +67,15 @@ def trajectory(rng: np.random.Generator, length: int, quality: str, hands: int =
 
 def record_dataset(root: str | Path, qualities: list[str], length: int = 30, seed: int = 0,
                    robot: str = "test_arm", hands: int = 1, fps: int = 10,
-                   action_transform=None) -> Path:
+                   action_transform=None, image: int = IMAGE) -> Path:
     """Records one episode per entry of ``qualities`` into a LeRobot dataset at ``root`` (appends if
     it exists). ``action_transform(episode_index, actions) -> actions`` corrupts actions on purpose."""
-    cfg = robot_config(robot, hands, fps)
+    cfg = robot_config(robot, hands, fps, image)
     rng = np.random.default_rng(seed)
     store = DatasetStore(root, cfg)
     try:
         for q in qualities:
-            images, states, actions = trajectory(rng, length, q, hands)
+            images, states, actions = trajectory(rng, length, q, hands, image=image)
             w = store.new_episode()
             if action_transform is not None:
                 actions = action_transform(w.index, actions)

@@ -349,9 +349,11 @@ class Trainer:
         return int(conf["text_config"]["hidden_size"] if "text_config" in conf else conf["hidden_size"])
 
     def _caches(self, enc_device: torch.device) -> list:
-        """Rank 0 verifies or (re)builds every dataset's cache; then every rank loads the verified caches."""
+        """The first process of every node verifies or (re)builds each dataset's cache (a node-local or a
+        shared cache dir both work: concurrent builders rename into place atomically); then every
+        process loads the verified caches."""
         cfg, env = self.cfg, self.env
-        if env.main:
+        if env.local_rank == 0:
             for s in self.sources:
                 ensure_cache(s, self.cache_spec, lambda: self._make_dino(enc_device),
                              lambda: self._make_language(enc_device), rebuild=cfg.cache.rebuild, progress=self.progress)

@@ -3,7 +3,6 @@ recorder's episode writer, and configs for the tiny preset. Built once per test 
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 

@@ -12,8 +12,16 @@ from conftest import REPO
 from lda_policy.model import PRESETS, DinoV3Encoder, load_language_encoder, pool_latents
 from lda_train.config import DatasetConfig
 from lda_train.data import BatchPlan, SourceDataset
-from lda_train.latent_cache import (CacheCorrupt, CacheMissing, CacheSpec, CacheStale, FrameWindowDataset,
-                                    LatentCache, ensure_cache, plan_keys)
+from lda_train.latent_cache import (
+    CacheCorrupt,
+    CacheMissing,
+    CacheSpec,
+    CacheStale,
+    FrameWindowDataset,
+    LatentCache,
+    ensure_cache,
+    plan_keys,
+)
 from lda_train.synthetic import record_dataset
 
 TINY = PRESETS["lda-tiny"]
@@ -62,7 +70,8 @@ def test_cache_matches_dino_on_lerobot_frames_and_is_reused(mixed_dataset, dino_
     frames = FrameWindowDataset([src], list(TINY.time.obs_offsets_s) + list(TINY.time.future_offsets_s))
     images = torch.stack([frames[k] for k in plan_keys(plan)])
     dino = DinoV3Encoder(dino_dir)
-    online = pool_latents(dino.encode(images.flatten(0, 1)), TINY.latent_grid).view(len(rows), -1, *cache.latents.shape[1:])
+    online = pool_latents(dino.encode(images.flatten(0, 1)), TINY.latent_grid)
+    online = online.view(len(rows), -1, *cache.latents.shape[1:])
     w = src.window_indices(rows)
     cached = cache.latents[torch.from_numpy(np.concatenate([w["obs"], w["future"]], axis=1))].float()
     torch.testing.assert_close(cached, online, atol=2e-2, rtol=1e-2)  # float16 storage

@@ -54,7 +54,7 @@ def test_bad_overrides_name_the_key(tmp_path, override, message):
 
 
 def test_bad_file_names_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"data.datasets.0.wieght: unknown key; did you mean 'data.datasets.0.weight'"):
+    with pytest.raises(ConfigError, match=r"datasets.0.wieght: unknown key; did you mean 'data.datasets.0.weight'"):
         load_config(_write(tmp_path, "data:\n  datasets:\n    - {root: /d, wieght: 2}\n"))
     with pytest.raises(ConfigError, match=r"data.datasets.0.root: required key is missing"):
         load_config(_write(tmp_path, "data:\n  datasets:\n    - {role: low}\n"))

@@ -9,8 +9,17 @@ import torch
 from conftest import MIXED
 from lda_policy.model import PRESETS, DataRole, Task, allowed_tasks
 from lda_train.config import DatasetConfig, TaskWeights
-from lda_train.data import (ROLE_TASK_ALLOWED, BatchPlan, DataError, LanguageTable, SourceDataset, TaskSampler,
-                            assemble_batch, open_sources, task_probabilities)
+from lda_train.data import (
+    ROLE_TASK_ALLOWED,
+    BatchPlan,
+    DataError,
+    LanguageTable,
+    SourceDataset,
+    TaskSampler,
+    assemble_batch,
+    open_sources,
+    task_probabilities,
+)
 from lda_train.stats import embodiment_stats
 from lda_train.synthetic import record_dataset
 
@@ -164,7 +173,7 @@ def test_missing_feature_gives_a_clear_error(tmp_path, mixed_dataset):
     assert "missing feature 'observation.state'" in msg and "no_state" in msg and "data.datasets.0" in msg
     with pytest.raises(DataError, match="role 'quality' needs per-episode quality labels"):
         _source(root, embodiment="single_gripper")
-    with pytest.raises(DataError, match=r"image_key 'observation.images.wrist' is not a feature.*observation.images.front"):
+    with pytest.raises(DataError, match=r"image_key 'observation.images.wrist' is not a feature.*images.front"):
         _source(mixed_dataset, image_key="observation.images.wrist")
     with pytest.raises(DataError, match="not a LeRobot dataset"):
         _source(tmp_path / "nothing_here")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import MIXED, make_config
 from lda_policy.model import DataRole, Task
-from lda_train.trainer import Trainer
 from lda_train.synthetic import record_dataset
+from lda_train.trainer import Trainer
 
 
 def _corrupt_low(index, actions):

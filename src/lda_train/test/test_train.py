@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, make_config
-from lda_train.trainer import TrainError, Trainer, run_training
+from lda_train.trainer import Trainer, TrainError, run_training
 from safetensors.torch import load_file
+
 
 class Proc:
     """A child process whose merged output is collected line by line (no ROS needed)."""
