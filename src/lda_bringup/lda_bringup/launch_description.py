@@ -75,7 +75,8 @@ class _Scope:
 class LaunchDescription:
     """Parse ``path`` with command-line ``arguments`` (name -> value) into ``processes``."""
 
-    def __init__(self, path: str | os.PathLike, arguments: dict[str, str] | None = None):
+    def __init__(self, path: str | os.PathLike, arguments: dict[str, str] | None = None,
+                 declarations_only: bool = False):
         self.path = Path(path).resolve()
         self.arguments = dict(arguments or {})
         self.declared: list[ArgDecl] = []
@@ -83,6 +84,8 @@ class LaunchDescription:
         self.params_dir: Path | None = None  # generated parameter files of inline values
         entries = self._load(self.path)
         self._declare_all(entries)
+        if declarations_only:  # e.g. --show-args: no argument needs a value yet
+            return
         unknown = sorted(set(self.arguments) - {a.name for a in self.declared})
         if unknown:
             known = ", ".join(a.name for a in self.declared) or "none"

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print", action="store_true", help="print the resolved commands and exit")
     opts = parser.parse_args(argv)
     try:
-        description = LaunchDescription(opts.file, parse_launch_arguments(opts.arguments))
+        description = LaunchDescription(opts.file, parse_launch_arguments(opts.arguments),
+                                        declarations_only=opts.show_args)
     except LaunchError as exc:
         print(f"lda-launch: error: {exc}", file=sys.stderr)
         return 2

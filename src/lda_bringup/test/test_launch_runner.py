@@ -90,6 +90,15 @@ def test_bad_launch_input_gives_clear_error(tmp_path, body, cli, message):
     assert "Traceback" not in result.stderr
 
 
+def test_show_args_lists_declarations_without_values(tmp_path):
+    launch = _write(tmp_path, "launch:\n- arg: {name: checkpoint, description: LDA checkpoint}\n"
+                              "- arg: {name: device, default: cpu}\n")
+    result = subprocess.run(["lda-launch", str(launch), "--show-args"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "'checkpoint': LDA checkpoint (required)" in result.stdout
+    assert "'device':  default: 'cpu'" in result.stdout
+
+
 def test_malformed_cli_argument_and_missing_file(tmp_path):
     result = subprocess.run(["lda-launch", str(SELFTEST), "count=3"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "name:=value, got 'count=3'" in result.stderr

@@ -11,7 +11,7 @@ Inputs: head camera (robot config, best-effort), per-hand EEF pose (PoseStamped)
 (JointState) (best-effort), the instruction (std_msgs/String, transient-local), approved chunks on
 ``/lda/action_chunk`` and ``/lda/safety_status`` (reliable). Outputs: ``/lda/proposed_chunk``
 (lda_msgs/ActionChunk), ``/robot/<hand>/eef_target`` (PoseStamped) and
-``/robot/<hand>/gripper_command`` (std_msgs/Float64 width, or JointState for finger joints) at
+``/robot/<hand>/gripper_command`` (sensor_msgs/JointState: ``gripper`` = width [m], or the finger joints) at
 ``control_rate_hz``, ``/diagnostics``. Inference runs on its own thread; callbacks only store.
 The logic lives in :mod:`lda_policy.deploy` (``PolicyRunner``, ``ChunkExecutor``).
 """
@@ -30,7 +30,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Float64, String
+from std_msgs.msg import String
 
 from lda_msgs.msg import ActionChunk, SafetyStatus
 from lda_policy.deploy.chunk_executor import ChunkExecutor, ExecutorConfig
@@ -166,11 +166,8 @@ class PolicyNode(LifecycleNode):
         self.pub_proposed = self.create_publisher(ActionChunk, PROPOSED_TOPIC, COMMAND_QOS)
         self.pub_targets = {h: self.create_publisher(PoseStamped, p["eef_target_topic"].format(hand=h), COMMAND_QOS)
                             for h in robot.hands}
-        self.pub_fingers = {}
-        for h in robot.config.hands:
-            kind = Float64 if h.fingers.type == "width" else JointState
-            self.pub_fingers[h.name] = self.create_publisher(kind, p["gripper_command_topic"].format(hand=h.name),
-                                                             COMMAND_QOS)
+        self.pub_fingers = {h: self.create_publisher(JointState, p["gripper_command_topic"].format(hand=h), COMMAND_QOS)
+                            for h in robot.hands}
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
         self._entities += [self.pub_proposed, self.pub_diag, *self.pub_targets.values(), *self.pub_fingers.values()]
         self._control_timer = self.create_timer(1.0 / self.executor_core.config.control_rate_hz, self._control)
@@ -287,12 +284,10 @@ class PolicyNode(LifecycleNode):
         for h, target in cmd.targets.items():
             self.pub_targets[h].publish(pose_stamped(target.position, target.quaternion, stamp, frame))
             hand = next(x for x in self.robot.config.hands if x.name == h)
-            if hand.fingers.type == "width":
-                self.pub_fingers[h].publish(Float64(data=float(target.fingers[0])))
-            else:
-                js = JointState(name=list(hand.fingers.joints), position=[float(v) for v in target.fingers])
-                js.header.stamp = stamp
-                self.pub_fingers[h].publish(js)
+            names = ["gripper"] if hand.fingers.type == "width" else list(hand.fingers.joints)
+            js = JointState(name=names, position=[float(v) for v in target.fingers])
+            js.header.stamp = stamp
+            self.pub_fingers[h].publish(js)
 
     # ------------------------------------------------------------------ inference thread
 

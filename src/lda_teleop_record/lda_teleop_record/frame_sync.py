@@ -91,6 +91,20 @@ class FrameSync:
             self.t0 = stamp_ns
         return None
 
+    def prepend(self, stream: str, stamp_ns: int, value: Any) -> bool:
+        """Add a sample older than every buffered sample of ``stream`` (the pre-roll before an episode).
+
+        Returns False (and adds nothing) when the stream already has a sample at or before that stamp.
+        """
+        stamps = self._stamps[stream]
+        if stamps and stamp_ns >= stamps[0]:
+            return False
+        self._buf[stream].insert(0, Sample(stamp_ns, value))
+        stamps.insert(0, stamp_ns)
+        if self.last_stamp[stream] is None:
+            self.last_stamp[stream] = stamp_ns
+        return True
+
     # -- output ------------------------------------------------------------------------------------
     def tick_stamp(self, k: int) -> int:
         assert self.t0 is not None

@@ -357,6 +357,9 @@ class TeleopRecorder(Node):
 
 def main(args=None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 <pid>: print every thread's stack
+    # The DDS callbacks need the GIL hundreds of times a second while the worker and encoder threads run
+    # Python code; a short switch interval keeps them from waiting 5 ms for it each time.
+    sys.setswitchinterval(0.0005)
     rclpy.init(args=args)
     try:
         node = TeleopRecorder()

@@ -225,7 +225,7 @@ class EpisodeRecorder:
             stream = next(s for s in self.streams if s.id == stream_id)
             if bag is not None:
                 bag.write(stream.topic, stream.msgtype, recv_ns, cdr)
-            ep.push(stream, cdr, seed=True)
+            ep.seeds[stream_id] = cdr
         self._seeds.clear()
         return writer.index
 
@@ -284,27 +284,45 @@ class _Episode:
         self.rejected: Counter[str] = Counter()
         self.gaps: dict[str, _Gap] = {}
         self.last_used: dict[str, int] = {}
+        self.seeds: dict[str, bytes] = {}  # stream -> last message before the start
         self.dropped_ticks = 0
         self.failed: str | None = None
         self.started_wall = time.time()
 
     # -- input -------------------------------------------------------------------------------------
-    def push(self, stream: Stream, cdr: bytes | memoryview, seed: bool = False) -> None:
+    def _decode(self, stream: Stream, cdr: bytes | memoryview) -> tuple[int, Any]:
+        msg = deserialize(cdr, stream.msgtype)
+        stamp = stamp_ns(msg)
+        if stamp <= 0:
+            raise BadSample("header.stamp is zero (the publisher does not stamp its messages)")
+        return stamp, self._parse(stream, msg)
+
+    def push(self, stream: Stream, cdr: bytes | memoryview) -> None:
         try:
-            msg = deserialize(cdr, stream.msgtype)
-            stamp = stamp_ns(msg)
-            if stamp <= 0:
-                raise BadSample("header.stamp is zero (the publisher does not stamp its messages)")
-            value = self._parse(stream, msg)
+            stamp, value = self._decode(stream, cdr)
         except BadSample as exc:
-            if not seed:
-                self._reject(stream, str(exc))
+            self._reject(stream, str(exc))
             return
+        had_t0 = self.sync.t0 is not None
         why = self.sync.push(stream.id, stamp, value)
         if why:
             self._reject(stream, f"timestamp {why}; message dropped")
             return
+        if not had_t0 and self.sync.t0 is not None:
+            self._apply_seeds()
         self.handle(self.sync.poll())
+
+    def _apply_seeds(self) -> None:
+        """The last message of each stream before the start may serve the first tick (if close enough)."""
+        tol = round(self.rec.config.tolerance_s * 1e9)
+        for stream_id, cdr in self.seeds.items():
+            try:
+                stamp, value = self._decode(self.by_id[stream_id], cdr)
+            except BadSample:
+                continue
+            if abs(stamp - self.sync.t0) <= tol:
+                self.sync.prepend(stream_id, stamp, value)
+        self.seeds.clear()
 
     def _convert_image(self, stream: Stream, msg) -> np.ndarray:
         if stream.camera.type == "raw":

@@ -101,7 +101,7 @@ class RobotConfig:
     hands: tuple[HandConfig, ...]
     fps: int = 10
     tolerance_s: float = 0.05
-    max_latency_s: float = 0.3
+    max_latency_s: float = 1.0
     base_frame: str = ""
     instruction_topic: str = "/lda/instruction"
     quaternion_tolerance: float = 0.01
@@ -325,7 +325,7 @@ def _parse(data: Any, source: str) -> RobotConfig:
     tolerance = float(_number(ctx, d.get("tolerance_s", 0.05), "tolerance_s", positive=True))
     if tolerance >= 1.0 / fps:
         raise ctx.fail("tolerance_s", f"{tolerance} s must be below one step (1/fps = {1.0 / fps:.3f} s)")
-    max_latency = float(_number(ctx, d.get("max_latency_s", 0.3), "max_latency_s", positive=True))
+    max_latency = float(_number(ctx, d.get("max_latency_s", 1.0), "max_latency_s", positive=True))
     quat_tol = float(_number(ctx, d.get("quaternion_tolerance", 0.01), "quaternion_tolerance", positive=True))
     base_frame = _string(ctx, d.get("base_frame", ""), "base_frame")
     instruction_topic = _topic(ctx, d.get("instruction_topic", "/lda/instruction"), "instruction_topic")

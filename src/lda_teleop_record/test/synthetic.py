@@ -33,7 +33,7 @@ def robot_dict(**overrides) -> dict:
         "robot": "test_bimanual",
         "fps": 10,
         "tolerance_s": 0.02,
-        "max_latency_s": 0.3,
+        "max_latency_s": 1.0,
         "base_frame": "base",
         "cameras": [
             {"name": "head", "type": "raw", "width": W, "height": H},

@@ -13,6 +13,7 @@ so a node can print it and exit non-zero at start-up.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
@@ -290,25 +291,26 @@ class HandStateBuffer:
         out = {}
         with self._lock:
             for h in self.hands:
-                pose = _interp([(s, HandState.make(p, q, [0.0])) for s, p, q in self._poses[h]], t, tolerance_s)
-                grip = _interp([(s, g) for s, g in self._grippers[h]], t, tolerance_s)
+                pose = _interp(self._poses[h], t, tolerance_s, lambda x: HandState.make(x[1], x[2], [0.0]))
+                grip = _interp(self._grippers[h], t, tolerance_s, lambda x: x[1])
                 if pose is None or grip is None:
                     return None
                 out[h] = HandState(pose.position, pose.quaternion, np.asarray(grip, dtype=np.float64))
         return out
 
 
-def _interp(samples: list, t: float, tolerance_s: float):
+def _interp(samples: deque, t: float, tolerance_s: float, value: Callable):
+    """Linear (slerp for poses) interpolation of time-sorted ``(stamp, ...)`` samples at ``t``."""
     if not samples:
         return None
-    times = [s for s, _ in samples]
-    if t <= times[0]:
-        return samples[0][1] if times[0] - t <= tolerance_s else None
-    if t >= times[-1]:
-        return samples[-1][1] if t - times[-1] <= tolerance_s else None
-    i = int(np.searchsorted(times, t))
-    (t0, a), (t1, b) = samples[i - 1], samples[i]
-    alpha = (t - t0) / (t1 - t0)
-    if isinstance(a, HandState):
-        return blend_states(a, b, alpha)
-    return a + alpha * (b - a)
+    if t <= samples[0][0]:
+        return value(samples[0]) if samples[0][0] - t <= tolerance_s else None
+    if t >= samples[-1][0]:
+        return value(samples[-1]) if t - samples[-1][0] <= tolerance_s else None
+    i = bisect.bisect_left([s[0] for s in samples], t)  # stamps only: no per-sample objects
+    a, b = samples[i - 1], samples[i]
+    alpha = (t - a[0]) / (b[0] - a[0])
+    va, vb = value(a), value(b)
+    if isinstance(va, HandState):
+        return blend_states(va, vb, alpha)
+    return va + alpha * (vb - va)

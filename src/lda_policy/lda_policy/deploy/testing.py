@@ -199,7 +199,7 @@ class FakeRobot:
                  instruction: str = "pick up the red block") -> None:
         from geometry_msgs.msg import PoseStamped
         from sensor_msgs.msg import Image, JointState
-        from std_msgs.msg import Float64, String
+        from std_msgs.msg import String
 
         from lda_msgs.msg import ActionChunk, SafetyStatus
 
@@ -230,8 +230,8 @@ class FakeRobot:
         self.pub_instruction = node.create_publisher(String, self.robot.config.instruction_topic, LATCHED_QOS)
         self.pub_proposed = node.create_publisher(ActionChunk, "/lda/proposed_chunk", COMMAND_QOS)
         node.create_subscription(PoseStamped, "/robot/right/eef_target", self._on_target, COMMAND_QOS)
-        node.create_subscription(Float64, "/robot/right/gripper_command",
-                                 lambda m: self.gripper_commands.append(m.data), COMMAND_QOS)
+        node.create_subscription(JointState, "/robot/right/gripper_command",
+                                 lambda m: self.gripper_commands.append(m.position[0]), COMMAND_QOS)
         node.create_subscription(SafetyStatus, "/lda/safety_status", lambda m: self._record(self.statuses, m),
                                  COMMAND_QOS)
         node.create_subscription(ActionChunk, "/lda/action_chunk", lambda m: self._record(self.approved, m),
