@@ -3,11 +3,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 ENV := source scripts/env.sh
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: help setup test demo lint selftest clean
 
 help:
-	@echo "make demo   - end-to-end demo: record, cache, train, deploy in simulation (out/demo/)"
+	@echo "make demo   - end-to-end demo: record, cache, train, deploy in simulation (out/demo/); QUICK=1: ~5 min"
 	@echo "make test   - set up if needed, then run every package's tests"
 	@echo "make setup  - only the set-up (apt packages, .venv, colcon build); idempotent"
 	@echo "make lint   - ruff over the workspace"
@@ -26,8 +27,7 @@ selftest: setup
 	@$(ENV) && lda-launch launch/selftest.launch.yaml
 
 demo: setup
-	@echo "make demo: the end-to-end demo (issue 'Simulated robot ... end-to-end demo') is not built yet." >&2
-	@exit 1
+	@$(ENV) && lda-demo $(if $(QUICK),--quick) $(DEMO_ARGS)
 
 clean:
 	rm -rf build install log out

@@ -23,6 +23,7 @@ setup(
         "console_scripts": [
             # Package executables (ros2 run lda_bringup <exe>, pkg/exec in launch files).
             "lda_launch = lda_bringup.launch_runner:main",
+            "demo = lda_bringup.demo:main",
             "selftest_talker = lda_bringup.selftest_nodes:talker_main",
             "selftest_listener = lda_bringup.selftest_nodes:listener_main",
         ],

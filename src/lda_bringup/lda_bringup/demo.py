@@ -1,0 +1,218 @@
+"""lda-demo: the whole loop on the simulated robot, record -> cache -> train -> deploy -> report.
+
+    lda-demo                       # full demo into out/demo (make demo)
+    lda-demo --quick               # a few episodes and steps: checks the plumbing (make demo QUICK=1)
+    lda-demo --dino-path ~/models/dinov3-vits16   # a real DINOv3 ViT-S/16 instead of the random stand-in
+
+Phases, each a real command of the suite (what a user would type), run in order:
+
+1. ``encoder``   : no DINOv3 weights can be downloaded here, so unless ``--dino-path`` is given a
+                   random-weight DINOv3-format ViT (ViT-S/16 width and patch grid, 2 layers) is written;
+2. ``record``    : ``lda-launch launch/sim_record.launch.yaml``: robosuite Panda Lift driven by the
+                   scripted operator (high / low / actionless episodes) and recorded by the real
+                   recorder node into ``dataset/`` (+ one MCAP bag per episode);
+3. ``cache``     : ``lda-cache-latents`` (frozen encoder once per frame);
+4. ``train``     : ``lda-train`` with role-aware ingestion -> ``checkpoint/``;
+5. ``calibrate`` : ``calibrate_safety`` on the recorded bags (surprise statistics of the monitor);
+6. ``evaluate``  : ``lda-launch launch/sim_demo.launch.yaml``: closed-loop episodes with the policy and
+                   the safety monitor, then the same seeds with nothing driving the robot (frozen);
+7. ``report``    : ``report.json``, ``report.md``, PNGs (training curves, observed vs predicted latents).
+
+A phase that finished leaves a marker in ``<out>/.done/``; running again resumes after the last
+finished phase (``--fresh`` starts over). Every phase's output goes to ``<out>/logs/<phase>.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve()  # replaced in main() by --repo (the launch/ and config/ files)
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    n_high: int
+    n_low: int
+    n_actionless: int
+    train_steps: int
+    eval_episodes: int
+    eval_max_steps: int
+
+
+FULL = DemoSize(n_high=12, n_low=12, n_actionless=6, train_steps=1200, eval_episodes=8, eval_max_steps=250)
+QUICK = DemoSize(n_high=3, n_low=2, n_actionless=1, train_steps=60, eval_episodes=2, eval_max_steps=120)
+PHASES = ("encoder", "record", "cache", "train", "calibrate", "evaluate", "report")
+
+
+class DemoError(RuntimeError):
+    """A phase failed; the message names it and its log file."""
+
+
+class Demo:
+    def __init__(self, out: Path, repo: Path, size: DemoSize, dino_path: Path | None, seed: int) -> None:
+        self.out, self.repo, self.size, self.seed = out, repo, size, seed
+        self.dino = dino_path or out / "dinov3-random"
+        self.dataset = out / "dataset"
+        self.bags = out / "dataset_bags"
+        self.train_dir = out / "train"
+        self.checkpoint = out / "checkpoint"
+        self.timings: dict[str, float] = {}
+
+    # -- running commands ---------------------------------------------------------------------------
+    def run(self, phase: str, cmd: list[str], timeout_s: float) -> None:
+        """Runs ``cmd`` with its output in logs/<phase>.log, printing a progress line every 30 s."""
+        log = self.out / "logs" / f"{phase}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[demo] {phase}: {' '.join(map(str, cmd))}", flush=True)
+        start = time.monotonic()
+        with log.open("a") as f:
+            proc = subprocess.Popen([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=self.repo)
+            while proc.poll() is None:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    elapsed = time.monotonic() - start
+                    print(f"[demo] {phase}: running for {elapsed:.0f} s ({_last_line(log)})", flush=True)
+                    if elapsed > timeout_s:
+                        proc.terminate()
+                        proc.wait(timeout=30)
+                        raise DemoError(f"{phase} took longer than {timeout_s:.0f} s; see {log}") from None
+        if proc.returncode != 0:
+            raise DemoError(f"{phase} failed (exit {proc.returncode}); last lines of {log}:\n{_tail(log, 15)}")
+
+    # -- phases -------------------------------------------------------------------------------------
+    def encoder(self) -> None:
+        if self.dino.exists():
+            return
+        from lda_policy.model import write_random_dinov3_checkpoint
+
+        write_random_dinov3_checkpoint(self.dino, num_layers=2, seed=self.seed)
+
+    def record(self) -> None:
+        # A half-recorded dataset from an interrupted run is not appended to: start the phase over.
+        shutil.rmtree(self.dataset, ignore_errors=True)
+        shutil.rmtree(self.bags, ignore_errors=True)
+        s = self.size
+        self.run("record", ["lda-launch", "launch/sim_record.launch.yaml", f"dataset:={self.dataset}",
+                            f"n_high:={s.n_high}", f"n_low:={s.n_low}", f"n_actionless:={s.n_actionless}",
+                            f"seed:={self.seed}"], timeout_s=1800)
+
+    def _train_overrides(self) -> list[str]:
+        return [f"output_dir={self.train_dir}", f"data.datasets.0.root={self.dataset}",
+                f"cache.dir={self.out / 'latent_cache'}", f"encoders.dino_path={self.dino}",
+                f"seed={self.seed}", f"train.steps={self.size.train_steps}"]
+
+    def cache(self) -> None:
+        self.run("cache", ["lda-cache-latents", "--config", "config/train/demo_cpu.yaml",
+                           *self._train_overrides()], timeout_s=1800)
+
+    def train(self) -> None:
+        shutil.rmtree(self.train_dir, ignore_errors=True)
+        self.run("train", ["lda-train", "--config", "config/train/demo_cpu.yaml", *self._train_overrides()],
+                 timeout_s=3600)
+        shutil.rmtree(self.checkpoint, ignore_errors=True)
+        shutil.copytree(self.train_dir / "model", self.checkpoint)
+
+    def calibrate(self) -> None:
+        bags = sorted(p for p in self.bags.iterdir() if p.is_dir())
+        if not bags:
+            raise DemoError(f"no episode bags in {self.bags}; the recorder should write them (write_bag:=true)")
+        cmd = [_package_executable("lda_policy", "calibrate_safety"), "--checkpoint", self.checkpoint,
+               "--dino-path", self.dino, "--robot-config", "config/robots/sim_panda.yaml"]
+        for bag in bags[: min(len(bags), 8)]:
+            cmd += ["--bag", bag]
+        self.run("calibrate", cmd, timeout_s=1800)
+
+    def evaluate(self) -> None:
+        s = self.size
+        common = ["lda-launch", "launch/sim_demo.launch.yaml", f"episodes:={s.eval_episodes}",
+                  f"max_steps:={s.eval_max_steps}", "seed:=1000"]
+        self.run("evaluate", [*common, f"checkpoint:={self.checkpoint}", f"dino_path:={self.dino}",
+                              "label:=lda", f"results_path:={self.out / 'eval_policy.json'}"], timeout_s=3600)
+        self.run("evaluate", [*common, "policy:=false", "label:=frozen", "realtime:=false",
+                              f"results_path:={self.out / 'eval_frozen.json'}"], timeout_s=1800)
+
+    def report(self) -> dict:
+        from lda_bringup.demo_report import write_report
+
+        return write_report(self.out, self.dataset, self.train_dir, self.checkpoint, self.dino, self.bags,
+                            size=asdict(self.size), timings=self._read_timings())
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    def _marker(self, phase: str) -> Path:
+        return self.out / ".done" / phase
+
+    def _read_timings(self) -> dict[str, float]:
+        return {p: float(self._marker(p).read_text() or 0) for p in PHASES if self._marker(p).exists()}
+
+    def run_all(self) -> dict:
+        for phase in PHASES:
+            if phase != "report" and self._marker(phase).exists():
+                print(f"[demo] {phase}: done in an earlier run, skipped", flush=True)
+                continue
+            start = time.monotonic()
+            result = getattr(self, phase)()
+            elapsed = time.monotonic() - start
+            self._marker(phase).parent.mkdir(parents=True, exist_ok=True)
+            self._marker(phase).write_text(f"{elapsed:.1f}")
+            print(f"[demo] {phase}: done in {elapsed:.0f} s", flush=True)
+        return result
+
+
+def _package_executable(pkg: str, exe: str) -> str:
+    from ament_index_python.packages import get_package_prefix
+
+    return str(Path(get_package_prefix(pkg)) / "lib" / pkg / exe)
+
+
+def _tail(path: Path, n: int) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][-120:] if lines else "no output yet"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lda-demo", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default out/demo)")
+    ap.add_argument("--quick", action="store_true", help="a few episodes and training steps (plumbing check)")
+    ap.add_argument("--fresh", action="store_true", help="start over instead of resuming finished phases")
+    ap.add_argument("--dino-path", type=Path, default=None, help="local DINOv3 ViT-S/16 directory")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repo", type=Path, default=Path.cwd(), help="workspace root (launch/ and config/)")
+    args = ap.parse_args(argv)
+    repo = args.repo.resolve()
+    if not (repo / "launch" / "sim_demo.launch.yaml").is_file():
+        print(f"lda-demo: error: {repo} is not the workspace root (no launch/sim_demo.launch.yaml); "
+              "run from the repository or pass --repo", file=sys.stderr)
+        return 2
+    out = (repo / args.out).resolve() if not args.out.is_absolute() else args.out
+    size = QUICK if args.quick else FULL
+    stamp = out / ".done" / "size.json"
+    if args.fresh or (stamp.exists() and json.loads(stamp.read_text()) != asdict(size)):
+        shutil.rmtree(out, ignore_errors=True)  # a quick run's artefacts never mix with a full run's
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(asdict(size)))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    demo = Demo(out, repo, size, args.dino_path.resolve() if args.dino_path else None, args.seed)
+    try:
+        report = demo.run_all()
+    except DemoError as exc:
+        print(f"lda-demo: error: {exc}", file=sys.stderr)
+        return 1
+    print(report["table"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
