@@ -10,7 +10,7 @@ setup(
     packages=find_packages(exclude=["test"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
-        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}", ["package.xml", "config/fastdds_large_data.xml"]),
         # Commands on the PATH once the workspace is sourced (colcon adds <prefix>/bin to PATH).
         ("bin", glob("scripts/*")),
     ],

@@ -47,8 +47,8 @@ class DemoSize:
     eval_max_steps: int
 
 
-FULL = DemoSize(n_high=12, n_low=12, n_actionless=6, train_steps=1200, eval_episodes=8, eval_max_steps=250)
-QUICK = DemoSize(n_high=3, n_low=2, n_actionless=1, train_steps=60, eval_episodes=2, eval_max_steps=120)
+FULL = DemoSize(n_high=12, n_low=12, n_actionless=6, train_steps=600, eval_episodes=8, eval_max_steps=250)
+QUICK = DemoSize(n_high=3, n_low=2, n_actionless=1, train_steps=20, eval_episodes=2, eval_max_steps=100)
 PHASES = ("encoder", "record", "cache", "train", "calibrate", "evaluate", "report")
 
 
@@ -108,7 +108,10 @@ class Demo:
     def _train_overrides(self) -> list[str]:
         return [f"output_dir={self.train_dir}", f"data.datasets.0.root={self.dataset}",
                 f"cache.dir={self.out / 'latent_cache'}", f"encoders.dino_path={self.dino}",
-                f"seed={self.seed}", f"train.steps={self.size.train_steps}"]
+                f"seed={self.seed}", f"train.steps={self.size.train_steps}", "model.preset=lda-tiny",
+                "train.batch_size=16", f"train.checkpoint_every={self.size.train_steps}",
+                f"train.eval_every={max(self.size.train_steps // 4, 1)}",
+                f"optim.warmup_steps={max(self.size.train_steps // 10, 1)}"]
 
     def cache(self) -> None:
         self.run("cache", ["lda-cache-latents", "--config", "config/train/demo_cpu.yaml",
@@ -126,7 +129,8 @@ class Demo:
         if not bags:
             raise DemoError(f"no episode bags in {self.bags}; the recorder should write them (write_bag:=true)")
         cmd = [_package_executable("lda_policy", "calibrate_safety"), "--checkpoint", self.checkpoint,
-               "--dino-path", self.dino, "--robot-config", "config/robots/sim_panda.yaml"]
+               "--dino-path", self.dino, "--robot-config", "config/robots/sim_panda.yaml",
+               "--instruction", "lift the red cube"]
         for bag in bags[: min(len(bags), 8)]:
             cmd += ["--bag", bag]
         self.run("calibrate", cmd, timeout_s=1800)
@@ -143,7 +147,7 @@ class Demo:
     def report(self) -> dict:
         from lda_bringup.demo_report import write_report
 
-        return write_report(self.out, self.dataset, self.train_dir, self.checkpoint, self.dino, self.bags,
+        return write_report(self.out, self.dataset, self.train_dir, self.checkpoint, self.dino,
                             size=asdict(self.size), timings=self._read_timings())
 
     # -- bookkeeping --------------------------------------------------------------------------------

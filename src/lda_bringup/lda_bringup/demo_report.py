@@ -12,7 +12,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def latents_png(checkpoint: Path, dino: Path, bag: Path, out_png: Path, rows: int = 3) -> Path:
+def latents_png(checkpoint: Path, dino: Path, bag: Path, out_png: Path, rows: int = 3) -> Path | None:
     """Observed vs predicted DINO latents (PCA colours) and the error map, a few moments of one episode."""
     import numpy as np
     from PIL import Image
@@ -24,23 +24,24 @@ def latents_png(checkpoint: Path, dino: Path, bag: Path, out_png: Path, rows: in
     robot = RobotInterface(Path("config/robots/sim_panda.yaml"))
     runtime = ModelRuntime(checkpoint, dino)
     replay = DynamicsReplay(runtime, robot, read_episode(bag, robot), instruction="lift the red cube")
-    predictions = [p for p in replay.predictions(every=4) if p.observed[-1] is not None]
-    if not predictions:
-        raise RuntimeError(f"{bag}: too short for a forward-dynamics prediction")
-    picks = [predictions[round(i * (len(predictions) - 1) / max(rows - 1, 1))] for i in range(rows)]
-    pca = LatentPCA(np.stack([replay.latent(p.position).cpu().numpy() for p in predictions]))
-    vmax = max(float(np.max(p.patch_errors[-1])) for p in picks)
-    tiles = []
-    for p in picks:
-        target = p.targets[-1]
-        camera = replay.episode.frames[target].image
-        tiles.append(panel(camera, pca.rgb(p.observed[-1]), pca.rgb(p.predicted[-1]),
-                           heatmap(p.patch_errors[-1], vmax)))
+    # Each prediction is shown at its furthest future frame that was really recorded.
+    shown = []
+    for p in replay.predictions(every=1):
+        seen = [f for f, o in enumerate(p.observed) if o is not None]
+        if seen:
+            shown.append((p, seen[-1]))
+    if not shown:
+        return None  # no window with a gap-free action chunk and a recorded future frame
+    picks = [shown[round(i * (len(shown) - 1) / max(rows - 1, 1))] for i in range(rows)]
+    pca = LatentPCA(np.stack([replay.latent(p.position).cpu().numpy() for p, _ in shown]))
+    vmax = max(float(np.max(p.patch_errors[f])) for p, f in picks)
+    tiles = [panel(replay.episode.frames[p.targets[f]].image, pca.rgb(p.observed[f]), pca.rgb(p.predicted[f]),
+                   heatmap(p.patch_errors[f], vmax)) for p, f in picks]
     Image.fromarray(np.concatenate(tiles, axis=0)).save(out_png)
     return out_png
 
 
-def write_report(out: Path, dataset: Path, train_dir: Path, checkpoint: Path, dino: Path, bags: Path,
+def write_report(out: Path, dataset: Path, train_dir: Path, checkpoint: Path, dino: Path,
                  size: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     from lda_teleop_record.schema import read_episode_labels
 
@@ -55,10 +56,13 @@ def write_report(out: Path, dataset: Path, train_dir: Path, checkpoint: Path, di
     if curves.is_file():
         shutil.copy(curves, out / "training_curves.png")
         pngs["training_curves"] = "training_curves.png"
-    bag_dirs = sorted(p for p in bags.iterdir() if p.is_dir()) if bags.is_dir() else []
-    if bag_dirs:
-        latents_png(checkpoint, dino, bag_dirs[-1], out / "latents_observed_vs_predicted.png")
-        pngs["latents"] = "latents_observed_vs_predicted.png"
+    # The picture needs recorded actions: the first episode with actions whose bag has a usable window.
+    with_actions = [e for e in labels if e.get("quality") in ("high", "low") and e.get("bag")]
+    for episode in sorted(with_actions, key=lambda e: e["quality"] != "high"):
+        bag = (dataset / episode["bag"]).resolve()
+        if bag.is_dir() and latents_png(checkpoint, dino, bag, out / "latents_observed_vs_predicted.png"):
+            pngs["latents"] = "latents_observed_vs_predicted.png"
+            break
 
     pol, inv, fwd = (evaluation.get(k, {}) for k in ("policy", "inverse_dynamics", "forward_dynamics"))
     report = {

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from lda_policy.model import PRESETS, EmbodimentSpec, LDAModel, Task
+from lda_policy.model import PRESETS, EmbodimentSpec, LDAModel, Task, pool_latents
 from safetensors.torch import load_file, save_file
 
 from .config import TrainingRunConfig, dump_config
@@ -362,17 +362,16 @@ class Trainer:
                 for s in self.sources]
 
     def _online_latent_sample(self, latents: OnlineLatents, frames: FrameWindowDataset) -> list[torch.Tensor]:
-        """Latent statistics without a cache: DINO over up to 64 evenly spaced training windows."""
-        from .data import BatchPlan
+        """Latent statistics without a cache: DINO over 64 evenly spaced training frames (all datasets)."""
+        from .latent_cache import decode_frames
 
         out = []
-        for d, s in enumerate(self.sources):
+        per = max(1, 64 // len(self.sources))
+        for s in self.sources:
             rows = s.rows("train")
-            rows = rows[np.linspace(0, len(rows) - 1, min(64 // len(self.sources) + 1, len(rows))).astype(np.int64)]
-            plan = BatchPlan(np.full(len(rows), d), rows, np.zeros(len(rows), np.int64))
-            imgs = torch.stack([frames[k] for k in plan_keys(plan)])
-            obs, _ = latents.encode(imgs)
-            out.append(obs.flatten(0, 1))
+            rows = np.unique(rows[np.linspace(0, len(rows) - 1, min(per, len(rows))).astype(np.int64)])
+            images = decode_frames(s, rows)
+            out.append(pool_latents(latents.dino.encode(images), latents.grid).float().cpu())
         return out
 
     def world_batch(self) -> None:

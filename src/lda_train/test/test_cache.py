@@ -232,3 +232,30 @@ def test_cache_cli_builds_then_verifies(mixed_dataset, dino_dir, tmp_path, capsy
     assert "cache.dtype: expected one of" in capsys.readouterr().err
     assert cache_main(["--config", str(cfg), "--verify-only", f"cache.dir={tmp_path / 'empty'}"]) == 1
     assert "cache.rebuild is 'never'" in capsys.readouterr().err
+
+
+def test_training_without_the_cache_sees_the_same_batches(mixed_dataset, dino_dir, tmp_path):
+    """cache.enabled=false: LeRobot decodes the frames, DINO runs every step; the batches equal the
+    cached ones (up to float16 storage), and a short run trains from them."""
+    from conftest import make_config
+    from lda_train.trainer import Trainer
+
+    batches = {}
+    for enabled in ("true", "false"):
+        cfg, _, _ = make_config([mixed_dataset], dino_dir, tmp_path / "cache", tmp_path / f"run_{enabled}",
+                                extra=[f"cache.enabled={enabled}", "train.steps=2", "eval.max_samples=8"])
+        torch.manual_seed(0)
+        trainer = Trainer(cfg, progress=False)
+        assert trainer.data.cached == (enabled == "true")
+        plan = trainer.sampler.batch(0, 6)
+        batches[enabled] = trainer.data.batch(plan)
+        if enabled == "false":
+            trainer.train()
+            assert (tmp_path / "run_false" / "model" / "model.safetensors").is_file()
+            assert json.loads((tmp_path / "run_false" / "eval" / "latest.json").read_text())["step"] == 2
+    cached, online = batches["true"], batches["false"]
+    for key in cached:
+        if key.endswith("latents"):
+            torch.testing.assert_close(cached[key], online[key], atol=2e-2, rtol=1e-2)
+        else:
+            assert torch.equal(cached[key], online[key]), key

@@ -168,22 +168,29 @@ class DynamicsReplay:
     def _at(self, position: int, steps: int) -> int | None:
         return self._by_tick.get(self.episode.frames[position].tick + steps)
 
+    def _history_frames(self, position: int) -> list[int] | None:
+        """Frames of the observation history (the first frame stands in before the episode start);
+        None when one falls in a gap of the recording."""
+        ep = self.episode
+        frames = []
+        for s in self.obs_steps:
+            j = self._at(position, s)
+            frames.append(0 if j is None and ep.frames[position].tick + s < ep.frames[0].tick else j)
+        return None if any(j is None for j in frames) else frames
+
     def can_predict(self, position: int) -> bool:
-        """Whether the chunk of ``chunk_size`` recorded actions from ``position`` exists (no gap)."""
+        """Whether the history frames and the chunk of ``chunk_size`` recorded actions from ``position``
+        exist (no gap)."""
         end = position + self.chunk
-        if end > len(self.episode):
+        if end > len(self.episode) or self._history_frames(position) is None:
             return False
         ticks = [f.tick for f in self.episode.frames[position:end]]
         return bool(self.episode.valid[position:end].all()) and ticks == list(range(ticks[0], ticks[0] + self.chunk))
 
     def predict(self, position: int) -> Prediction:
         ep, rt = self.episode, self.runtime
-        first = 0
-        hist_frames = []
-        for s in self.obs_steps:
-            j = self._at(position, s)
-            hist_frames.append(first if j is None and ep.frames[position].tick + s < ep.frames[0].tick else j)
-        if any(j is None for j in hist_frames):
+        hist_frames = self._history_frames(position)
+        if hist_frames is None:
             raise ReplayError(f"frame {position}: a history frame falls in a gap of the recording")
         history = torch.stack([self.latent(j) for j in hist_frames])[None]
         hist_actions = None
