@@ -259,8 +259,8 @@ def _coverable_ticks(cam: list[int], pose: list[int], tol_s: float) -> tuple[int
     import numpy as np
 
     cam, pose = np.array(cam), np.array(pose)
-    ticks = cam[0] + np.arange(int((cam[-1] - cam[0]) / 1e8) + 1) * 100_000_000
     tol = tol_s * 1e9
+    ticks = cam[0] + np.arange(int((cam[-1] + tol - cam[0]) // 1e8) + 1) * 100_000_000  # as the recorder
 
     def near(stamps):
         i = np.clip(np.searchsorted(stamps, ticks), 1, len(stamps) - 1)

@@ -79,16 +79,17 @@ class EpisodeRunner(Node):
 
     def _call(self, client, request, optional: bool = False):
         timeout = self.cfg["service_timeout_s"]
+        name = self.resolve_service_name(client.srv_name)
         if not client.wait_for_service(timeout_sec=timeout if not optional else 2.0):
             if optional:
-                self.get_logger().warning(f"service {client.srv_name} not available; skipped")
+                self.get_logger().warning(f"service {name} not available; skipped")
                 return None
-            raise RuntimeError(f"service {client.srv_name} not available after {timeout} s")
+            raise RuntimeError(f"service {name} not available after {timeout} s")
         done = threading.Event()
         future = client.call_async(request)
         future.add_done_callback(lambda _f: done.set())
         if not done.wait(timeout):
-            raise RuntimeError(f"service {client.srv_name} did not answer within {timeout} s")
+            raise RuntimeError(f"service {name} did not answer within {timeout} s")
         return future.result()
 
     def episode(self, index: int) -> dict:

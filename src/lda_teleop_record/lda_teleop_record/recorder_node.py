@@ -291,6 +291,12 @@ class TeleopRecorder(Node):
 
     # -- diagnostics -------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
+        try:
+            self._diag.publish(self._diagnostics())
+        except Exception as exc:  # noqa: BLE001 - diagnostics must never take the recorder down
+            self.get_logger().warning(f"diagnostics: {type(exc).__name__}: {exc}")
+
+    def _diagnostics(self) -> DiagnosticArray:
         rec = self.recorder
         status = DiagnosticStatus(name=self.get_fully_qualified_name(), hardware_id=self.config.robot)
         ep = rec.episode
@@ -335,7 +341,7 @@ class TeleopRecorder(Node):
         status.values = [KeyValue(key=k, value=v) for k, v in values]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
-        self._diag.publish(msg)
+        return msg
 
     # -- shutdown ----------------------------------------------------------------------------------
     def shutdown(self) -> None:

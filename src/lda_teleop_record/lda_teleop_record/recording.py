@@ -100,7 +100,7 @@ class Diagnostics:
 
     def recent_problems(self, within_s: float) -> list[str]:
         now = time.monotonic()
-        return [text for t, text in self.recent if now - t <= within_s]
+        return [text for t, text in list(self.recent) if now - t <= within_s]  # list(): the worker appends
 
 
 @dataclass
