@@ -1,0 +1,151 @@
+"""The paper's Table IV on the simulator: does low-quality data help when each piece of data keeps its role?
+
+    python benchmarks/mixed_quality.py                         # on the demo's recording (run `make demo` first)
+    python benchmarks/mixed_quality.py --seeds 0 1 2 --steps 600 --episodes 8
+
+Same data, same compute (optimiser steps x batch), three trainings per seed:
+
+(a) ``policy_high``      policy objective only, on the ``high`` episodes;
+(b) ``policy_high_low``  policy objective only, on ``high`` + ``low`` episodes, both treated as demonstrations;
+(c) ``lda_role_aware``   all four objectives, role-aware: high -> all, low -> dynamics + forecasting,
+                         actionless -> forecasting.
+
+Each is scored by its held-out policy action L1 (from ``lda-train``'s evaluation, with the
+predict-the-mean baseline) and by closed-loop success on the simulator with the safety monitor, on
+the same unseen seeds. Figures are written to ``benchmarks/results/mixed_quality.json`` and printed as
+a table with the mean and spread over seeds. It reuses the demo's dataset, latent cache and encoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+VARIANTS = {
+    "policy_high": ["data.datasets.0.role=quality", "data.task_weights.policy=1.0",
+                    "data.task_weights.forward_dynamics=0.0", "data.task_weights.inverse_dynamics=0.0",
+                    "data.task_weights.forecast=0.0"],
+    "policy_high_low": ["data.datasets.0.role=high", "data.task_weights.policy=1.0",
+                        "data.task_weights.forward_dynamics=0.0", "data.task_weights.inverse_dynamics=0.0",
+                        "data.task_weights.forecast=0.0"],
+    "lda_role_aware": ["data.datasets.0.role=quality"],
+}
+
+
+def run(cmd: list[str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        rc = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode
+    if rc != 0:
+        raise SystemExit(f"mixed_quality: '{' '.join(map(str, cmd[:3]))} ...' failed (exit {rc}); see {log}")
+
+
+def heldout_episodes(dataset: Path, count: int = 2) -> list[int]:
+    from lda_teleop_record.schema import episodes_with_quality
+
+    high = episodes_with_quality(dataset, "high")
+    if len(high) <= count:
+        raise SystemExit(f"mixed_quality: {dataset} has {len(high)} high episodes; need more than {count}")
+    return high[-count:]
+
+
+def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
+    from ament_index_python.packages import get_package_prefix
+
+    run_dir = args.work / f"{variant}_seed{seed}"
+    log = run_dir / "log.txt"
+    overrides = [f"output_dir={run_dir / 'train'}", f"data.datasets.0.root={args.dataset}",
+                 f"cache.dir={args.cache_dir}", f"encoders.dino_path={args.dino_path}", f"seed={seed}",
+                 f"train.steps={args.steps}", f"train.batch_size={args.batch_size}", f"model.preset={args.preset}",
+                 f"train.checkpoint_every={args.steps}", "train.eval_every=0",
+                 f"optim.warmup_steps={max(args.steps // 10, 1)}",
+                 # The same held-out episodes for every variant: expert ones, where action L1 means something.
+                 f"data.datasets.0.heldout_episodes={json.dumps(heldout_episodes(args.dataset))}",
+                 *VARIANTS[variant]]
+    start = time.monotonic()
+    if not (run_dir / "train" / "model").is_dir():
+        run(["lda-train", "--config", "config/train/demo_cpu.yaml", *overrides], log)
+    train_s = time.monotonic() - start
+    evaluation = json.loads((run_dir / "train" / "eval" / "latest.json").read_text())
+    checkpoint = run_dir / "train" / "model"
+    calibrate = Path(get_package_prefix("lda_policy")) / "lib" / "lda_policy" / "calibrate_safety"
+    bags = sorted(p for p in (args.dataset.parent / f"{args.dataset.name}_bags").iterdir() if p.is_dir())
+    if not (checkpoint / "safety_calibration.json").is_file():
+        run([calibrate, "--checkpoint", checkpoint, "--dino-path", args.dino_path, "--robot-config",
+             "config/robots/sim_panda.yaml", "--instruction", "lift the red cube",
+             *[a for b in bags[:8] for a in ("--bag", b)]], log)
+    results = run_dir / "closed_loop.json"
+    if not results.is_file() and args.episodes > 0:
+        run(["lda-launch", "launch/sim_demo.launch.yaml", f"checkpoint:={checkpoint}",
+             f"dino_path:={args.dino_path}", f"episodes:={args.episodes}", f"max_steps:={args.max_steps}",
+             "seed:=1000", f"label:={variant}", f"results_path:={results}"], log)
+    closed = json.loads(results.read_text()) if results.is_file() else {}
+    policy = evaluation.get("policy", {})
+    return {"variant": variant, "seed": seed, "heldout_action_l1": policy.get("action_l1"),
+            "predict_mean_action_l1": policy.get("baseline_mean_action_l1"),
+            "success_rate": closed.get("success_rate"), "episodes": closed.get("episodes"),
+            "train_wall_s": round(train_s, 1)}
+
+
+def summarise(rows: list[dict]) -> dict:
+    out = {}
+    for variant in VARIANTS:
+        mine = [r for r in rows if r["variant"] == variant]
+        for key in ("heldout_action_l1", "success_rate"):
+            values = [r[key] for r in mine if r[key] is not None]
+            if values:
+                out.setdefault(variant, {})[key] = {
+                    "mean": statistics.fmean(values), "min": min(values), "max": max(values),
+                    "stdev": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", type=Path, default=REPO / "out/demo/dataset")
+    ap.add_argument("--dino-path", type=Path, default=REPO / "out/demo/dinov3-random")
+    ap.add_argument("--cache-dir", type=Path, default=REPO / "out/demo/latent_cache")
+    ap.add_argument("--work", type=Path, default=REPO / "out/mixed_quality")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--preset", default="lda-tiny")
+    ap.add_argument("--episodes", type=int, default=8, help="closed-loop episodes per run (0: skip)")
+    ap.add_argument("--max-steps", type=int, default=250)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/mixed_quality.json")
+    args = ap.parse_args()
+    if not (args.dataset / "meta" / "info.json").is_file():
+        print(f"mixed_quality: no dataset at {args.dataset}; run `make demo` first or pass --dataset",
+              file=sys.stderr)
+        return 2
+    rows = []
+    total = len(args.seeds) * len(args.variants)
+    for i, (seed, variant) in enumerate((s, v) for s in args.seeds for v in args.variants):
+        start = time.monotonic()
+        rows.append(one_run(variant, seed, args))
+        print(f"[{i + 1}/{total}] {variant} seed {seed}: held-out action L1 {rows[-1]['heldout_action_l1']}, "
+              f"success {rows[-1]['success_rate']} ({time.monotonic() - start:.0f} s)", flush=True)
+    summary = summarise(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "runs": rows,
+                                    "summary": summary}, indent=2) + "\n")
+    print(f"\n{'variant':<18} {'held-out action L1 (mean, min..max)':<38} {'closed-loop success (mean, min..max)'}")
+    for variant, s in summary.items():
+        l1, sr = s.get("heldout_action_l1"), s.get("success_rate")
+        l1_txt = f"{l1['mean']:.4f} ({l1['min']:.4f}..{l1['max']:.4f})" if l1 else "n/a"
+        sr_txt = f"{sr['mean']:.2f} ({sr['min']:.2f}..{sr['max']:.2f}), n={sr['n']}" if sr else "n/a"
+        print(f"{variant:<18} {l1_txt:<38} {sr_txt}")
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
