@@ -98,11 +98,15 @@ class DatasetStore:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / ".lda").mkdir(exist_ok=True)
         self._lock()
-        self.recover()
-        if (self.root / "meta" / "info.json").is_file():
-            self._check_compatible()
-        else:
-            self._create()
+        try:
+            self.recover()
+            if (self.root / "meta" / "info.json").is_file():
+                self._check_compatible()
+            else:
+                self._create()
+        except BaseException:
+            self.close()
+            raise
 
     # -- opening -----------------------------------------------------------------------------------
     def _check_codec(self) -> None:
@@ -378,7 +382,7 @@ class EpisodeWriter:
             raise
         n = self.num_frames
         actions = np.asarray(actions, dtype=np.float32).reshape(n, self.config.action_dim)
-        valid = np.asarray(action_valid, dtype=bool).reshape(n)
+        valid = np.array(action_valid, dtype=bool).reshape(n)
         if quality == "actionless":
             valid[:] = False
         actions[~valid] = 0.0

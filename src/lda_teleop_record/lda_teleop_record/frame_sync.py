@@ -11,7 +11,8 @@ bag replay of the same messages give the same frames.
   ``t_k + tolerance`` (stamps per stream only increase), or the newest stamp seen on any stream is
   more than ``tolerance + max_latency`` past ``t_k`` (a stream fell silent), or the episode ends.
 * A decided tick with a sample from every stream is a frame; otherwise a gap naming the missing streams.
-  At the end, trailing ticks past the data are dropped silently (they are after the operator's stop).
+  When the episode ends, ticks up to the newest stamp are decided; incomplete ones within the last two
+  periods are dropped silently (the streams stop a little apart), earlier ones are gaps.
 """
 
 from __future__ import annotations
@@ -120,10 +121,7 @@ class FrameSync:
         out: list[Tick] = []
         if self.t0 is None:
             return out
-        end = None
-        if final:
-            ref_last = self.last_stamp[self.reference]
-            end = ref_last + self.tolerance_ns if ref_last is not None else self.t0
+        end = self.newest_ns + self.tolerance_ns if final else None
         while True:
             t = self.tick_stamp(self.next_tick)
             if final:
@@ -135,7 +133,9 @@ class FrameSync:
             self.next_tick += 1
             self._prune(t + self.period_ns - self.tolerance_ns)
         if final:
-            while out and not out[-1].complete:  # ticks after a stream's last sample: past the stop
+            # Streams end a little apart when recording stops: incomplete ticks in the last two periods
+            # before the newest stamp are after the episode's end, not gaps. Earlier ones are gaps.
+            while out and not out[-1].complete and out[-1].stamp_ns > self.newest_ns - 2 * self.period_ns:
                 out.pop()
         return out
 

@@ -263,18 +263,21 @@ class TeleopRecorder(Node):
             self._saving = self._saver.submit(self.store.prepare)
             return response
 
+        committed: Future = Future()  # answered as soon as the episode is on disk
+
         def save():
             try:
-                return pending.save()
-            finally:
-                try:
-                    self.store.prepare()
-                except Exception as exc:  # noqa: BLE001
-                    self._log("error", f"cannot open the next writing session: {exc}")
+                committed.set_result(pending.save())
+            except Exception as exc:  # noqa: BLE001 - reported through the stop_episode answer
+                committed.set_exception(exc)
+            try:
+                self.store.prepare()  # the next episode's writing session, before its start is asked for
+            except Exception as exc:  # noqa: BLE001
+                self._log("error", f"cannot open the next writing session: {exc}")
 
         self._saving = self._saver.submit(save)
         try:
-            summary = self._saving.result(timeout=self.save_timeout_s)
+            summary = committed.result(timeout=self.save_timeout_s)
         except FutureTimeout:
             response.success, response.message = False, "save still running (see the log for its outcome)"
             return response

@@ -89,14 +89,19 @@ class Diagnostics:
         self._kinds: Counter[str] = Counter()
         self.error: str | None = None
 
-    def problem(self, subject: str, reason: str, level: str = "warn") -> None:
+    def problem(self, subject: str, reason: str, level: str = "warn", throttle: bool = True) -> None:
+        """Record a problem; log it unless the same kind was logged already in this episode (then every
+        100th). ``throttle=False`` for messages that are already aggregated (gap reports)."""
         kind = subject + ":" + re.sub(r"[-+0-9.e]+", "#", reason)
         self._kinds[kind] += 1
         n = self._kinds[kind]
         text = f"{subject}: {reason}"
         self.recent.append((time.monotonic(), text))
-        if n == 1 or n % 100 == 0:
-            self._log(level, text + (f" (x{n})" if n > 1 else ""))
+        if not throttle or n == 1 or n % 100 == 0:
+            self._log(level, text + (f" (x{n})" if n > 1 and throttle else ""))
+
+    def new_episode(self) -> None:
+        self._kinds.clear()
 
     def recent_problems(self, within_s: float) -> list[str]:
         now = time.monotonic()
@@ -218,6 +223,7 @@ class EpisodeRecorder:
                 self.diag.problem("episode bag", f"cannot open a bag, recording without one: {exc}", "error")
         ep = _Episode(self, writer, task, bag)
         self._episode = ep
+        self.diag.new_episode()
         if bag is not None:
             ep.write_event(now_ns, {"event": "start", "episode": writer.index, "task": task,
                                     "robot": self.config.robot})
@@ -388,11 +394,11 @@ class _Episode:
             stream = self.by_id[sid]
             start = gap.first_tick * period
             end = (gap.first_tick + gap.ticks - 1) * period
-            since = "" if gap.last_seen_ns is None else f"; last sample at {(gap.last_seen_ns - t0) / 1e9:.3f} s"
+            since = "" if gap.last_seen_ns is None else f"; last used sample at {(gap.last_seen_ns - t0) / 1e9:.3f} s"
             self.rec.diag.problem(stream.label,
                                   f"no usable sample within {tol * 1000:.0f} ms of {gap.ticks} tick(s) at "
                                   f"{start:.3f}-{end:.3f} s into the episode (silent or rejected{since}); "
-                                  "those ticks were dropped")
+                                  "those ticks were dropped", throttle=False)
             del self.gaps[sid]
 
     def write_event(self, now_ns: int, event: dict[str, Any]) -> None:

@@ -56,13 +56,16 @@ def test_backwards_and_repeated_stamps_are_refused():
     assert sync.push("cam", 1100 * MS, "d") is None
 
 
-def test_final_trims_trailing_incomplete_ticks():
+def test_final_trims_the_ragged_end_but_reports_a_stream_that_died():
     sync = _sync(max_latency_ns=2000 * MS)
     fed = _feed(sync, [1000 + 100 * k for k in range(10)], [1000 + 10 * k for k in range(50)])  # poses end 1.49 s
     ticks = fed + sync.poll(final=True)
-    assert [t.index for t in ticks] == [0, 1, 2, 3, 4, 5]  # 1.49 s serves tick 5; 6..9 are after the end
-    assert all(t.complete for t in ticks)
+    assert [t.index for t in ticks] == [0, 1, 2, 3, 4, 5, 6, 7]  # 1.49 s serves tick 5; 8, 9 are the ragged end
+    assert [t.complete for t in ticks] == [True] * 6 + [False, False]  # 6, 7: poses died before the end
     assert sync.poll(final=True) == []
+    sync = _sync()
+    ticks = _feed(sync, [1000 + 100 * k for k in range(10)], [1000 + 10 * k for k in range(93)]) + sync.poll(True)
+    assert len(ticks) == 10 and all(t.complete for t in ticks[:-1]) and ticks[-1].index == 9 and ticks[-1].complete
 
 
 def test_rejected_sample_falls_back_to_the_next_nearest():

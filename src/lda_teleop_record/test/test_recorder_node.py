@@ -149,9 +149,11 @@ def test_episode_bags_convert_to_the_same_episode(env, capsys):
 def test_bad_input_is_diagnosed_and_good_data_kept(env, plan, complaint, min_frames, max_frames):
     teleop, proc = env["teleop"], env["proc"]
     assert teleop.start("bad input").success
-    teleop.play(plan)
-    assert proc.wait_for_output(complaint, timeout=5), proc.output[-3000:]
-    saved = teleop.stop("high")
+    try:
+        teleop.play(plan)
+        assert proc.wait_for_output(complaint, timeout=5), proc.output[-3000:]
+    finally:
+        saved = teleop.stop("high")  # also when the check above failed: leave the recorder idle
     assert saved.success, saved.message
     ds = LeRobotDataset("t/rec", root=env["dataset"], delta_timestamps={"action": [0.0, 0.1],
                                                                          "observation.images.head": [0.0],

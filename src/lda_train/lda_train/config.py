@@ -68,6 +68,7 @@ class ModelConfig:
     preset: str | None = "lda-tiny"  # architecture to start from with random weights (see PRESETS)
     checkpoint: str | None = None  # LDA checkpoint directory to fine-tune (takes precedence over preset)
     gradient_checkpointing: bool = False  # recompute MM-DiT activations in backward (lda-1b)
+    compile: bool = False  # torch.compile the denoiser (GPU: faster steps after a compile warm-up)
 
 
 @dataclass

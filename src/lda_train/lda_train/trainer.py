@@ -161,6 +161,8 @@ def build_model(cfg: TrainingRunConfig, sources: list, language_dim: int) -> tup
         model.normalizer.load_dict(base.normalizer.to_dict())
     if cfg.model.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
+    if cfg.model.compile:
+        model.compile_denoiser()
     return model, from_ckpt
 
 
@@ -795,14 +797,15 @@ class Trainer:
 
 
 class LossModule(torch.nn.Module):
-    """``forward(batch) = model.compute_loss(batch)``, so DDP sees (and synchronises) the loss call."""
+    """``forward(batch) -> (loss, info)`` through ``LDAModel.__call__`` (whose forward is
+    ``compute_loss``), so DDP's reducer and FSDP's unshard/reshard hooks see the training pass."""
 
     def __init__(self, model: LDAModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.model.compute_loss(batch)
+        return self.model(batch)
 
 
 def _micro_seed(seed: int, step: int, micro: int) -> int:

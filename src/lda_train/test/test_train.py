@@ -140,34 +140,36 @@ def _free_port() -> int:
 
 
 def test_two_torchrun_processes_match_one_process(mixed_dataset, dino_dir, cache_root, tmp_path):
+    """DDP and FSDP over two gloo processes (micro-batch 4 each) vs. one process accumulating 2 x 4."""
     extra = COMMON + ["train.steps=3", "train.batch_size=8", "train.micro_batch_size=4", "train.checkpoint_every=3",
                       "optim.ema=true"]
-    cfg, cfg_path, overrides = make_config([mixed_dataset], dino_dir, cache_root, tmp_path / "ddp", extra=extra)
-    lda_train = shutil.which("lda-train")
-    cmd = ["torchrun", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           lda_train, "--config", str(cfg_path), *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    ddp = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO, env=env)
-    assert ddp.returncode == 0, ddp.stdout[-2000:] + ddp.stderr[-4000:]
-    assert "2 process(es) x 1 micro-batch(es) x 4" in ddp.stdout
-
     one_cfg, _, _ = make_config([mixed_dataset], dino_dir, cache_root, tmp_path / "one", extra=extra)
     run_training(one_cfg, progress=False)  # 1 process x 2 accumulated micro-batches x 4
-    got, want = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
-    assert sorted(got) == [1, 2, 3]
-    np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [want[s] for s in (1, 2, 3)], rtol=1e-5)
+    want = _losses(tmp_path / "one")
     step3 = "checkpoints/step_000003"
-    assert _close(_weights(tmp_path / "ddp" / step3 / "model"), _weights(tmp_path / "one" / step3 / "model"),
-                  1e-5) < 1e-5
-    assert _close(_weights(tmp_path / "ddp" / step3 / "ema"), _weights(tmp_path / "one" / step3 / "ema"),
-                  1e-5) < 1e-5
-    # and the update was not trivial: the weights moved
+    lda_train = shutil.which("lda-train")
+    for strategy in ("ddp", "fsdp"):
+        out = tmp_path / strategy
+        cfg, cfg_path, overrides = make_config([mixed_dataset], dino_dir, cache_root, out,
+                                               extra=[*extra, f"train.strategy={strategy}"])
+        cmd = ["torchrun", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", lda_train, "--config", str(cfg_path), *overrides]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO,
+                             env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+        assert "2 process(es) x 1 micro-batch(es) x 4" in run.stdout
+        got = _losses(out)
+        assert sorted(got) == [1, 2, 3]
+        np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [want[s] for s in (1, 2, 3)], rtol=1e-5)
+        for sub in ("model", "ema"):
+            assert _close(_weights(out / step3 / sub), _weights(tmp_path / "one" / step3 / sub), 1e-5) < 1e-5, \
+                (strategy, sub)
+    # and the update was not trivial: the weights moved from their (seeded) initial values
     from lda_policy.model import LDAModel
 
     torch.manual_seed(0)
-    assert _close(_weights(tmp_path / "one" / step3 / "model"),
-                  {k: v for k, v in LDAModel(LDAModel.from_pretrained(tmp_path / "one" / "model").config)
-                   .state_dict().items()}, 0) > 1e-4
+    initial = LDAModel(LDAModel.from_pretrained(tmp_path / "one" / "model").config).state_dict()
+    assert _close(_weights(tmp_path / "one" / step3 / "model"), initial, 0) > 1e-4
 
 
 def test_run_directory_guards(mixed_dataset, dino_dir, cache_root, tmp_path):
