@@ -6,7 +6,7 @@ Layout (one directory per dataset and content fingerprint)::
         manifest.json                  format, fingerprint and its parts, shard list with sizes + sha256
         latents-00000.safetensors      "latents": (frames, gh, gw, 384) rows [start, end) of the dataset
         latents-00001.safetensors      ...
-        language.safetensors           "tokens": (tasks, L, D), "mask": (tasks, L)
+        language.safetensors           "tokens": (tasks, L, D) float32, "mask": (tasks, L)
 
 The fingerprint hashes (a) the dataset's contents: every file under ``meta/`` and ``data/`` in full
 (except the recorder's quality labels, ``meta/lda_episodes.json``, which are read afresh every run),
@@ -351,7 +351,7 @@ def build_cache(source: SourceDataset, spec: CacheSpec, dino: Any, language_enco
         # language tokens, one entry per task string of the dataset
         tasks = list(source.tasks)
         emb = language_encoder.encode(tasks) if tasks else None
-        tokens = emb.tokens.cpu().to(dtype) if emb is not None else torch.zeros(0, 1, 1, dtype=dtype)
+        tokens = emb.tokens.cpu().float() if emb is not None else torch.zeros(0, 1, 1)  # small: kept float32
         mask = emb.mask.cpu().bool() if emb is not None else torch.zeros(0, 1, dtype=torch.bool)
         lang = _write(tmp / "language.safetensors", st_save({"tokens": tokens.contiguous(), "mask": mask.contiguous()}))
         lang["tasks"] = tasks

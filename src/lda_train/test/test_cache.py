@@ -234,7 +234,7 @@ def test_cache_cli_builds_then_verifies(mixed_dataset, dino_dir, tmp_path, capsy
     assert "cache.rebuild is 'never'" in capsys.readouterr().err
 
 
-def test_training_without_the_cache_sees_the_same_batches(mixed_dataset, dino_dir, tmp_path):
+def test_training_without_the_cache_sees_the_same_batches(mixed_dataset, dino_dir, cache_root, tmp_path):
     """cache.enabled=false: LeRobot decodes the frames, DINO runs every step; the batches equal the
     cached ones (up to float16 storage), and a short run trains from them."""
     from conftest import make_config
@@ -242,8 +242,8 @@ def test_training_without_the_cache_sees_the_same_batches(mixed_dataset, dino_di
 
     batches = {}
     for enabled in ("true", "false"):
-        cfg, _, _ = make_config([mixed_dataset], dino_dir, tmp_path / "cache", tmp_path / f"run_{enabled}",
-                                extra=[f"cache.enabled={enabled}", "train.steps=2", "eval.max_samples=8"])
+        cfg, _, _ = make_config([mixed_dataset], dino_dir, cache_root, tmp_path / f"run_{enabled}",
+                                extra=[f"cache.enabled={enabled}", "train.steps=1", "eval.enabled=false"])
         torch.manual_seed(0)
         trainer = Trainer(cfg, progress=False)
         assert trainer.data.cached == (enabled == "true")
@@ -252,10 +252,11 @@ def test_training_without_the_cache_sees_the_same_batches(mixed_dataset, dino_di
         if enabled == "false":
             trainer.train()
             assert (tmp_path / "run_false" / "model" / "model.safetensors").is_file()
-            assert json.loads((tmp_path / "run_false" / "eval" / "latest.json").read_text())["step"] == 2
     cached, online = batches["true"], batches["false"]
     for key in cached:
         if key.endswith("latents"):
             torch.testing.assert_close(cached[key], online[key], atol=2e-2, rtol=1e-2)
+        elif key == "language":  # MiniLM run once per task string vs. once per run: padding differs
+            torch.testing.assert_close(cached[key], online[key], atol=1e-4, rtol=1e-4)
         else:
             assert torch.equal(cached[key], online[key]), key
