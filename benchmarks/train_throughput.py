@@ -57,6 +57,7 @@ def _child(args: argparse.Namespace) -> None:
         f"cache.enabled={'true' if cached else 'false'}", f"train.steps={args.steps}",
         f"train.batch_size={args.batch}", f"train.log_every={args.steps}", f"train.checkpoint_every={10**9}",
         "eval.enabled=false", "optim.warmup_steps=1", f"data.num_workers={args.workers}",
+        f"train.num_threads={args.threads}",
     ]
     cfg_file = args.work / "bench.yaml"
     cfg_file.write_text(f"data:\n  datasets:\n    - root: {args.data}\n")
@@ -104,6 +105,7 @@ def main() -> int:
     p.add_argument("--length", type=int, default=40, help="frames per episode")
     p.add_argument("--dino-batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding video (online mode)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch default)")
     p.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
     p.add_argument("--mode", choices=["cached", "online"], help=argparse.SUPPRESS)
     p.add_argument("--dino", type=Path, help=argparse.SUPPRESS)
@@ -121,7 +123,8 @@ def main() -> int:
     for mode in ("cached", "online"):
         cmd = [sys.executable, __file__, "--mode", mode, "--work", str(work), "--dino", str(dino), "--data", str(data),
                "--steps", str(args.steps), "--batch", str(args.batch), "--preset", args.preset, "--device",
-               args.device, "--dino-batch", str(args.dino_batch), "--workers", str(args.workers)]
+               args.device, "--dino-batch", str(args.dino_batch), "--workers", str(args.workers),
+               "--threads", str(args.threads)]
         run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
         line = next((ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if run.returncode != 0 or line is None:

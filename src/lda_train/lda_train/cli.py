@@ -117,6 +117,8 @@ def build_caches(cfg, verify_only: bool = False, progress: bool | None = None) -
 
     if cfg.encoders.dino_path is None:
         raise TrainError("encoders.dino_path is not set: name the local DINOv3 checkpoint directory")
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
     model_cfg = read_config(cfg.model.checkpoint) if cfg.model.checkpoint else PRESETS[cfg.model.preset]
     sources = open_sources(cfg.data.datasets, model_cfg.time, cfg.data.heldout_fraction, cfg.seed)
     spec = CacheSpec(cache_root=Path(cfg.cache.dir).expanduser() if cfg.cache.dir else default_cache_root(),

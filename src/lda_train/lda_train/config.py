@@ -117,7 +117,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3  # newest checkpoints kept (0 keeps all)
     eval_every: int = 500  # 0: evaluate only at the end
-    num_threads: int = 0  # torch CPU threads per process (0: torch default)
+    num_threads: int = 0  # torch CPU threads per process (0: torch default; 1 is fastest on a busy shared CPU)
     deterministic: bool = False  # torch deterministic kernels: bit-exact reruns, somewhat slower
 
 

@@ -188,7 +188,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainingRunConfig) -> torch.opti
         (no_decay if p.ndim < 2 or any(k in name for k in _NO_DECAY) else decay).append(p)
     o = cfg.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, foreach=None)
+    # foreach kernels on one device (also on CPU, where torch would pick the per-tensor loop)
+    foreach = None if cfg.train.strategy == "fsdp" else True
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, foreach=foreach)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -48,10 +48,10 @@ def make_config(dataset_roots, dino_dir, cache_root, output_dir, extra=(), datas
     ``lda-train --config <path> <overrides...>`` reproduces the returned config in a subprocess."""
     from lda_train.config import load_config
 
-    overrides = [f"output_dir={output_dir}", "model.preset=lda-tiny", f"encoders.dino_path={dino_dir}",
-                 "encoders.batch_size=32", f"cache.dir={cache_root}", "optim.lr=1e-3", "optim.warmup_steps=2",
-                 "train.batch_size=8", "train.log_every=1", "eval.max_samples=16", "eval.batch_size=16",
-                 "data.heldout_fraction=0.2"]
+    overrides = [f"output_dir={output_dir}", "model.preset=lda-tiny", "train.num_threads=1",
+                 f"encoders.dino_path={dino_dir}", "encoders.batch_size=32", f"cache.dir={cache_root}",
+                 "optim.lr=1e-3", "optim.warmup_steps=2", "train.batch_size=8", "train.log_every=1",
+                 "eval.max_samples=16", "eval.batch_size=16", "data.heldout_fraction=0.2"]
     data = {"data": {"datasets": datasets or [{"root": str(r)} for r in dataset_roots]}}
     cfg_path = Path(output_dir).parent / f"{Path(output_dir).name}.yaml"
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
