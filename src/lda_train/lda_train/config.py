@@ -103,7 +103,7 @@ class OptimConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0  # max global gradient norm (0 disables)
     ema: bool = False  # keep an exponential moving average of the weights (exported as ema/)
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # reached after a warm-up: decay_t = min(ema_decay, (1 + t) / (10 + t))
 
 
 @dataclass

@@ -59,8 +59,9 @@ log = logging.getLogger("lda_train")
 STATE_FORMAT = "lda-train-state"
 STATE_VERSION = 1
 #: Config sections a resumed run must share with the run it continues (else data order / shapes differ).
-RESUME_CRITICAL = ("seed", "data", "model", "train.batch_size", "train.micro_batch_size", "encoders.dino_path",
-                   "encoders.language", "cache.dtype")
+RESUME_CRITICAL = ("seed", "data.datasets", "data.heldout_fraction", "data.task_weights", "model.preset",
+                   "model.checkpoint", "train.batch_size", "encoders.dino_path", "encoders.language",
+                   "encoders.language_path", "cache.dtype")
 
 
 class TrainError(RuntimeError):
@@ -138,14 +139,12 @@ def build_model(cfg: TrainingRunConfig, sources: list, language_dim: int) -> tup
                                 f"{spec.state_dim}-d states in the model, the dataset has {src.action_dim} / "
                                 f"{src.state_dim}")
             continue
-        if not (src.has_action and src.has_state):
-            record = src.embodiment_record
-            if not (record.get("action_dim") and record.get("state_dim")):
-                raise DataError(f"{src.where}: embodiment {src.embodiment!r} is new to the model, and the dataset "
-                                "has no action/state features to size it; use a known embodiment "
-                                f"({names}) for actionless data")
-        a = src.action_dim or int(src.embodiment_record["action_dim"])
-        s = src.state_dim or int(src.embodiment_record["state_dim"])
+        a = src.action_dim or _record_dim(src.embodiment_record, "action")
+        s = src.state_dim or _record_dim(src.embodiment_record, "state")
+        if not (a and s):
+            raise DataError(f"{src.where}: embodiment {src.embodiment!r} is new to the model, and neither the "
+                            "dataset's features nor its meta/lda_embodiment.json size its actions and states; "
+                            f"use a known embodiment ({names}) for actionless data")
         specs.append(EmbodimentSpec(src.embodiment, a, s, "added by lda-train from the dataset"))
         names.append(src.embodiment)
     if len(specs) > config.max_embodiments:
@@ -166,6 +165,14 @@ def build_model(cfg: TrainingRunConfig, sources: list, language_dim: int) -> tup
     return model, from_ckpt
 
 
+def _record_dim(record: dict[str, Any], key: str) -> int:
+    """Width of ``key`` (action/state) in a recorder embodiment record: ``{key: {"names": [...]}}``."""
+    entry = record.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("names"), list):
+        return len(entry["names"])
+    return int(record.get(f"{key}_dim") or 0)
+
+
 def lr_at(step: int, cfg: TrainingRunConfig) -> float:
     """Linear warm-up to ``optim.lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at the last step."""
     o, total = cfg.optim, cfg.train.steps
@@ -174,6 +181,12 @@ def lr_at(step: int, cfg: TrainingRunConfig) -> float:
     span = max(1, total - 1 - o.warmup_steps)
     progress = min(1.0, (step - o.warmup_steps) / span)
     return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay with a warm-up, ``min(decay, (1 + step) / (10 + step))``: early averages do not drag
+    the random initial weights along (at decay 0.999 they would still weigh 37 % after 1000 steps)."""
+    return min(decay, (1.0 + step) / (10.0 + step))
 
 
 _NO_DECAY = ("action_pos", "frame_embed", "registers", "standin", "null_language", "task_embed")
@@ -273,6 +286,8 @@ class Trainer:
                              "--resume to continue that run, or choose another output_dir")
         if self.resume and not existing:
             raise TrainError(f"--resume: no complete checkpoint in {self.run_dir / 'checkpoints'}")
+        if self.resume:
+            self._check_resume_config(existing[-1][1])
 
     def _build(self) -> None:
         cfg, env = self.cfg, self.env
@@ -547,7 +562,9 @@ class Trainer:
         state = json.loads((path / "training_state.json").read_text())
         if state.get("format") != STATE_FORMAT or state.get("format_version") != STATE_VERSION:
             raise TrainError(f"{path}/training_state.json is not a version-{STATE_VERSION} {STATE_FORMAT} file")
-        self._check_resume_config(path)
+        if state.get("micro_batch_size") != self.micro:
+            self._log(f"note: micro-batch size {self.micro} differs from the checkpoint's "
+                      f"{state.get('micro_batch_size')}: same batches, different noise draws from here on")
         weights = load_file(str(path / "model" / "model.safetensors"))
         fsdp = self.cfg.train.strategy == "fsdp" and self.env.distributed
         tensors = load_file(str(path / "optimizer.safetensors"))
@@ -582,7 +599,10 @@ class Trainer:
     def _check_resume_config(self, path: Path) -> None:
         import yaml
 
-        saved = yaml.safe_load((path / "config.yaml").read_text())
+        try:
+            saved = yaml.safe_load((path / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise TrainError(f"--resume: cannot read {path / 'config.yaml'}: {err}") from None
         now = self.cfg.to_dict()
         diff = [k for k in RESUME_CRITICAL if _config_value(saved, k) != _config_value(now, k)]
         if diff:
@@ -680,7 +700,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
                 with torch.no_grad():
-                    d = cfg.optim.ema_decay
+                    d = ema_decay_at(step, cfg.optim.ema_decay)
                     torch._foreach_lerp_(self.ema, [p.detach().float() for p in self.model.parameters()], 1 - d)
             if env.distributed:
                 dist.all_reduce(sums)

@@ -70,3 +70,16 @@ def test_learning_rate_schedule(tmp_path):
     assert lrs[-1] == pytest.approx(1e-5)  # ends at the minimum LR
     mid = lrs[10 + 50]
     assert mid == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 50 / 99)))
+
+
+def test_ema_decay_warms_up():
+    from lda_train.trainer import ema_decay_at
+
+    decays = [ema_decay_at(s, 0.999) for s in range(20000)]
+    assert decays[0] == pytest.approx(0.1) and max(decays) == 0.999
+    assert all(b >= a for a, b in zip(decays[:-1], decays[1:], strict=True))
+    # the initial weights' share in the average after 1000 steps is negligible (0.999 ** 1000 = 37 % without)
+    share = 1.0
+    for d in decays[:1000]:
+        share *= d
+    assert share < 1e-3

@@ -173,10 +173,18 @@ def test_two_torchrun_processes_match_one_process(mixed_dataset, dino_dir, cache
 
 
 def test_run_directory_guards(mixed_dataset, dino_dir, cache_root, tmp_path):
+    from lda_train.config import dump_config
+
     cfg, _, _ = make_config([mixed_dataset], dino_dir, cache_root, tmp_path / "guard")
     with pytest.raises(TrainError, match="no complete checkpoint"):
         Trainer(cfg, resume=True, progress=False)
-    (tmp_path / "guard" / "checkpoints" / "step_000004").mkdir(parents=True)
-    (tmp_path / "guard" / "checkpoints" / "step_000004" / "training_state.json").write_text("{}")
+    ckpt = tmp_path / "guard" / "checkpoints" / "step_000004"
+    ckpt.mkdir(parents=True)
+    (ckpt / "training_state.json").write_text("{}")
+    (tmp_path / "guard" / "checkpoints" / ".tmp-step_000008-123").mkdir()  # a killed save: ignored
     with pytest.raises(TrainError, match="already holds checkpoints"):
         Trainer(cfg, progress=False)
+    other, _, _ = make_config([mixed_dataset], dino_dir, cache_root, tmp_path / "guard", extra=["seed=5"])
+    (ckpt / "config.yaml").write_text(dump_config(other))
+    with pytest.raises(TrainError, match=r"config differs from the run being continued in \['seed'\]"):
+        Trainer(cfg, resume=True, progress=False)
