@@ -177,7 +177,12 @@ class SourceDataset:
         self.episode_index = _column(table, "episode_index").reshape(-1).astype(np.int64)[order]
         self.timestamp = _column(table, "timestamp").reshape(-1).astype(np.float64)[order]
         self.task_index = _column(table, "task_index").reshape(-1).astype(np.int64)[order]
-        self.tasks = [str(t) for t in meta.tasks.sort_values("task_index").index]
+        #: task_index -> instruction text (meta/tasks.parquet), and the distinct texts
+        self.task_text = {int(i): str(t) for t, i in zip(meta.tasks.index, meta.tasks["task_index"], strict=True)}
+        unknown = sorted(set(np.unique(self.task_index).tolist()) - set(self.task_text))
+        if unknown:
+            raise DataError(f"{self.where}: frames use task_index {unknown[:5]} missing from meta/tasks.parquet")
+        self.tasks = sorted(set(self.task_text.values()))
 
         # -- episodes and roles
         self.episodes = self._episodes(meta)
@@ -513,7 +518,7 @@ def assemble_batch(sources: Sequence[SourceDataset], plan: BatchPlan, model_conf
             sv = src.state_valid[rows]
             state[sel, : src.state_dim] = np.where(sv[:, None], src.state[rows], 0.0)
             state_valid[sel] = sv
-    texts = [sources[int(d)].tasks[int(sources[int(d)].task_index[r])]
+    texts = [sources[int(d)].task_text[int(sources[int(d)].task_index[r])]
              for d, r in zip(plan.dataset, plan.row, strict=True)]
     lang, lang_mask = language.batch(texts)
     return {
