@@ -1,5 +1,5 @@
 """policy_node + safety_monitor_node as real processes (launch/policy.launch.yaml through lda-launch) around a
-fake robot of real rclpy publishers: chunk flow, NaN -> STOP, stale camera, scene change -> surprise, dead monitor.
+synthetic robot of real rclpy publishers: chunk flow, NaN -> STOP, stale camera, scene change -> surprise, dead monitor.
 
 Timing bounds are generous safety properties (deadline + 0.5 s), not performance claims.
 """
@@ -41,8 +41,8 @@ def system(tmp_path_factory):
     cmd = ["lda-launch", str(LAUNCH), f"robot_config:={paths['robot_config']}",
            f"checkpoint:={paths['checkpoint']}", f"dino_path:={paths['dino_path']}",
            f"policy_params:={policy}", f"safety_params:={safety}", f"safety_limits:={limits}"]
-    with NodeProcess(cmd) as proc, ros_node("fake_robot") as node:
-        robot = T.FakeRobot(node, paths["robot_config"])
+    with NodeProcess(cmd) as proc, ros_node("synthetic_robot") as node:
+        robot = T.SyntheticRobot(node, paths["robot_config"])
         robot.diagnostics = []
         node.create_subscription(DiagnosticArray, "/diagnostics", robot.diagnostics.append, 10)
         robot.reset_client = node.create_client(Trigger, "/lda/safety_reset")

@@ -1,5 +1,5 @@
 """Small fixtures for the deployment tests and benchmark: a robot config, synthetic scenes, a random-weight
-checkpoint with calibration, and a fake robot made of real rclpy publishers.
+checkpoint with calibration, and a synthetic robot made of real rclpy publishers.
 
 Everything is small enough for a CPU: 64 x 48 camera images, a one-layer random DINOv3 ViT (384-d
 patches at 64 px -> a 4 x 4 grid, pooled to the model grid), the ``lda-tiny`` preset.
@@ -187,7 +187,7 @@ def write_params(path: str | Path, params: dict) -> Path:
     return path
 
 
-class FakeRobot:
+class SyntheticRobot:
     """A robot made of real rclpy publishers/subscribers, driven from a background thread.
 
     Publishes the head camera (scene "a" or "b"), the EEF pose and the gripper JointState at ``rate_hz``
