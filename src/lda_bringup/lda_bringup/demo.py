@@ -113,7 +113,7 @@ class Demo:
                 f"train.eval_every={max(self.size.train_steps // 4, 1)}",
                 f"optim.warmup_steps={max(self.size.train_steps // 10, 1)}",
                 # lda-tiny on this data learned clearly faster at 1e-3 than the config's 3e-4
-                "optim.lr=1e-3"]
+                "optim.lr=1e-3", "train.num_threads=1"]
 
     def cache(self) -> None:
         self.run("cache", ["lda-cache-latents", "--config", "config/train/demo_cpu.yaml",
