@@ -100,9 +100,12 @@ class TeleopRecorder(Node):
 
         sensors = MutuallyExclusiveCallbackGroup()
         services = MutuallyExclusiveCallbackGroup()
-        # Sensor data: best effort (never slows a camera down), but a deep queue so that a busy moment of
-        # this process (encoder start-up, a save) does not overflow the DDS reader.
-        sensor_qos = QoSProfile(depth=p["sensor_queue_depth"], reliability=ReliabilityPolicy.BEST_EFFORT,
+        # Sensor data: best effort by default (never slows a camera down and matches every publisher), with a
+        # deep queue so that a busy moment of this process (encoder start-up, a save) does not overflow the
+        # DDS reader. Reliable when every tick matters and the publishers are reliable too: DDS then resends
+        # what a loaded machine lost instead of the recorder dropping that tick.
+        reliability = ReliabilityPolicy.RELIABLE if p["sensor_reliable"] else ReliabilityPolicy.BEST_EFFORT
+        sensor_qos = QoSProfile(depth=p["sensor_queue_depth"], reliability=reliability,
                                 history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
         for topic, msgtype in self.recorder.topics().items():
             qos = COMMAND_QOS if topic == self.config.instruction_topic else sensor_qos
@@ -135,7 +138,9 @@ class TeleopRecorder(Node):
             ("min_free_disk_mb", 500.0, D, "refuse to start or save an episode below this much free disk [MiB]"),
             ("encoder_queue_frames", 200, I, "frames per camera the video encoder may lag behind"),
             ("ingest_queue_size", 4000, I, "messages buffered between the DDS callbacks and the worker thread"),
-            ("sensor_queue_depth", 100, I, "DDS history depth of each sensor subscription (best effort)"),
+            ("sensor_queue_depth", 100, I, "DDS history depth of each sensor subscription"),
+            ("sensor_reliable", False, B, "subscribe to sensors with reliable QoS (needs reliable publishers; "
+                                          "best-effort ones then do not connect)"),
             ("events_topic", DEFAULT_EVENTS_TOPIC, S, "topic of the episode start/stop events (JSON strings)"),
             ("diagnostics_period_s", 1.0, D, "period of /diagnostics messages [s]"),
             ("save_timeout_s", 300.0, D, "how long stop_episode waits for the save [s]"),

@@ -26,9 +26,13 @@ NAME = f"rec_main_{time.monotonic_ns() % 100000}"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("recorder")
-    robot = syn.write_robot(tmp / "test_bimanual.yaml")
+    # A loaded CI machine may deliver one topic a few hundred ms behind the others: wait longer than the
+    # default before calling a stream silent, so only the recorder's own decisions are under test here.
+    robot = syn.write_robot(tmp / "test_bimanual.yaml", max_latency_s=3.0)
     dataset = tmp / "dataset"
-    cmd = recorder_cmd(NAME, robot, dataset, write_bag=True, bag_dir=tmp / "bags", min_free_disk_mb=1.0)
+    # reliable: the frame-exact checks below must not depend on a loaded machine losing best-effort samples
+    cmd = recorder_cmd(NAME, robot, dataset, write_bag=True, bag_dir=tmp / "bags", min_free_disk_mb=1.0,
+                       sensor_reliable=True)
     with NodeProcess(cmd) as proc:
         assert proc.wait_for_output("recorder ready", timeout=60), proc.output
         with ros_node(f"teleop_{NAME}") as node:
@@ -84,7 +88,8 @@ def test_recorded_episodes_match_the_trajectory(env):
     teleop.play(syn.Plan())
     saved = teleop.stop("high")
     assert saved.success and saved.episode_index == 0, saved.message
-    assert saved.message.startswith("saved episode 0 (high, 20 frames, 19 valid actions, task 'stack the blocks')")
+    assert saved.message.startswith("saved episode 0 (high, 20 frames, 19 valid actions, task 'stack the blocks')"), \
+        (saved.message, teleop.lost, env["proc"].output[-3000:])
 
     started = teleop.start("")  # task from the instruction topic, received during the episode
     assert started.success and started.episode_index == 1, started.message
@@ -159,7 +164,7 @@ def test_bad_input_is_diagnosed_and_good_data_kept(env, plan, complaint, min_fra
                                                                          "observation.images.head": [0.0],
                                                                          "observation.images.wrist": [0.0]})
     rows = _episode_rows(ds, saved.episode_index)
-    assert min_frames <= len(rows) <= max_frames, saved.message
+    assert min_frames <= len(rows) <= max_frames, (saved.message, teleop.lost, proc.output[-3000:])
     ticks = _check_rows(rows, 0)  # every recorded frame is still exactly right
     if min_frames in (15, 16):
         assert "dropped" in saved.message and len(set(range(max(ticks) + 1)) - set(ticks)) > 0
