@@ -2,8 +2,8 @@
 
 This is the ROS-free half of `lda-launch`: it understands the subset of the YAML launch format the
 suite's launch files use (``arg``, ``let``, ``node``, ``executable``, ``group`` with
-``push_ros_namespace``, ``include``, ``set_env``, ``if``/``unless``) and the substitutions ``$(var)``,
-``$(env)``, ``$(dirname)``, ``$(find-pkg-share)``, ``$(find-pkg-prefix)``. The same files run unchanged
+``push_ros_namespace``, ``include``, ``set_env``, ``set_parameter``, ``if``/``unless``) and the
+substitutions ``$(var)``, ``$(env)``, ``$(dirname)``, ``$(find-pkg-share)``, ``$(find-pkg-prefix)``. The same files run unchanged
 under the real ``ros2 launch``; anything outside the subset is an error naming the entry, never ignored.
 """
 
@@ -63,13 +63,15 @@ def _package_prefix(pkg: str) -> Path:
 class _Scope:
     """Launch configurations and namespace visible at one point of the file."""
 
-    def __init__(self, variables: dict[str, str], namespace: str, env: dict[str, str]):
+    def __init__(self, variables: dict[str, str], namespace: str, env: dict[str, str],
+                 params: dict[str, object] | None = None):
         self.variables = variables
         self.namespace = namespace
         self.env = env
+        self.params = params or {}  # set_parameter: given to every later node of the scope
 
     def child(self) -> _Scope:
-        return _Scope(dict(self.variables), self.namespace, dict(self.env))
+        return _Scope(dict(self.variables), self.namespace, dict(self.env), dict(self.params))
 
 
 class LaunchDescription:
@@ -187,6 +189,8 @@ class LaunchDescription:
                 self._arg(body, scope, path, self.arguments if top_level else (include_args or {}))
             elif kind == "let":
                 scope.variables[str(body["name"])] = self._subst(body["value"], scope, path)
+            elif kind in ("set_parameter", "set-parameter"):
+                scope.params[str(body["name"])] = self._param_value(body["value"], scope, path)
             elif kind == "set_env":
                 scope.env[str(body["name"])] = self._subst(body["value"], scope, path)
             elif kind in ("push_ros_namespace", "push-ros-namespace"):
@@ -245,7 +249,7 @@ class LaunchDescription:
             cmd += ["-r", f"__ns:={namespace}"]
         # Like ros2 launch, inline values go through a generated parameter file (so empty strings,
         # lists and spaces survive), in order with the `from:` files: later entries win.
-        inline: dict[str, object] = {}
+        inline: dict[str, object] = dict(scope.params)  # set_parameter values first: the node's own win
         for param in [*body.get("param", []), None]:
             if (param is None or "from" in param) and inline:
                 cmd += ["--params-file", self._params_file(inline)]

@@ -160,3 +160,36 @@ def test_description_resolves_namespaces_params_remaps_includes(tmp_path):
     assert len(LaunchDescription(outer, {"with_listener": "false"}).processes) == 2
     with pytest.raises(LaunchError, match="'if: maybe' is not a boolean"):
         LaunchDescription(outer, {"with_listener": "maybe"})
+
+
+def test_set_parameter_reaches_later_nodes_and_includes_but_node_values_win(tmp_path):
+    _write(tmp_path, """
+        launch:
+        - node: {pkg: lda_bringup, exec: selftest_listener, name: inner}
+        """, "inner.launch.yaml")
+    outer = _write(tmp_path, """
+        launch:
+        - node: {pkg: lda_bringup, exec: selftest_talker, name: before}
+        - set_parameter: {name: use_sim_time, value: "true"}
+        - node:
+            pkg: lda_bringup
+            exec: selftest_talker
+            name: own
+            param:
+            - {name: use_sim_time, value: "false"}
+        - include: {file: $(dirname)/inner.launch.yaml}
+        """)
+    desc = LaunchDescription(outer)
+
+    def params(proc) -> dict:
+        files = [proc.cmd[i + 1] for i, a in enumerate(proc.cmd) if a == "--params-file"]
+        merged = {}
+        for f in files:
+            merged.update(yaml.safe_load(Path(f).read_text())["/**"]["ros__parameters"])
+        return merged
+
+    before, own, inner = desc.processes
+    assert params(before) == {}  # only nodes after the set_parameter get it
+    assert params(own) == {"use_sim_time": False}
+    assert params(inner) == {"use_sim_time": True}
+    desc.cleanup()

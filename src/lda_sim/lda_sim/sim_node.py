@@ -4,6 +4,9 @@
 
 Publishes (best-effort, one stamp per control step): camera/head/image_raw (rgb8, upright),
 robot/<hand>/eef_pose, robot/<hand>/gripper_state, lda/task_success and the privileged sim/object_pose.
+Simulated time: /clock advances exactly one control period per step (starting at the wall time the node
+started), and every stamp is that time. Nodes run with use_sim_time:=true (the sim launch files set it)
+then see a perfect 10 Hz grid even when a loaded machine steps the physics below real time.
 Subscribes (reliable): robot/<hand>/eef_target (absolute pose in the eef_pose frame) and
 robot/<hand>/gripper_command (target width [m]). Serves sim/reset (lda_msgs/srv/ResetSim).
 Physics runs on its own thread; callbacks only store the latest command, so the executor never waits on it.
@@ -24,6 +27,8 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.time import Time
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 
@@ -41,7 +46,7 @@ PARAMETERS = {
     "seed": (0, "seed of the first episode (>= 0); /sim/reset sets later ones"),
     "max_episode_steps": (400, "steps after which the episode freezes until /sim/reset; 0: no limit"),
     "realtime": (True, "true: step at control_hz in wall-clock time; false: as fast as possible"),
-    "target_timeout_s": (0.5, "an eef_target older than this is dropped and the hand holds its pose [s]"),
+    "target_timeout_s": (0.5, "an eef_target older than this (simulated time) is dropped; the hand holds [s]"),
     "max_step_m": (0.05, "largest EEF translation commanded per control step [m], <= 0.05"),
     "max_step_rad": (0.3, "largest EEF rotation commanded per control step [rad], <= 0.5"),
     "frame_id": ("base", "frame of eef_pose, eef_target and object_pose: the robot base"),
@@ -58,7 +63,8 @@ class SimNode(Node):
         self.cfg = self._read_parameters()
         self.hands = ROBOTS[self.cfg["robot"]].hands
         self._lock = threading.Lock()
-        self._targets: dict[str, tuple[tuple, float]] = {}  # hand -> ((pos, quat), receive time)
+        self._targets: dict[str, tuple[tuple, int]] = {}  # hand -> ((pos, quat), receive sim time [ns])
+        self._sim_time_ns = self.get_clock().now().nanoseconds  # advanced by the physics thread only
         self._grippers: dict[str, float] = {}
         self._reset_request: tuple[int, threading.Event, dict] | None = None
         self._running = True
@@ -72,6 +78,7 @@ class SimNode(Node):
         self._pub_grip = {h: self.create_publisher(JointState, f"robot/{h}/gripper_state", sensor) for h in self.hands}
         self._pub_success = self.create_publisher(Bool, "lda/task_success", sensor)
         self._pub_object = self.create_publisher(PoseStamped, "sim/object_pose", sensor)
+        self._pub_clock = self.create_publisher(Clock, "/clock", 10)
         for hand in self.hands:
             self.create_subscription(
                 PoseStamped, f"robot/{hand}/eef_target", lambda m, h=hand: self._on_target(h, m), COMMAND_QOS)
@@ -115,7 +122,7 @@ class SimNode(Node):
             self._reject(hand, str(exc))
             return
         with self._lock:
-            self._targets[hand] = (pose, time.monotonic())
+            self._targets[hand] = (pose, self._sim_time_ns)
 
     def _on_gripper(self, hand: str, msg: JointState) -> None:
         width = msg.position[0] if len(msg.position) == 1 else None
@@ -192,13 +199,16 @@ class SimNode(Node):
             f"{'realtime' if cfg['realtime'] else 'as fast as possible'}"
         )
         period = 1.0 / cfg["control_hz"]
+        period_ns = round(1e9 / cfg["control_hz"])
         next_tick = time.monotonic()
         frozen_logged = False
+        self._publish(obs)
         while self._running and rclpy.ok(context=self.context):
             with self._lock:
                 request, self._reset_request = self._reset_request, None
             if request is not None:
-                obs = self._reset(*request)
+                seed, done, result = request
+                obs = self._reset(seed, result)
                 frozen_logged = False
             elif cfg["max_episode_steps"] and obs.step >= cfg["max_episode_steps"]:
                 if not frozen_logged:  # keep publishing the last state so consumers see a live robot
@@ -209,7 +219,11 @@ class SimNode(Node):
                 start = time.perf_counter()
                 obs = self.sim.step(targets, grippers)
                 self._step_times.append(time.perf_counter() - start)
+            with self._lock:
+                self._sim_time_ns += period_ns  # one control step of simulated time, however long it took
             self._publish(obs)
+            if request is not None:
+                done.set()  # the reset's answer goes out once its first observation is published
             if cfg["realtime"] or frozen_logged:
                 next_tick += period
                 delay = next_tick - time.monotonic()
@@ -222,15 +236,15 @@ class SimNode(Node):
                         "control period: running slower than real time", throttle_duration_sec=10.0)
 
     def _commands(self) -> tuple[dict, dict]:
-        now = time.monotonic()
         with self._lock:
-            targets = {
-                hand: (pose if now - stamp <= self.cfg["target_timeout_s"] else None)  # stale: hold the pose
-                for hand, (pose, stamp) in self._targets.items()
+            timeout_ns = self.cfg["target_timeout_s"] * 1e9
+            targets = {  # stale: hold the pose
+                hand: (pose if self._sim_time_ns - received <= timeout_ns else None)
+                for hand, (pose, received) in self._targets.items()
             }
             return targets, dict(self._grippers)
 
-    def _reset(self, seed: int, done: threading.Event, result: dict) -> SimObservation:
+    def _reset(self, seed: int, result: dict) -> SimObservation:
         with self._lock:  # commands sent for the previous episode must not drive the new one
             self._targets.clear()
             self._grippers.clear()
@@ -238,12 +252,11 @@ class SimNode(Node):
         pos = np.round(obs.object_pos, 3).tolist()
         result.update(success=True, message=f"reset with seed {seed}: object at {pos} in '{self.cfg['frame_id']}'")
         self.get_logger().info(result["message"])
-        self._publish(obs)
-        done.set()
         return obs
 
     def _publish(self, obs: SimObservation) -> None:
-        stamp = self.get_clock().now().to_msg()
+        stamp = Time(nanoseconds=self._sim_time_ns).to_msg()
+        self._pub_clock.publish(Clock(clock=stamp))
         frame = self.cfg["frame_id"]
         image = Image(height=obs.image.shape[0], width=obs.image.shape[1], encoding="rgb8", is_bigendian=0,
                       step=obs.image.shape[1] * 3)

@@ -35,7 +35,7 @@ def test_frozen_robot_fails_every_episode_and_resets_are_called(tmp_path):
     assert summary["successes"] == 0 and summary["success_rate"] == 0.0  # nothing lifts the cube
     assert [e["seed"] for e in summary["per_episode"]] == [40, 41]
     assert all(e["steps"] >= 15 and not e["success"] for e in summary["per_episode"])
-    assert len(resets) == 2  # the monitor-style reset service is called once per episode
+    assert len(resets) == 2, runner.output  # the monitor-style reset service is called once per episode
     assert instructions[-1].data == "lift the red cube"
 
 

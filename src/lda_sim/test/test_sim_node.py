@@ -11,6 +11,8 @@ from ament_index_python.packages import get_package_prefix
 from geometry_msgs.msg import PoseStamped
 from lda_bringup.testing import NodeProcess, ros_node, wait_for
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.time import Time
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 
@@ -81,6 +83,20 @@ def test_publishes_upright_images_and_poses_with_one_stamp(sim):
     grip = probe.msgs["grip"][-1]
     assert list(grip.name) == ["gripper"] and 0.0 < grip.position[0] <= 0.08
     assert probe.msgs["object"][-1].header.frame_id == "base" and probe.msgs["success"][-1].data is False
+
+
+def test_simulated_time_advances_one_period_per_step(sim):
+    """Stepping as fast as it can (realtime:=false), the stamps still form an exact 10 Hz grid on /clock."""
+    with ros_node("probe_clock") as node:
+        clocks, images = [], []
+        node.create_subscription(Clock, "/clock", lambda m: clocks.append(Time.from_msg(m.clock).nanoseconds), 100)
+        node.create_subscription(Image, f"{NS}/camera/head/image_raw",
+                                 lambda m: images.append(Time.from_msg(m.header.stamp).nanoseconds),
+                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT))
+        assert wait_for(lambda: len(images) >= 20 and len(clocks) >= 20, timeout=20), (len(images), len(clocks))
+    steps = np.diff(images[:20])
+    assert set(steps.tolist()) <= {100_000_000, 200_000_000}, steps  # best effort may skip one, never jitter
+    assert set(images[:20]) <= set(clocks), "image stamps are /clock times"
 
 
 def test_follows_eef_target_and_gripper_command(sim):
