@@ -1,7 +1,7 @@
 """The paper's Table IV on the simulator: does low-quality data help when each piece of data keeps its role?
 
     python benchmarks/mixed_quality.py                         # on the demo's recording (run `make demo` first)
-    python benchmarks/mixed_quality.py --seeds 0 1 2 --steps 600 --episodes 8
+    python benchmarks/mixed_quality.py --seeds 0 1 2 --steps 1200 --episodes 10 --jobs 2
 
 Same data, same compute (optimiser steps x batch), three trainings per seed:
 
@@ -13,18 +13,26 @@ Same data, same compute (optimiser steps x batch), three trainings per seed:
 Each is scored by its held-out policy action L1 (from ``lda-train``'s evaluation, with the
 predict-the-mean baseline) and by closed-loop success on the simulator with the safety monitor, on
 the same unseen seeds. Figures are written to ``benchmarks/results/mixed_quality.json`` and printed as
-a table with the mean and spread over seeds. It reuses the demo's dataset, latent cache and encoder.
+a table with the mean and spread over seeds. It reuses the demo's dataset, latent cache and encoder, and
+trains with the demo's settings (``lda_bringup.demo.TRAIN_SETTINGS``). ``--jobs N`` runs N trainings and
+closed loops at once, each on its own ROS_DOMAIN_ID. A finished run is not repeated (delete its folder
+under ``--work`` to redo it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import queue
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from lda_bringup.demo import TRAIN_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,10 +47,11 @@ VARIANTS = {
 }
 
 
-def run(cmd: list[str], log: Path) -> None:
+def run(cmd: list[str], log: Path, domain_id: int) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     with log.open("a") as f:
-        rc = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode
+        rc = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
     if rc != 0:
         raise SystemExit(f"mixed_quality: '{' '.join(map(str, cmd[:3]))} ...' failed (exit {rc}); see {log}")
 
@@ -56,22 +65,22 @@ def heldout_episodes(dataset: Path, count: int = 2) -> list[int]:
     return high[-count:]
 
 
-def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
+def one_run(variant: str, seed: int, args: argparse.Namespace, domain_id: int) -> dict:
     from ament_index_python.packages import get_package_prefix
 
     run_dir = args.work / f"{variant}_seed{seed}"
     log = run_dir / "log.txt"
     overrides = [f"output_dir={run_dir / 'train'}", f"data.datasets.0.root={args.dataset}",
                  f"cache.dir={args.cache_dir}", f"encoders.dino_path={args.dino_path}", f"seed={seed}",
-                 f"train.steps={args.steps}", f"train.batch_size={args.batch_size}", f"model.preset={args.preset}",
-                 f"train.checkpoint_every={args.steps}", "train.eval_every=0",
+                 f"train.steps={args.steps}", *TRAIN_SETTINGS, f"train.checkpoint_every={args.steps}",
+                 "train.eval_every=0",
                  f"optim.warmup_steps={max(args.steps // 10, 1)}",
                  # The same held-out episodes for every variant: expert ones, where action L1 means something.
                  f"data.datasets.0.heldout_episodes={json.dumps(heldout_episodes(args.dataset))}",
                  *VARIANTS[variant]]
     start = time.monotonic()
     if not (run_dir / "train" / "model").is_dir():
-        run(["lda-train", "--config", "config/train/demo_cpu.yaml", *overrides], log)
+        run(["lda-train", "--config", "config/train/demo_cpu.yaml", *overrides], log, domain_id)
     train_s = time.monotonic() - start
     evaluation = json.loads((run_dir / "train" / "eval" / "latest.json").read_text())
     checkpoint = run_dir / "train" / "model"
@@ -80,12 +89,12 @@ def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     if not (checkpoint / "safety_calibration.json").is_file():
         run([calibrate, "--checkpoint", checkpoint, "--dino-path", args.dino_path, "--robot-config",
              "config/robots/sim_panda.yaml", "--instruction", "lift the red cube",
-             *[a for b in bags[:8] for a in ("--bag", b)]], log)
+             *[a for b in bags[:4] for a in ("--bag", b)]], log, domain_id)
     results = run_dir / "closed_loop.json"
     if not results.is_file() and args.episodes > 0:
         run(["lda-launch", "launch/sim_demo.launch.yaml", f"checkpoint:={checkpoint}",
              f"dino_path:={args.dino_path}", f"episodes:={args.episodes}", f"max_steps:={args.max_steps}",
-             "seed:=1000", f"label:={variant}", f"results_path:={results}"], log)
+             "seed:=1000", f"label:={variant}", f"results_path:={results}"], log, domain_id)
     closed = json.loads(results.read_text()) if results.is_file() else {}
     policy = evaluation.get("policy", {})
     return {"variant": variant, "seed": seed, "heldout_action_l1": policy.get("action_l1"),
@@ -114,11 +123,10 @@ def main() -> int:
     ap.add_argument("--cache-dir", type=Path, default=REPO / "out/demo/latent_cache")
     ap.add_argument("--work", type=Path, default=REPO / "out/mixed_quality")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--preset", default="lda-tiny")
-    ap.add_argument("--episodes", type=int, default=8, help="closed-loop episodes per run (0: skip)")
-    ap.add_argument("--max-steps", type=int, default=250)
+    ap.add_argument("--steps", type=int, default=1200, help="optimiser steps per training (batch 16)")
+    ap.add_argument("--episodes", type=int, default=10, help="closed-loop episodes per run (0: skip)")
+    ap.add_argument("--max-steps", type=int, default=200)
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (each trains on one CPU thread)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/mixed_quality.json")
     args = ap.parse_args()
@@ -126,13 +134,31 @@ def main() -> int:
         print(f"mixed_quality: no dataset at {args.dataset}; run `make demo` first or pass --dataset",
               file=sys.stderr)
         return 2
-    rows = []
-    total = len(args.seeds) * len(args.variants)
-    for i, (seed, variant) in enumerate((s, v) for s in args.seeds for v in args.variants):
+    runs = [(v, s) for s in args.seeds for v in args.variants]
+    # One DDS domain per concurrent job, so parallel closed loops never hear each other's topics.
+    domains: queue.Queue[int] = queue.Queue()
+    for k in range(max(args.jobs, 1)):
+        domains.put(50 + (os.getpid() + k) % 50)
+    started = time.monotonic()
+
+    def job(i: int) -> dict:
+        variant, seed = runs[i]
         start = time.monotonic()
-        rows.append(one_run(variant, seed, args))
-        print(f"[{i + 1}/{total}] {variant} seed {seed}: held-out action L1 {rows[-1]['heldout_action_l1']}, "
-              f"success {rows[-1]['success_rate']} ({time.monotonic() - start:.0f} s)", flush=True)
+        domain = domains.get()
+        try:
+            row = one_run(variant, seed, args, domain_id=domain)
+        finally:
+            domains.put(domain)
+        done = sum(1 for f in futures if f.done()) + 1
+        eta = (time.monotonic() - started) / done * (len(runs) - done)
+        print(f"[{done}/{len(runs)}] {variant} seed {seed}: held-out action L1 {row['heldout_action_l1']}, "
+              f"success {row['success_rate']} ({time.monotonic() - start:.0f} s; ETA {eta / 60:.0f} min)",
+              flush=True)
+        return row
+
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        futures = [pool.submit(job, i) for i in range(len(runs))]
+        rows = [f.result() for f in futures]
     summary = summarise(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "runs": rows,

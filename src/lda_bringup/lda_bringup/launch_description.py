@@ -3,8 +3,9 @@
 This is the ROS-free half of `lda-launch`: it understands the subset of the YAML launch format the
 suite's launch files use (``arg``, ``let``, ``node``, ``executable``, ``group`` with
 ``push_ros_namespace``, ``include``, ``set_env``, ``set_parameter``, ``if``/``unless``) and the
-substitutions ``$(var)``, ``$(env)``, ``$(dirname)``, ``$(find-pkg-share)``, ``$(find-pkg-prefix)``. The same files run unchanged
-under the real ``ros2 launch``; anything outside the subset is an error naming the entry, never ignored.
+substitutions ``$(var)``, ``$(env)``, ``$(dirname)``, ``$(find-pkg-share)``, ``$(find-pkg-prefix)``.
+The same files run unchanged under the real ``ros2 launch``; anything outside the subset is an error
+naming the entry, never ignored.
 """
 
 from __future__ import annotations
