@@ -74,6 +74,8 @@ class PolicyNode(LifecycleNode):
             "num_inference_steps": d("num_inference_steps", 0, "Euler steps (0 = the checkpoint's default)",
                                      low=0, high=100),
             "seed": d("seed", -1, "flow-sampling seed (-1 = a fresh sample each call)", low=-1),
+            "noise_scale": d("noise_scale", 1.0, "scale of the flow's starting noise: 1 samples the learnt "
+                             "distribution, 0 is deterministic (its mean)", low=0.0, high=1.0),
             "instruction": d("instruction", "", "instruction to use until one arrives on the instruction topic"),
             "replan_period_s": d("replan_period_s", 0.5, "minimum time between proposals [s]", low=0.0, high=10.0),
             "max_image_age_s": d("max_image_age_s", 0.5, "never predict from a camera frame older than this [s]",
@@ -131,7 +133,8 @@ class PolicyNode(LifecycleNode):
                                    p["language_encoder_path"] or None, p["device"],
                                    p["num_inference_steps"] or None)
             self.runner = PolicyRunner(runtime, robot, PolicySettings(
-                max_image_age_s=p["max_image_age_s"], state_tolerance_s=p["state_tolerance_s"], seed=p["seed"]))
+                max_image_age_s=p["max_image_age_s"], state_tolerance_s=p["state_tolerance_s"], seed=p["seed"],
+                noise_scale=p["noise_scale"]))
             rate = p["control_rate_hz"] or robot.config.fps
             self.executor_core = ChunkExecutor(robot.hands, ExecutorConfig(
                 control_rate_hz=rate, approval_deadline_s=p["approval_deadline_s"],

@@ -59,6 +59,11 @@ def test_outputs_are_in_physical_units():
     noise = torch.randn(2, c.time.chunk_size, c.max_action_dim, generator=torch.Generator().manual_seed(7))
     actions = model.policy(obs, seed=7)
     assert torch.allclose(actions, 100.0 + 10.0 * noise[..., :14], atol=1e-4)
+    half = model.policy(obs, seed=7, noise_scale=0.5)  # the starting noise, scaled
+    assert torch.allclose(half, 100.0 + 5.0 * noise[..., :14], atol=1e-4)
+    assert torch.allclose(model.policy(obs, seed=8, noise_scale=0.0), torch.full_like(actions, 100.0), atol=1e-4)
+    with pytest.raises(ValueError, match="noise_scale must be in"):
+        model.policy(obs, noise_scale=1.5)
     noise = torch.randn(2, c.num_future_frames, c.tokens_per_frame, 384, generator=torch.Generator().manual_seed(7))
     future = model.forecast(obs, seed=7)
     assert torch.allclose(future, (5.0 + 2.0 * noise).view(future.shape), atol=1e-4)

@@ -112,9 +112,9 @@ class ModelRuntime:
             else rep(torch.as_tensor(history_actions, dtype=torch.float32)[None]),
         )
 
-    def policy(self, obs: Observation, seed: int | None = None) -> np.ndarray:
+    def policy(self, obs: Observation, seed: int | None = None, noise_scale: float = 1.0) -> np.ndarray:
         """Action chunk (chunk_size, action_dim) float64, physical units."""
-        out = self.model.policy(obs, num_steps=self.num_steps, seed=seed)
+        out = self.model.policy(obs, num_steps=self.num_steps, seed=seed, noise_scale=noise_scale)
         return out[0].double().cpu().numpy()
 
     def forward_dynamics(self, obs: Observation, actions: np.ndarray, seed: int = 0) -> torch.Tensor:

@@ -42,6 +42,7 @@ class PolicySettings:
     state_tolerance_s: float = 0.15  # EEF/finger samples may be this far from the frame stamp
     frame_period_s: float = 0.05  # camera frames closer than this are not stored
     seed: int = -1  # flow-sampling seed (-1: a fresh sample per call)
+    noise_scale: float = 1.0  # scale of the flow's starting noise (0: deterministic, from its mean)
     anchors_kept: int = 64  # proposals remembered for matching approvals
 
 
@@ -111,7 +112,8 @@ class PolicyRunner:
                                                   self.settings.state_tolerance_s)
         obs = self.runtime.observation(self.robot.embodiment, history, self._instruction,
                                        self.robot.state_vector(anchor), hist_actions)
-        actions = self.runtime.policy(obs, seed=None if self.settings.seed < 0 else self.settings.seed)
+        actions = self.runtime.policy(obs, seed=None if self.settings.seed < 0 else self.settings.seed,
+                                      noise_scale=self.settings.noise_scale)
         with self._lock:
             self._sequence += 1
             chunk = ProposedChunk(self._sequence, stamp, self.robot.dt, self.robot.embodiment,

@@ -459,9 +459,15 @@ class LDAModel(nn.Module):
 
     @torch.inference_mode()
     def policy(self, obs: Observation | dict[str, Any], num_steps: int | None = None,
-               generator: torch.Generator | None = None, seed: int | None = None) -> torch.Tensor:
-        """Action chunk (B, chunk_size, action_dim) in physical units for the current observation."""
-        return self._sample(obs, Task.POLICY, None, None, num_steps, generator, seed)
+               generator: torch.Generator | None = None, seed: int | None = None,
+               noise_scale: float = 1.0) -> torch.Tensor:
+        """Action chunk (B, chunk_size, action_dim) in physical units for the current observation.
+
+        ``noise_scale`` scales the Gaussian the flow starts from: 1 samples the learnt distribution, 0
+        integrates from its mean (deterministic; with a little training it is the steadier closed loop)."""
+        if not 0.0 <= noise_scale <= 1.0:
+            raise ValueError(f"noise_scale must be in [0, 1], got {noise_scale}")
+        return self._sample(obs, Task.POLICY, None, None, num_steps, generator, seed, noise_scale)
 
     @torch.inference_mode()
     def forward_dynamics(self, obs: Observation | dict[str, Any], actions: torch.Tensor,
@@ -491,7 +497,7 @@ class LDAModel(nn.Module):
 
     def _sample(self, obs: Observation | dict[str, Any], task: Task, actions: torch.Tensor | None,
                 future: torch.Tensor | None, num_steps: int | None, generator: torch.Generator | None,
-                seed: int | None) -> torch.Tensor:
+                seed: int | None, noise_scale: float = 1.0) -> torch.Tensor:
         c = self.config
         o = self._observation_inputs(obs)
         b, eid, dev = o["b"], o["embodiment_id"], o["device"]
@@ -507,7 +513,7 @@ class LDAModel(nn.Module):
             clean_a = torch.where(self.action_dim_mask[eid][:, None], self.normalizer.normalize_action(a, eid), 0.0)
         if task == Task.INVERSE_DYNAMICS:
             clean_v = self._latents(future, "future_latents", b, c.num_future_frames, None)
-        noise = self._noise(act_shape if task in _ACTION_TASKS else fut_shape, generator, seed, dev)
+        noise = self._noise(act_shape if task in _ACTION_TASKS else fut_shape, generator, seed, dev) * noise_scale
         task_ids = torch.full((b,), int(task), dtype=torch.long, device=dev)
         act_present = torch.full((b, c.time.chunk_size), task != Task.FORECAST, device=dev)
         fut_present = torch.full((b, c.num_future_frames), task != Task.POLICY, device=dev)
