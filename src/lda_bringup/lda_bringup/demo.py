@@ -48,7 +48,7 @@ class DemoSize:
     calibration_bags: int  # episode bags the monitor's surprise statistics are computed on
 
 
-FULL = DemoSize(n_high=16, n_low=10, n_actionless=6, train_steps=1200, eval_episodes=10, eval_max_steps=200,
+FULL = DemoSize(n_high=16, n_low=10, n_actionless=6, train_steps=1200, eval_episodes=10, eval_max_steps=150,
                 calibration_bags=4)
 QUICK = DemoSize(n_high=3, n_low=2, n_actionless=1, train_steps=20, eval_episodes=2, eval_max_steps=100,
                  calibration_bags=2)
