@@ -40,9 +40,9 @@ class TaskScript:
 
 
 TASKS: dict[str, TaskScript] = {
-    # The Panda's 8 cm stroke closes on the 4 cm cube at any yaw (20/20 lifted without turning, and
-    # faster): the expert keeps the gripper's yaw, so an image encoder that cannot see the cube's yaw
-    # (the demo's random-weight one) does not leave the policy guessing a per-episode rotation.
+    # The Panda's 8 cm stroke closes on the 4 cm cube at any yaw (20/20 lifted without turning): the
+    # expert keeps the gripper's yaw, so the policy has no per-episode rotation to
+    # reproduce that its image features may not show.
     "panda_lift": TaskScript(hand="right", open_width=0.08),
     # The can starts in the right-hand bin. The dexterous hand is driven like a gripper (all fingers
     # close together), which pushes the can more often than it lifts it: a motion source, not an expert.
