@@ -65,7 +65,7 @@ class Teleop:
     def received(self, topic: str) -> int:
         return int(self.diag.get(f"received {topic}", 0))
 
-    def play(self, plan, speed: float = 2.0, stop_after_s: float | None = None) -> dict[str, int]:
+    def play(self, plan, speed: float = 1.0, stop_after_s: float | None = None) -> dict[str, int]:
         """Publish a plan's messages paced at ``speed`` x real time; wait until the recorder has them."""
         before = {t: self.received(t) for t in self.pubs}
         sent = dict.fromkeys(self.pubs, 0)
