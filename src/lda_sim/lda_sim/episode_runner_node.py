@@ -58,6 +58,7 @@ class EpisodeRunner(Node):
         self._steps = 0
         self._success = False
         self._stops = 0
+        self._absent: set[str] = set()  # optional services not found when last called
         self.create_subscription(PoseStamped, "robot/right/eef_pose", self._on_step, qos_profile_sensor_data)
         self.create_subscription(Bool, "lda/task_success", self._on_success, qos_profile_sensor_data)
         self.create_subscription(SafetyStatus, "/lda/safety_status", self._on_status, 10)
@@ -80,11 +81,16 @@ class EpisodeRunner(Node):
     def _call(self, client, request, optional: bool = False):
         timeout = self.cfg["service_timeout_s"]
         name = self.resolve_service_name(client.srv_name)
-        if not client.wait_for_service(timeout_sec=timeout if not optional else 2.0):
+        # An optional service (the monitor's reset) gets 10 s the first time, for discovery on a loaded
+        # machine; one found absent then gets 2 s per episode (a baseline run has no monitor at all).
+        wait = timeout if not optional else (2.0 if name in self._absent else 10.0)
+        if not client.wait_for_service(timeout_sec=wait):
             if optional:
+                self._absent.add(name)
                 self.get_logger().warning(f"service {name} not available; skipped")
                 return None
             raise RuntimeError(f"service {name} not available after {timeout} s")
+        self._absent.discard(name)
         done = threading.Event()
         future = client.call_async(request)
         future.add_done_callback(lambda _f: done.set())
