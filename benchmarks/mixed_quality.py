@@ -22,6 +22,7 @@ under ``--work`` to redo it).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import queue
@@ -140,6 +141,7 @@ def main() -> int:
     for k in range(max(args.jobs, 1)):
         domains.put(50 + (os.getpid() + k) % 50)
     started = time.monotonic()
+    finished = itertools.count(1)
 
     def job(i: int) -> dict:
         variant, seed = runs[i]
@@ -149,7 +151,7 @@ def main() -> int:
             row = one_run(variant, seed, args, domain_id=domain)
         finally:
             domains.put(domain)
-        done = sum(1 for f in futures if f.done()) + 1
+        done = next(finished)
         eta = (time.monotonic() - started) / done * (len(runs) - done)
         print(f"[{done}/{len(runs)}] {variant} seed {seed}: held-out action L1 {row['heldout_action_l1']}, "
               f"success {row['success_rate']} ({time.monotonic() - start:.0f} s; ETA {eta / 60:.0f} min)",
@@ -157,8 +159,7 @@ def main() -> int:
         return row
 
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-        futures = [pool.submit(job, i) for i in range(len(runs))]
-        rows = [f.result() for f in futures]
+        rows = list(pool.map(job, range(len(runs))))
     summary = summarise(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "runs": rows,

@@ -464,7 +464,7 @@ class LDAModel(nn.Module):
         """Action chunk (B, chunk_size, action_dim) in physical units for the current observation.
 
         ``noise_scale`` scales the Gaussian the flow starts from: 1 samples the learnt distribution, 0
-        integrates from its mean (deterministic; with a little training it is the steadier closed loop)."""
+        integrates from its mean (deterministic: no chunk-to-chunk sampling jitter)."""
         if not 0.0 <= noise_scale <= 1.0:
             raise ValueError(f"noise_scale must be in [0, 1], got {noise_scale}")
         return self._sample(obs, Task.POLICY, None, None, num_steps, generator, seed, noise_scale)
