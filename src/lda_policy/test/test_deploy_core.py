@@ -223,3 +223,27 @@ def test_pictures_have_the_expected_layout():
     assert hm.shape == (2, 2, 3) and hm[0, 0].sum() < hm[1, 0].sum()  # inferno: dark for 0, bright for vmax
     pic = panel(T.scene_image("a"), rgb, rgb, hm, tile=32, gap=2)
     assert pic.shape == (32, 4 * 32 + 3 * 2, 3)
+
+
+def test_monitor_refuses_before_the_first_frame_without_latching_but_stops_on_a_quiet_stream(tmp_path):
+    """Start-up race: a policy may see the camera before the monitor does. That chunk is refused (nothing
+    runs) but is no fault; a stream that went quiet after it was received is, and latches STOP."""
+    from lda_policy.deploy.inference import ModelRuntime
+    from lda_policy.deploy.monitor import SafetyMonitorCore
+    from lda_policy.deploy.policy import ProposedChunk
+    from lda_policy.deploy.robot import RobotInterface
+
+    paths = T.cached_checkpoint(tmp_path / "model")
+    robot = RobotInterface(paths["robot_config"])
+    core = SafetyMonitorCore(ModelRuntime(paths["checkpoint"], paths["dino_path"]), robot, SafetyLimits(), None,
+                             start_time=100.0)
+    chunk = ProposedChunk(1, 100.0, robot.dt, robot.embodiment, robot.dimension_names,
+                          np.zeros((16, robot.action_dim)), 0.1)
+    first = core.judge(chunk, 100.1)
+    assert not first.approved and "camera never received" in first.reason
+    assert not core.state.latched
+    core.on_frame(100.2, T.scene_image("a", T.HOME[0], 0.0, (robot.camera.width, robot.camera.height)))
+    late = ProposedChunk(2, 103.0, robot.dt, robot.embodiment, robot.dimension_names,
+                         np.zeros((16, robot.action_dim)), 0.1)
+    stale = core.judge(late, 103.1)  # the camera has been quiet for 2.9 s (> max_observation_age_s)
+    assert not stale.approved and "camera stale" in stale.reason and core.state.latched

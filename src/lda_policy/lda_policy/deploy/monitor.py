@@ -175,7 +175,9 @@ class SafetyMonitorCore:
                                 f"{self.limits.max_chunk_age_s}): policy or monitor behind", False, seq)
         stale = self._stale(now)
         if stale:
-            return self._refuse(stale, True, seq)
+            # A stream that went quiet is a fault (STOP); one not received yet is start-up (a policy that
+            # saw the camera before this node did): refuse the chunk and keep waiting, as the heartbeat does.
+            return self._refuse(stale, not stale.endswith("never received"), seq)
         if self.instruction is None:
             return self._refuse("no instruction received by the monitor", False, seq)
         anchor = self.states.at(chunk.stamp, self.settings.state_tolerance_s)
