@@ -34,6 +34,8 @@ from .policy import ProposedChunk
 from .robot import RobotInterface
 from .safety import SafetyCalibration, SafetyLimits, SafetyState, SafetyVerdict, check_chunk, latent_distance
 
+NEVER_RECEIVED = "never received"  # a stream not seen yet: start-up, a wait rather than a fault
+
 
 @dataclass(frozen=True)
 class MonitorSettings:
@@ -177,7 +179,7 @@ class SafetyMonitorCore:
         if stale:
             # A stream that went quiet is a fault (STOP); one not received yet is start-up (a policy that
             # saw the camera before this node did): refuse the chunk and keep waiting, as the heartbeat does.
-            return self._refuse(stale, not stale.endswith("never received"), seq)
+            return self._refuse(stale, not stale.endswith(NEVER_RECEIVED), seq)
         if self.instruction is None:
             return self._refuse("no instruction received by the monitor", False, seq)
         anchor = self.states.at(chunk.stamp, self.settings.state_tolerance_s)
@@ -253,7 +255,7 @@ class SafetyMonitorCore:
             for name in self.streams:
                 seen = self._last_seen.get(name)
                 if seen is None:
-                    return f"{name} never received"
+                    return f"{name} {NEVER_RECEIVED}"
                 age = now - seen
                 if age > self.limits.max_observation_age_s:
                     return f"{name} stale: newest sample is {age:.2f} s old (> {self.limits.max_observation_age_s} s)"
@@ -264,7 +266,7 @@ class SafetyMonitorCore:
         with self._lock:
             stale = self._stale(now)
             if stale and not self.state.latched:
-                if stale.endswith("never received"):
+                if stale.endswith(NEVER_RECEIVED):
                     v = self.state.verdict()
                     return SafetyVerdict(max(v.level, STATUS_WARN), f"waiting: {stale}", v.surprise, 0)
                 self.state.stop(stale)
