@@ -43,6 +43,10 @@ class RobotSpec:
     gripper: str  # "panda" (two-finger, width in m) or "hand" (dexterous hand, width-like openness)
     object_body: Callable[[object], int]  # env -> MuJoCo body id of the task object
     init_joints: tuple[tuple[str, float], ...] = ()  # start posture overrides (joint name, rad)
+    # Stiffness of the arm's operational-space controller (None: robosuite's 150). A recorded action is the
+    # motion the hand made in one period; replayed as "current pose + action" it reproduces the motion
+    # only if the arm reaches such a target within the period, as a real position-controlled arm does.
+    arm_kp: float | None = None
 
 
 ROBOTS: dict[str, RobotSpec] = {
@@ -55,6 +59,9 @@ ROBOTS: dict[str, RobotSpec] = {
         workspace=((0.25, -0.40, -0.10), (0.85, 0.40, 0.50)),  # table top is at z = -0.112
         gripper="panda",
         object_body=lambda env: env.cube_body_id,
+        # At 150 the Panda covers about half of a 2 cm step per 10 Hz period, so replayed expert actions
+        # fell short and lifted 0/8; at 2000 it covers ~95 % and they lift 8/8. Above ~3000 it overshoots.
+        arm_kp=2000.0,
     ),
     "gr1_pickplace": RobotSpec(
         env_name="PickPlaceCan",
@@ -68,6 +75,7 @@ ROBOTS: dict[str, RobotSpec] = {
         # Lean over the bins (upright, the can is out of the arm's reach) and look toward the can's bin;
         # the head tilted up a little still sees the right hand and the can, and renders ~40% faster.
         init_joints=(("robot0_torso_waist_pitch", 0.5), ("robot0_head_yaw", -0.4), ("robot0_head_pitch", -0.26)),
+        # arm_kp stays at robosuite's default: at 2000 the torso-mounted arms go unstable and fling the can.
     ),
 }
 
@@ -145,6 +153,9 @@ class SimRobot:
         from robosuite.controllers import load_composite_controller_config
         # BASIC = one OSC_POSE controller per arm (GR1's default mink whole-body IK is not available).
         config = load_composite_controller_config(controller="BASIC", robot=self.spec.robosuite_robot)
+        if self.spec.arm_kp is not None:
+            for hand in self.hands:
+                config["body_parts"][hand]["kp"] = self.spec.arm_kp
         kwargs = dict(
             robots=self.spec.robosuite_robot,
             controller_configs=config,

@@ -13,6 +13,7 @@ from a bag's messages in log-time order: both run exactly this code.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import os
@@ -53,7 +54,7 @@ class RecorderError(RuntimeError):
 
 @dataclass(frozen=True)
 class Stream:
-    id: str  # camera:<name> | pose:<hand> | fingers:<hand>
+    id: str  # camera:<name> | pose:<hand> | fingers:<hand> | command:<hand>
     topic: str
     msgtype: str
     camera: CameraConfig | None = None
@@ -66,8 +67,8 @@ class Stream:
     @property
     def label(self) -> str:
         kind, name = self.id.split(":")
-        return {"camera": f"camera {name}", "pose": f"{name} EEF pose", "fingers": f"{name} fingers"}[kind] + \
-            f" ({self.topic})"
+        return {"camera": f"camera {name}", "pose": f"{name} EEF pose", "fingers": f"{name} fingers",
+                "command": f"{name} gripper command"}[kind] + f" ({self.topic})"
 
 
 def streams_of(config: RobotConfig) -> list[Stream]:
@@ -75,6 +76,8 @@ def streams_of(config: RobotConfig) -> list[Stream]:
     for h in config.hands:
         out.append(Stream(f"pose:{h.name}", h.pose_topic, "geometry_msgs/msg/PoseStamped", hand=h))
         out.append(Stream(f"fingers:{h.name}", h.gripper_topic, h.finger_msgtype, hand=h))
+        if h.gripper_command_topic:  # not synchronised: a command holds until the next one (zero-order hold)
+            out.append(Stream(f"command:{h.name}", h.gripper_command_topic, "sensor_msgs/msg/JointState", hand=h))
     return out
 
 
@@ -281,7 +284,7 @@ class _Episode:
         for s in rec.streams:
             if s.kind == "camera":
                 converters[s.id] = functools.partial(self._convert_image, s)
-        self.sync = FrameSync([s.id for s in rec.streams], rec.reference, period_ns=round(1e9 / cfg.fps),
+        self.sync = FrameSync([s.id for s in rec.streams if s.kind != "command"], rec.reference, period_ns=round(1e9 / cfg.fps),
                               tolerance_ns=round(cfg.tolerance_s * 1e9), max_latency_ns=round(cfg.max_latency_s * 1e9),
                               converters=converters, on_reject=self._on_reject)
         self.by_id = {s.id: s for s in rec.streams}
@@ -291,6 +294,8 @@ class _Episode:
         self.gaps: dict[str, _Gap] = {}
         self.last_used: dict[str, int] = {}
         self.seeds: dict[str, bytes] = {}  # stream -> last message before the start
+        self.commands: dict[str, tuple[list[int], list[np.ndarray]]] = {  # hand -> (stamps, finger values)
+            s.hand.name: ([], []) for s in rec.streams if s.kind == "command"}
         self.dropped_ticks = 0
         self.failed: str | None = None
         self.started_wall = time.time()
@@ -309,6 +314,9 @@ class _Episode:
         except BadSample as exc:
             self._reject(stream, str(exc))
             return
+        if stream.kind == "command":
+            self._add_command(stream, stamp, value)
+            return
         had_t0 = self.sync.t0 is not None
         why = self.sync.push(stream.id, stamp, value)
         if why:
@@ -326,9 +334,53 @@ class _Episode:
                 stamp, value = self._decode(self.by_id[stream_id], cdr)
             except BadSample:
                 continue
-            if abs(stamp - self.sync.t0) <= tol:
+            if self.by_id[stream_id].kind == "command":  # the last command before the start still holds
+                stamps, values = self.commands[self.by_id[stream_id].hand.name]
+                if not stamps or stamp < stamps[0]:
+                    stamps.insert(0, stamp)
+                    values.insert(0, value)
+            elif abs(stamp - self.sync.t0) <= tol:
                 self.sync.prepend(stream_id, stamp, value)
         self.seeds.clear()
+
+    def _add_command(self, stream: Stream, stamp: int, value: np.ndarray) -> None:
+        stamps, values = self.commands[stream.hand.name]
+        if stamps and stamp <= stamps[-1]:
+            self._reject(stream, f"timestamp {stamp / 1e9:.6f} s is not after the previous command's "
+                                 f"{stamps[-1] / 1e9:.6f} s; message dropped")
+            return
+        stamps.append(stamp)
+        values.append(value)
+
+    def commanded_fingers(self, actions: np.ndarray, valid: np.ndarray) -> None:
+        """Put the operator's finger command in force at each frame's tick into its action (in place).
+
+        A command counts from its stamp (within the tolerance) until the next one. Frames before a hand's
+        first command have no known finger action: they are marked invalid, and the problem is logged.
+        """
+        cfg, space = self.rec.config, self.rec.space
+        if not self.commands or self.sync.t0 is None:
+            return
+        late = round(cfg.tolerance_s * 1e9)
+        ticks_ns = self.sync.t0 + np.asarray(self.ticks, dtype=np.int64) * round(1e9 / cfg.fps)
+        for hand, (stamps, values) in self.commands.items():
+            _, action_slice = space.slices[hand]
+            fingers = slice(action_slice.start + 6, action_slice.stop)
+            unknown = 0
+            for row, tick_ns in enumerate(ticks_ns):
+                k = bisect.bisect_right(stamps, int(tick_ns) + late) - 1
+                if not valid[row]:
+                    continue
+                if k < 0:
+                    valid[row] = False
+                    actions[row] = 0.0
+                    unknown += 1
+                else:
+                    actions[row, fingers] = values[k]
+            if unknown:
+                stream = self.by_id[f"command:{hand}"]
+                self.rec.diag.problem(stream.label, f"no command in force for the first {unknown} frame(s); "
+                                                    "their actions are marked invalid", throttle=False)
 
     def _convert_image(self, stream: Stream, msg) -> np.ndarray:
         if stream.camera.type == "raw":
@@ -439,6 +491,7 @@ class PendingEpisode:
         states = np.array(ep.states) if ep.states else np.zeros((0, rec.config.state_dim))
         step_ok = np.diff(np.array(ep.ticks, dtype=np.int64)) == 1
         actions, valid = rec.space.actions_from_states(states, step_ok)
+        ep.commanded_fingers(actions, valid)
         bag_rel = None
         final_bag = None
         if ep.bag is not None:

@@ -68,6 +68,11 @@ class HandConfig:
     gripper_topic: str  # JointState (width/joints) or PoseArray (keypoints)
     fingers: FingerConfig
     canonical_offset: RigidOffset = RigidOffset()
+    # The operator's finger commands (JointState, the same joints and scale as the state). When set, the
+    # action's finger values are the command in force at each step (a close is a step from open to
+    # closed, as a leader arm records it), instead of the finger state measured one step later, which a
+    # closing gripper passes through gradually and which, replayed as a command, barely squeezes.
+    gripper_command_topic: str = ""
 
     @property
     def finger_msgtype(self) -> str:
@@ -205,7 +210,7 @@ def load_robot_config(path: str | Path) -> RobotConfig:
 _TOP_KEYS = {"robot", "description", "fps", "tolerance_s", "max_latency_s", "base_frame", "instruction_topic",
              "quaternion_tolerance", "cameras", "hands"}
 _CAMERA_KEYS = {"name", "topic", "type", "width", "height", "resize"}
-_HAND_KEYS = {"name", "pose_topic", "gripper_topic", "fingers", "canonical_offset"}
+_HAND_KEYS = {"name", "pose_topic", "gripper_topic", "gripper_command_topic", "fingers", "canonical_offset"}
 _FINGER_KEYS = {"type", "joints", "scale", "count"}
 _OFFSET_KEYS = {"xyz", "rpy", "quat_xyzw"}
 
@@ -367,12 +372,19 @@ def _parse(data: Any, source: str) -> RobotConfig:
         fingers = _fingers(ctx, h.get("fingers"), f"{key}.fingers")
         default_finger_topic = f"/robot/{name}/" + ("finger_keypoints" if fingers.type == "keypoints"
                                                      else "gripper_state")
+        command_topic = ""
+        if h.get("gripper_command_topic"):
+            command_topic = _topic(ctx, h["gripper_command_topic"], f"{key}.gripper_command_topic")
+            if fingers.type == "keypoints":
+                raise ctx.fail(f"{key}.gripper_command_topic",
+                               "finger keypoints are observed, not commanded; use it with type width or joints")
         hands.append(HandConfig(
             name=name,
             pose_topic=_topic(ctx, h.get("pose_topic", f"/robot/{name}/eef_pose"), f"{key}.pose_topic"),
             gripper_topic=_topic(ctx, h.get("gripper_topic", default_finger_topic), f"{key}.gripper_topic"),
             fingers=fingers,
             canonical_offset=_offset(ctx, h.get("canonical_offset"), f"{key}.canonical_offset"),
+            gripper_command_topic=command_topic,
         ))
 
     for what, names in (("cameras", [c.name for c in cameras]), ("hands", [h.name for h in hands])):
@@ -380,6 +392,7 @@ def _parse(data: Any, source: str) -> RobotConfig:
         if dup:
             raise ctx.fail(what, f"name '{dup[0]}' used twice")
     topics = [c.topic for c in cameras] + [t for h in hands for t in (h.pose_topic, h.gripper_topic)]
+    topics += [h.gripper_command_topic for h in hands if h.gripper_command_topic]
     topics.append(instruction_topic)
     dup = sorted({t for t in topics if topics.count(t) > 1})
     if dup:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from lda_teleop_record.bag2lerobot import main
 from lda_teleop_record.bag_io import BagWriter, bag_info, read_messages
 from lda_teleop_record.schema import read_episode_labels
@@ -110,6 +111,47 @@ def test_bad_bags_give_clear_errors(tmp_path, robot_yaml, capsys):
                  "--quality", "high"]) == 2
     assert "robot config not found" in capsys.readouterr().err
     assert not (tmp_path / "ds").exists()  # nothing was created for failed conversions
+
+
+def test_gripper_commands_become_the_finger_actions(tmp_path, capsys):
+    """With gripper_command_topic the finger action is the command in force at each tick (zero-order hold)."""
+    d = syn.robot_dict()
+    d["hands"][0]["gripper_command_topic"] = "/robot/left/gripper_command"
+    robot = tmp_path / "robot.yaml"
+    robot.write_text(yaml.safe_dump(d))
+    plan = syn.Plan()
+    topic, msgtype = "/robot/left/gripper_command", "sensor_msgs/msg/JointState"
+
+    def command(t: float, width: float, stamp_t: float | None = None):
+        ns = plan.t0_ns + round((t if stamp_t is None else stamp_t) * 1e9)
+        return topic, msgtype, plan.t0_ns + round(t * 1e9), syn.joints_cdr(["l_f1", "l_f2"], [width / 2] * 2, ns)
+
+    commands = [command(0.35, 0.06), command(1.0, 0.0),
+                command(1.3, float("nan")),             # refused: the 0.0 command keeps holding
+                command(1.5, 0.08, stamp_t=0.9)]        # stamped before the previous command: refused
+    bag = BagWriter(tmp_path / "ep.tmp")
+    for topic_, msgtype_, ns, cdr in sorted(plan.messages() + commands, key=lambda m: m[2]):
+        bag.write(topic_, msgtype_, ns + LATENCY, cdr)
+    bag = bag.commit(tmp_path / "ep")
+    out = tmp_path / "ds"
+    assert main(["--bag", str(bag), "--out", str(out), "--robot-config", str(robot), "--quality", "high"]) == 0
+    text = capsys.readouterr()
+    # Ticks 0.0-0.3 s come before the first command: no known finger action, so not valid.
+    assert "saved episode 0 (high, 20 frames, 15 valid actions" in text.out
+    assert "left gripper command (/robot/left/gripper_command): no command in force for the first 4 frame(s)" \
+        in text.err
+    assert "finger joint positions are not finite" in text.err and "is not after the previous command" in text.err
+    acts, valid, times, _ = _actions(LeRobotDataset("t/x", root=out), 0)
+    assert valid == [False] * 4 + [True] * 15 + [False]
+    for i in range(4, 19):
+        expected = syn.expected_action(times[i], times[i + 1])
+        assert np.allclose(acts[i][:6], expected[:6], atol=1e-5) and np.allclose(acts[i][7:], expected[7:], atol=1e-5)
+        assert acts[i][6] == pytest.approx(0.06 if times[i] < 0.95 else 0.0)
+    # A bag without the configured command topic is refused by name.
+    no_commands = _write_bag(tmp_path / "plain", [(syn.Plan(duration_s=0.5), None, None)])
+    assert main(["--bag", str(no_commands), "--out", str(tmp_path / "ds2"), "--robot-config", str(robot),
+                 "--quality", "high"]) == 2
+    assert "lacks the configured topic(s) ['/robot/left/gripper_command']" in capsys.readouterr().err
 
 
 def test_command_on_path_and_package_executable(tmp_path, robot_yaml):

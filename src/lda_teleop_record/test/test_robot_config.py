@@ -17,6 +17,7 @@ def test_shipped_configs_load_and_round_trip():
     assert panda.hand_names == ["right"] and panda.cameras[0].topic == "/camera/head/image_raw"
     assert panda.hands[0].pose_topic == "/robot/right/eef_pose"
     assert panda.hands[0].gripper_topic == "/robot/right/gripper_state"
+    assert panda.hands[0].gripper_command_topic == "/robot/right/gripper_command"
     assert panda.instruction_topic == "/lda/instruction" and panda.fps == 10
     assert panda.action_names == [f"right/{c}" for c in ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")]
     gr1 = load_robot_config(ROBOTS / "gr1_humanoid.yaml")
@@ -42,6 +43,8 @@ GOOD = {"robot": "bot", "cameras": [{"name": "head", "width": 64, "height": 48}]
 
 def _with(path, value):
     data = yaml.safe_load(yaml.safe_dump(GOOD))
+    if path[-1] == "fingers":  # the keypoint case: a command topic next to keypoint fingers
+        data["hands"][0]["gripper_command_topic"] = "/robot/right/gripper_command"
     node = data
     for key in path[:-1]:
         node = node[key]
@@ -70,6 +73,11 @@ def _with(path, value):
     (["hands", 0, "canonical_offset"], {"xyz": [0, 0]}, "hands[0].canonical_offset.xyz: expected a list of 3"),
     (["hands", 0, "pose_topic"], "/camera/head/image_raw", "bot.yaml: topics: '/camera/head/image_raw' is used"),
     (["hands", 0, "speed"], 3, "bot.yaml: hands[0].speed: unknown key"),
+    (["hands", 0, "gripper_command_topic"], "/robot/right/gripper_state",
+     "bot.yaml: topics: '/robot/right/gripper_state' is used for two streams"),
+    (["hands", 0, "gripper_command_topic"], "bad topic", "hands[0].gripper_command_topic: 'bad topic' is not a valid"),
+    (["hands", 0, "fingers"], {"type": "keypoints", "count": 5},
+     "hands[0].gripper_command_topic: finger keypoints are observed, not commanded"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, path, value, message):
     file = tmp_path / "bot.yaml"
