@@ -284,7 +284,8 @@ class _Episode:
         for s in rec.streams:
             if s.kind == "camera":
                 converters[s.id] = functools.partial(self._convert_image, s)
-        self.sync = FrameSync([s.id for s in rec.streams if s.kind != "command"], rec.reference, period_ns=round(1e9 / cfg.fps),
+        synced = [s.id for s in rec.streams if s.kind != "command"]
+        self.sync = FrameSync(synced, rec.reference, period_ns=round(1e9 / cfg.fps),
                               tolerance_ns=round(cfg.tolerance_s * 1e9), max_latency_ns=round(cfg.max_latency_s * 1e9),
                               converters=converters, on_reject=self._on_reject)
         self.by_id = {s.id: s for s in rec.streams}
