@@ -22,6 +22,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.time import Time
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 
@@ -163,8 +164,10 @@ class ScriptedTeleopNode(Node):
             raise TeleopError(f"service {name} ({what}) did not answer within {timeout:g} s")
         return future.result()
 
-    def send(self, targets: dict, grippers: dict) -> None:
-        stamp = self.get_clock().now().to_msg()
+    def send(self, targets: dict, grippers: dict, stamp_ns: int) -> None:
+        """Publish the commands decided on the observation stamped ``stamp_ns``, with that stamp (the
+        node's clock may not have seen that step's /clock yet, which would stamp two steps alike)."""
+        stamp = Time(nanoseconds=stamp_ns).to_msg()
         for hand, (pos, quat) in targets.items():
             msg = PoseStamped()
             msg.header.stamp, msg.header.frame_id = stamp, self.cfg["frame_id"]
@@ -215,7 +218,7 @@ class ScriptedTeleopNode(Node):
             raise TeleopError(f"recorder refused to start episode {index}: {started.message}")
         operator = ScriptedOperator(self.cfg["robot"], mode, seed=seed, max_steps=self.cfg["max_steps"])
         while not operator.done:
-            self.send(*operator.act(obs))
+            self.send(*operator.act(obs), stamp)
             stamp, obs = self.wait_observation(newer_than=stamp)
         quality, discard = mode, False
         if mode == "high" and not operator.success and self.cfg["failed_high_as"] != "high":

@@ -346,8 +346,11 @@ class _Episode:
 
     def _add_command(self, stream: Stream, stamp: int, value: np.ndarray) -> None:
         stamps, values = self.commands[stream.hand.name]
-        if stamps and stamp <= stamps[-1]:
-            self._reject(stream, f"timestamp {stamp / 1e9:.6f} s is not after the previous command's "
+        if stamps and stamp == stamps[-1]:  # two commands at one instant: the later one is in force
+            values[-1] = value
+            return
+        if stamps and stamp < stamps[-1]:
+            self._reject(stream, f"timestamp {stamp / 1e9:.6f} s goes backwards from the previous command's "
                                  f"{stamps[-1] / 1e9:.6f} s; message dropped")
             return
         stamps.append(stamp)

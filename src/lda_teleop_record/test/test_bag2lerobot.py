@@ -128,7 +128,8 @@ def test_gripper_commands_become_the_finger_actions(tmp_path, capsys):
 
     commands = [command(0.35, 0.06), command(1.0, 0.0),
                 command(1.3, float("nan")),             # refused: the 0.0 command keeps holding
-                command(1.5, 0.08, stamp_t=0.9)]        # stamped before the previous command: refused
+                command(1.5, 0.08, stamp_t=0.9),        # stamped before the previous command: refused
+                command(0.36, 0.03, stamp_t=0.35)]      # same stamp as the 0.06 command: replaces it
     bag = BagWriter(tmp_path / "ep.tmp")
     for topic_, msgtype_, ns, cdr in sorted(plan.messages() + commands, key=lambda m: m[2]):
         bag.write(topic_, msgtype_, ns + LATENCY, cdr)
@@ -140,13 +141,14 @@ def test_gripper_commands_become_the_finger_actions(tmp_path, capsys):
     assert "saved episode 0 (high, 20 frames, 15 valid actions" in text.out
     assert "left gripper command (/robot/left/gripper_command): no command in force for the first 4 frame(s)" \
         in text.err
-    assert "finger joint positions are not finite" in text.err and "is not after the previous command" in text.err
+    assert "finger joint positions are not finite" in text.err
+    assert "goes backwards from the previous command" in text.err
     acts, valid, times, _ = _actions(LeRobotDataset("t/x", root=out), 0)
     assert valid == [False] * 4 + [True] * 15 + [False]
     for i in range(4, 19):
         expected = syn.expected_action(times[i], times[i + 1])
         assert np.allclose(acts[i][:6], expected[:6], atol=1e-5) and np.allclose(acts[i][7:], expected[7:], atol=1e-5)
-        assert acts[i][6] == pytest.approx(0.06 if times[i] < 0.95 else 0.0)
+        assert acts[i][6] == pytest.approx(0.03 if times[i] < 0.95 else 0.0)
     # A bag without the configured command topic is refused by name.
     no_commands = _write_bag(tmp_path / "plain", [(syn.Plan(duration_s=0.5), None, None)])
     assert main(["--bag", str(no_commands), "--out", str(tmp_path / "ds2"), "--robot-config", str(robot),
