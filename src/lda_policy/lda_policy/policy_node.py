@@ -291,6 +291,7 @@ class PolicyNode(LifecycleNode):
             js = JointState(name=names, position=[float(v) for v in target.fingers])
             js.header.stamp = stamp
             self.pub_fingers[h].publish(js)
+            self.runner.states.add_command(h, stamp_to_sec(stamp), target.fingers)  # history actions use it
 
     # ------------------------------------------------------------------ inference thread
 

@@ -213,6 +213,29 @@ def test_state_buffer_interpolates_poses():
     assert buf.at(0.3, 0.05) is None  # too far past the newest sample
 
 
+def test_history_actions_use_the_commands_sent_where_the_robot_records_commanded_fingers():
+    """sim_panda records the operator's gripper command as the finger action, so the policy's history
+    actions take the commands it sent (zero-order hold), not the widths measured a step later."""
+    from pathlib import Path
+
+    from lda_policy.deploy.robot import RobotInterface
+
+    robot = RobotInterface(Path(__file__).resolve().parents[3] / "config" / "robots" / "sim_panda.yaml")
+    buf = HandStateBuffer(["right"])
+    for k in range(4):  # the hand moves 1 cm per step in x; the gripper closes gradually
+        buf.add_pose("right", 0.1 * k, [0.01 * k, 0, 0], Q)
+        buf.add_fingers("right", 0.1 * k, [0.08 - 0.01 * k])
+    measured = robot.history_actions(buf, 0.3, 2, 0.02)
+    assert np.allclose(measured[:, 6], [0.06, 0.05])  # no command sent yet: the measured next widths
+    buf.add_command("right", 0.1, [0.0])  # "close", sent at the step starting at 0.1 s
+    commanded = robot.history_actions(buf, 0.3, 2, 0.02)
+    assert np.allclose(commanded[:, 6], [0.0, 0.0]) and np.allclose(commanded[:, :6], measured[:, :6])
+    buf.add_command("right", 0.0, [0.08])  # older than the last command: ignored
+    buf.add_command("right", 0.15, [0.08])  # re-opened within the step starting at 0.1 s
+    assert np.allclose(robot.history_actions(buf, 0.3, 2, 0.02)[:, 6], [0.0, 0.08])
+    assert np.allclose(buf.command_at("right", 0.12), [0.0]) and buf.command_at("right", 0.05) is None
+
+
 def test_pictures_have_the_expected_layout():
     rng = np.random.default_rng(0)
     lat = rng.normal(size=(10, 4, 4, 8))

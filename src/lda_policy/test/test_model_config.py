@@ -16,6 +16,7 @@ from lda_policy.model import (
     allowed_tasks,
     pool_latents,
 )
+from lda_policy.model.normalization import CLIP
 
 
 def test_allowed_tasks_follow_data_roles():
@@ -86,6 +87,10 @@ def test_normalizer_round_trip_per_embodiment():
     assert torch.allclose(n[0, :, :7], x[0, :, :7] - 1.0)
     assert torch.equal(n[1], x[1])
     assert torch.allclose(norm.unnormalize_action(n, ids), x, atol=1e-6)
+    # An outlier far outside the data's range is clipped, so it cannot dominate a loss.
+    far = torch.full((2, 1, cfg.max_action_dim), 100.0)
+    assert norm.normalize_action(far, ids).max().item() == CLIP
+    assert norm.normalize_state(torch.full((2, cfg.max_state_dim), -100.0), ids).min().item() == -CLIP
     with pytest.raises(ValueError, match="spec says"):
         norm.set_embodiment_stats("single_gripper", RobustStats.identity(3), RobustStats.identity(8))
 

@@ -248,6 +248,7 @@ class HandStateBuffer:
         self.keep_s = keep_s
         self._poses: dict[str, deque[tuple[float, np.ndarray, np.ndarray]]] = {h: deque() for h in self.hands}
         self._grippers: dict[str, deque[tuple[float, np.ndarray]]] = {h: deque() for h in self.hands}
+        self._commands: dict[str, deque[tuple[float, np.ndarray]]] = {h: deque() for h in self.hands}
         self._lock = threading.Lock()
 
     def add_pose(self, hand: str, stamp: float, position, quaternion) -> None:
@@ -267,6 +268,25 @@ class HandStateBuffer:
             buf.append((float(stamp), np.atleast_1d(np.asarray(values, dtype=np.float64))))
             while buf and buf[0][0] < stamp - self.keep_s:
                 buf.popleft()
+
+    def add_command(self, hand: str, stamp: float, values) -> None:
+        """A finger command sent to the robot at ``stamp`` (for robots whose actions hold commanded fingers)."""
+        with self._lock:
+            buf = self._commands[hand]
+            if buf and stamp < buf[-1][0]:
+                return
+            if buf and stamp == buf[-1][0]:
+                buf.pop()  # two commands at one instant: the later one is in force
+            buf.append((float(stamp), np.atleast_1d(np.asarray(values, dtype=np.float64))))
+            while len(buf) > 1 and buf[1][0] < stamp - self.keep_s:
+                buf.popleft()  # keep the one in force at the start of the window
+
+    def command_at(self, hand: str, t: float) -> np.ndarray | None:
+        """The finger command in force at ``t``: the last one sent at or before it (None if none)."""
+        with self._lock:
+            stamps = [c[0] for c in self._commands[hand]]
+            i = bisect.bisect_right(stamps, t) - 1
+            return None if i < 0 else self._commands[hand][i][1].copy()
 
     def newest_stamps(self) -> dict[str, float | None]:
         """Stamp of the newest sample of each stream ("<hand>/pose", "<hand>/gripper"), None if none yet."""

@@ -110,7 +110,11 @@ class RobotInterface:
 
     def history_actions(self, buffer: HandStateBuffer, t: float, steps: int, tolerance_s: float) -> np.ndarray | None:
         """The ``steps`` actions that took the robot to its state at ``t`` (steps, action_dim), from the
-        measured states at t - steps*dt, ..., t; None when the buffer does not reach back that far."""
+        measured states at t - steps*dt, ..., t; None when the buffer does not reach back that far.
+
+        For a hand whose config names a ``gripper_command_topic`` the recorded finger action is the
+        command in force, so here too: the command sent at or before each step (``tolerance_s`` late
+        counts, as in the recorder), or the measured finger state before any command was sent."""
         if steps == 0:
             return np.zeros((0, self.action_dim))
         states = []
@@ -120,6 +124,15 @@ class RobotInterface:
                 return None
             states.append(self.state_vector(s))
         actions, _ = self.space.actions_from_states(np.stack(states))
+        for h in self.config.hands:
+            if not h.gripper_command_topic:
+                continue
+            _, action_slice = self.config.hand_slices()[h.name]
+            fingers = slice(action_slice.start + 6, action_slice.stop)
+            for row in range(steps):
+                command = buffer.command_at(h.name, t - (steps - row) * self.dt + tolerance_s)
+                if command is not None:
+                    actions[row, fingers] = command
         return actions[:-1]
 
     def plan(self, actions: np.ndarray, anchor: HandsState, sequence: int, stamp: float, dt: float) -> ChunkPlan:

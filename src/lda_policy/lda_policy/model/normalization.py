@@ -3,7 +3,8 @@
 Each quantity x is mapped to ``(x - mid) / half`` with ``mid = (q_low + q_high) / 2`` and
 ``half = max((q_high - q_low) / 2, min_scale)``, where ``q_low`` / ``q_high`` are per-dimension
 quantiles (1 % and 99 % by default). Unlike mean/std this ignores the rare outliers of teleoperation
-data, and it puts most values in [-1, 1], the scale of the flow-matching noise. Actions and states
+data, and it puts most values in [-1, 1], the scale of the flow-matching noise; normalised actions and
+states are clipped to [-5, 5] so an outlier cannot dominate the loss. Actions and states
 have statistics per embodiment; latents share one per-channel set (DINO features do not depend on
 the robot). The statistics travel with the checkpoint (``normalization.json``).
 """
@@ -22,6 +23,11 @@ from .config import LDAConfig
 
 #: Floor of the half-range so a (nearly) constant dimension does not blow up.
 MIN_SCALE = 1e-4
+#: Normalised actions and states are clipped to +-CLIP. A dimension that is nearly constant in the data
+#: (the rotations of a task done without turning the wrist) has a tiny 1-99 % range, and the rare
+#: sloppy teleoperation step then normalised to 50-150: on the demo's recording such samples made the
+#: inverse-dynamics loss spike to 160 and, through gradient clipping, stalled the policy's learning.
+CLIP = 5.0
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,7 @@ class Normalizer(nn.Module):
     def normalize_action(self, x: torch.Tensor, embodiment_id: torch.Tensor) -> torch.Tensor:
         """x: (B, ..., max_action_dim) physical -> normalised; embodiment_id: (B,)."""
         mid, half = self._gather(self.action_mid, self.action_half, embodiment_id, x.dim())
-        return (x - mid) / half
+        return ((x - mid) / half).clamp(-CLIP, CLIP)
 
     def unnormalize_action(self, x: torch.Tensor, embodiment_id: torch.Tensor) -> torch.Tensor:
         mid, half = self._gather(self.action_mid, self.action_half, embodiment_id, x.dim())
@@ -128,7 +134,7 @@ class Normalizer(nn.Module):
     def normalize_state(self, x: torch.Tensor, embodiment_id: torch.Tensor) -> torch.Tensor:
         """x: (B, ..., max_state_dim) physical -> normalised."""
         mid, half = self._gather(self.state_mid, self.state_half, embodiment_id, x.dim())
-        return (x - mid) / half
+        return ((x - mid) / half).clamp(-CLIP, CLIP)
 
     def normalize_latent(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., latent_dim) DINO units -> normalised."""
