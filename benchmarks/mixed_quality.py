@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lda_bringup.demo import TRAIN_SETTINGS
+from lda_bringup.demo import EVAL_SETTINGS, TRAIN_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def one_run(variant: str, seed: int, args: argparse.Namespace, domain_id: int) -
     if not results.is_file() and args.episodes > 0:
         run(["lda-launch", "launch/sim_demo.launch.yaml", f"checkpoint:={checkpoint}",
              f"dino_path:={args.dino_path}", f"episodes:={args.episodes}", f"max_steps:={args.max_steps}",
-             "seed:=1000", f"label:={variant}", f"results_path:={results}"], log, domain_id)
+             "seed:=1000", *EVAL_SETTINGS, f"label:={variant}", f"results_path:={results}"], log, domain_id)
     closed = json.loads(results.read_text()) if results.is_file() else {}
     policy = evaluation.get("policy", {})
     return {"variant": variant, "seed": seed, "heldout_action_l1": policy.get("action_l1"),

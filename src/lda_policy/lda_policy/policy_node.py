@@ -243,7 +243,7 @@ class PolicyNode(LifecycleNode):
             self.runner.states.add_fingers(hand, stamp_to_sec(msg.header.stamp), values)
 
     def _on_instruction(self, msg: String) -> None:
-        self.runner.set_instruction(msg.data)
+        self.runner.start_task(msg.data)
         self.get_logger().info(f"instruction: '{msg.data}'")
 
     def _on_status(self, msg: SafetyStatus) -> None:

@@ -236,6 +236,34 @@ def test_history_actions_use_the_commands_sent_where_the_robot_records_commanded
     assert np.allclose(buf.command_at("right", 0.12), [0.0]) and buf.command_at("right", 0.05) is None
 
 
+def test_policy_waits_for_history_and_a_new_instruction_starts_afresh(tmp_path):
+    """No chunk before the hand-state history exists (training never lacks it); a new instruction drops
+    the previous task's frames, states and gripper commands (a reset teleports the hand)."""
+    from lda_policy.deploy.inference import ModelRuntime
+    from lda_policy.deploy.policy import PolicyRunner, PolicySettings
+    from lda_policy.deploy.robot import RobotInterface
+
+    paths = T.cached_checkpoint(tmp_path / "model")
+    robot = RobotInterface(paths["robot_config"])
+    runner = PolicyRunner(ModelRuntime(paths["checkpoint"], paths["dino_path"]), robot, PolicySettings(seed=0))
+    runner.start_task("pick up the red block")
+
+    def feed(t: float) -> None:
+        runner.on_frame(t, T.scene_image("a", T.HOME[0], t))
+        runner.states.add_pose("right", t, *T.HOME)
+        runner.states.add_fingers("right", t, [0.04])
+
+    feed(0.0)
+    assert runner.propose(0.0) is None and "waiting for 0.2 s of hand states" in runner.skipped
+    feed(0.1)
+    feed(0.2)
+    assert runner.propose(0.2) is not None
+    runner.states.add_command("right", 0.2, [0.0])
+    runner.start_task("pick up the red block")
+    assert runner.states.command_at("right", 0.3) is None and runner.frames.newest_stamp is None
+    assert runner.propose(0.3) is None and runner.not_ready(0.3) == "no camera frame yet"
+
+
 def test_pictures_have_the_expected_layout():
     rng = np.random.default_rng(0)
     lat = rng.normal(size=(10, 4, 4, 8))

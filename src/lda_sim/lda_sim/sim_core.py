@@ -184,6 +184,8 @@ class SimRobot:
         # Samplers hold a reference to env.rng, so reseed it in place instead of replacing it.
         self._env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
         raw = self._env.reset()
+        if self.spec.gripper == "panda":
+            raw = self._open_panda_gripper()
         self._step = 0
         self._targets = {hand: None for hand in self.hands}
         self._gripper_targets = {}
@@ -220,6 +222,17 @@ class SimRobot:
 
     def close(self) -> None:
         self._env.close()
+
+    def _open_panda_gripper(self) -> dict:
+        """Start the episode with the gripper open, like an operator's or a policy's first command, instead
+        of robosuite's half-closed start: a recorded first frame then shows the gripper as the commands
+        that follow leave it. Returns the observation of the changed scene."""
+        for hand in self.hands:
+            joints = self._robot._ref_gripper_joint_pos_indexes[hand]
+            self._env.sim.data.qpos[joints] = [PANDA_MAX_WIDTH / 2, -PANDA_MAX_WIDTH / 2]
+            self._robot.gripper[hand].current_action = np.array([1.0, -1.0])  # its integrated command: open
+        self._env.sim.forward()
+        return self._env._get_observations(force_update=True)
 
     # -- input checks ------------------------------------------------------------------------------
     def check_target(self, hand: str, pos, quat) -> Pose:

@@ -288,6 +288,12 @@ class HandStateBuffer:
             i = bisect.bisect_right(stamps, t) - 1
             return None if i < 0 else self._commands[hand][i][1].copy()
 
+    def clear(self) -> None:
+        with self._lock:
+            for buffers in (self._poses, self._grippers, self._commands):
+                for buf in buffers.values():
+                    buf.clear()
+
     def newest_stamps(self) -> dict[str, float | None]:
         """Stamp of the newest sample of each stream ("<hand>/pose", "<hand>/gripper"), None if none yet."""
         with self._lock:

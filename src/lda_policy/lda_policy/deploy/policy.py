@@ -71,6 +71,16 @@ class PolicyRunner:
     def set_instruction(self, text: str) -> None:
         self._instruction = text.strip() or None
 
+    def start_task(self, text: str) -> None:
+        """A new instruction starts a new task (after a reset, say): the frames, hand states and gripper
+        commands of the previous one are dropped so that they do not enter the first chunk's history (a
+        reset teleports the hand; the last task's "closed" command no longer holds)."""
+        with self._lock:
+            self.frames.clear()
+            self.states.clear()
+            self._proposals.clear()
+            self.set_instruction(text)
+
     @property
     def instruction(self) -> str | None:
         return self._instruction
@@ -110,6 +120,9 @@ class PolicyRunner:
             return None
         hist_actions = self.robot.history_actions(self.states, stamp, self.history_steps,
                                                   self.settings.state_tolerance_s)
+        if hist_actions is None:  # training always had real history actions: wait for them
+            self.skipped = f"waiting for {self.history_steps * self.robot.dt:.1f} s of hand states (history actions)"
+            return None
         obs = self.runtime.observation(self.robot.embodiment, history, self._instruction,
                                        self.robot.state_vector(anchor), hist_actions)
         actions = self.runtime.policy(obs, seed=None if self.settings.seed < 0 else self.settings.seed,
