@@ -128,6 +128,11 @@ class HandCentricActionSpace:
         raise KeyError(f"robot '{self.config.robot}' has no hand '{name}' (hands: {self.config.hand_names})")
 
     # -- recording side ----------------------------------------------------------------------------
+    def finger_columns(self, hand: str) -> slice:
+        """The action columns of ``hand``'s finger values (after its 6 pose-delta values)."""
+        _, action = self.slices[hand]
+        return slice(action.start + 6, action.stop)
+
     def hand_state(self, hand: str, eef_position, eef_quat_xyzw, fingers) -> np.ndarray:
         """One hand's part of observation.state from its published EEF pose and finger values.
 

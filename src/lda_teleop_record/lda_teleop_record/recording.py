@@ -368,8 +368,7 @@ class _Episode:
         late = round(cfg.tolerance_s * 1e9)
         ticks_ns = self.sync.t0 + np.asarray(self.ticks, dtype=np.int64) * round(1e9 / cfg.fps)
         for hand, (stamps, values) in self.commands.items():
-            _, action_slice = space.slices[hand]
-            fingers = slice(action_slice.start + 6, action_slice.stop)
+            fingers = space.finger_columns(hand)
             unknown = 0
             for row, tick_ns in enumerate(ticks_ns):
                 k = bisect.bisect_right(stamps, int(tick_ns) + late) - 1

@@ -113,8 +113,8 @@ class RobotInterface:
         measured states at t - steps*dt, ..., t; None when the buffer does not reach back that far.
 
         For a hand whose config names a ``gripper_command_topic`` the recorded finger action is the
-        command in force, so here too: the command sent at or before each step (``tolerance_s`` late
-        counts, as in the recorder), or the measured finger state before any command was sent."""
+        command in force, so here too: the command sent at or before each step (up to the config's
+        ``tolerance_s`` late, as in the recorder), or the measured finger state before any command."""
         if steps == 0:
             return np.zeros((0, self.action_dim))
         states = []
@@ -127,10 +127,9 @@ class RobotInterface:
         for h in self.config.hands:
             if not h.gripper_command_topic:
                 continue
-            _, action_slice = self.config.hand_slices()[h.name]
-            fingers = slice(action_slice.start + 6, action_slice.stop)
+            fingers = self.space.finger_columns(h.name)
             for row in range(steps):
-                command = buffer.command_at(h.name, t - (steps - row) * self.dt + tolerance_s)
+                command = buffer.command_at(h.name, t - (steps - row) * self.dt + self.config.tolerance_s)
                 if command is not None:
                     actions[row, fingers] = command
         return actions[:-1]
