@@ -244,6 +244,7 @@ class PolicyNode(LifecycleNode):
 
     def _on_instruction(self, msg: String) -> None:
         self.runner.start_task(msg.data)
+        self.executor_core.new_task()
         self.get_logger().info(f"instruction: '{msg.data}'")
 
     def _on_status(self, msg: SafetyStatus) -> None:

@@ -142,6 +142,8 @@ class SafetyMonitorNode(Node):
         for h in robot.config.hands:
             sub(PoseStamped, h.pose_topic, lambda m, n=h.name: self._on_pose(n, m), SENSOR_QOS)
             sub(JointState, h.gripper_topic, lambda m, n=h.name: self._on_fingers(n, m), SENSOR_QOS)
+            if h.gripper_command_topic:  # the history actions' finger values are the commands sent
+                sub(JointState, h.gripper_command_topic, lambda m, n=h.name: self._on_command(n, m), COMMAND_QOS)
         self.pub_approved = self.create_publisher(ActionChunk, APPROVED_TOPIC, COMMAND_QOS)
         self.pub_status = self.create_publisher(SafetyStatus, STATUS_TOPIC, COMMAND_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
@@ -187,6 +189,11 @@ class SafetyMonitorNode(Node):
         if values is not None:
             self.core.on_fingers(hand, stamp_to_sec(msg.header.stamp), values)
             self._publish_if_changed()
+
+    def _on_command(self, hand: str, msg: JointState) -> None:
+        values = self.robot.fingers_from_joint_state(hand, msg.name, msg.position)
+        if values is not None:
+            self.core.states.add_command(hand, stamp_to_sec(msg.header.stamp), values)
 
     def _on_proposed(self, msg: ActionChunk) -> None:
         with self._queue_lock:

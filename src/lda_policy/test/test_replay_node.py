@@ -18,7 +18,8 @@ LAUNCH = REPO / "launch" / "replay.launch.yaml"
 SWITCH_S = 3.0  # the recording shows scene A, then scene B from here on
 
 
-def write_bag(path: Path, seconds: float = 6.0) -> Path:
+def write_bag(path: Path, seconds: float = 6.0, commands: tuple[tuple[float, float], ...] = ()) -> Path:
+    """``commands``: (time since the start [s], width [m]) gripper commands on /robot/right/gripper_command."""
     bag = BagWriter(path.with_name(path.name + ".tmp"))
     rng = np.random.default_rng(3)
     t0, pos = 1000.0, T.HOME[0].copy()
@@ -37,7 +38,30 @@ def write_bag(path: Path, seconds: float = 6.0) -> Path:
                         effort=[0.0, 0.0])
         js.header.stamp = stamp
         bag.write("/robot/right/gripper_state", "sensor_msgs/msg/JointState", ns + 2000, serialize_message(js))
+    for t, width in commands:
+        js = JointState(name=["finger_joint1", "finger_joint2"], position=[width / 2] * 2, velocity=[0.0] * 2,
+                        effort=[0.0] * 2)
+        js.header.stamp = sec_to_stamp(t0 + t)
+        bag.write("/robot/right/gripper_command", "sensor_msgs/msg/JointState", int(round((t0 + t) * 1e9)) + 3000,
+                  serialize_message(js))
     return bag.commit(path)
+
+
+def test_replayed_finger_actions_are_the_commands_where_the_robot_records_them(tmp_path):
+    """read_episode (calibration, replay) derives the finger actions the way the recorder does."""
+    import pytest
+    from lda_policy.deploy.replay import ReplayError, read_episode
+    from lda_policy.deploy.robot import RobotInterface
+
+    robot = RobotInterface(T.write_robot_config(tmp_path / "robot.yaml",
+                                                gripper_command_topic="/robot/right/gripper_command"))
+    episode = read_episode(write_bag(tmp_path / "ep", 2.0, commands=((0.27, 0.08), (1.02, 0.0))), robot)
+    assert episode.valid.tolist() == [False] * 3 + [True] * 16 + [False]  # no command in force before 0.27 s
+    assert np.allclose(episode.actions[3:10, 6], 0.08) and np.allclose(episode.actions[10:19, 6], 0.0)
+    assert np.allclose(episode.actions[3:19, :3], robot.space.actions_from_states(
+        np.stack([f.state for f in episode.frames]))[0][3:19, :3])  # the motion part is untouched
+    with pytest.raises(ReplayError, match="lacks topic"):
+        read_episode(write_bag(tmp_path / "plain", 1.0), robot)
 
 
 def test_replay_publishes_for_rviz_and_writes_mcap(tmp_path, tmp_path_factory):

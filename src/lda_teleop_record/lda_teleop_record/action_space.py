@@ -17,7 +17,8 @@ Frames and conventions (used by the recorder, the bag converter, training, and t
       dp = R_c(t)^T (p_c(t+1) - p_c(t))        dR = R_c(t)^T R_c(t+1),  stored as rotation vector [rad]
 
   followed by the finger state to reach at ``t+1`` (gripper width [m], finger joints, or keypoints
-  in the canonical frame [m]).
+  in the canonical frame [m]); or, for a hand whose config names a ``gripper_command_topic``, the
+  finger command in force at ``t`` (:meth:`HandCentricActionSpace.put_commanded_fingers`).
 * The inverse (policy side): ``p_c(t+1) = p_c(t) + R_c(t) dp``, ``R_c(t+1) = R_c(t) exp(dR)``; the EEF
   link target is then ``R_e = R_c R_o^T``, ``p_e = p_c - R_e t_o``.
 
@@ -26,6 +27,8 @@ All functions broadcast over leading dimensions (``(..., 3)`` positions, ``(...,
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,6 +135,22 @@ class HandCentricActionSpace:
         """The action columns of ``hand``'s finger values (after its 6 pose-delta values)."""
         _, action = self.slices[hand]
         return slice(action.start + 6, action.stop)
+
+    def put_commanded_fingers(self, actions: np.ndarray, valid: np.ndarray, hand: str, step_starts: Sequence,
+                              command_stamps: Sequence, commands: Sequence, late) -> int:
+        """Zero-order hold, in place: each valid row's finger values become the last command stamped at
+        or before its step start (+ ``late``, the sync tolerance). Rows before the first command have
+        no known finger action: they are zeroed and marked invalid; returns how many."""
+        columns, unknown = self.finger_columns(hand), 0
+        for row, start in enumerate(step_starts):
+            if not valid[row]:
+                continue
+            k = bisect.bisect_right(command_stamps, start + late) - 1
+            if k < 0:
+                valid[row], actions[row], unknown = False, 0.0, unknown + 1
+            else:
+                actions[row, columns] = commands[k]
+        return unknown
 
     def hand_state(self, hand: str, eef_position, eef_quat_xyzw, fingers) -> np.ndarray:
         """One hand's part of observation.state from its published EEF pose and finger values.

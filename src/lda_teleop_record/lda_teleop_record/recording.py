@@ -13,7 +13,6 @@ from a bag's messages in log-time order: both run exactly this code.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import json
 import os
@@ -362,24 +361,13 @@ class _Episode:
         A command counts from its stamp (within the tolerance) until the next one. Frames before a hand's
         first command have no known finger action: they are marked invalid, and the problem is logged.
         """
-        cfg, space = self.rec.config, self.rec.space
+        cfg = self.rec.config
         if not self.commands or self.sync.t0 is None:
             return
-        late = round(cfg.tolerance_s * 1e9)
-        ticks_ns = self.sync.t0 + np.asarray(self.ticks, dtype=np.int64) * round(1e9 / cfg.fps)
+        ticks_ns = [self.sync.t0 + tick * round(1e9 / cfg.fps) for tick in self.ticks]
         for hand, (stamps, values) in self.commands.items():
-            fingers = space.finger_columns(hand)
-            unknown = 0
-            for row, tick_ns in enumerate(ticks_ns):
-                k = bisect.bisect_right(stamps, int(tick_ns) + late) - 1
-                if not valid[row]:
-                    continue
-                if k < 0:
-                    valid[row] = False
-                    actions[row] = 0.0
-                    unknown += 1
-                else:
-                    actions[row, fingers] = values[k]
+            unknown = self.rec.space.put_commanded_fingers(actions, valid, hand, ticks_ns, stamps, values,
+                                                           round(cfg.tolerance_s * 1e9))
             if unknown:
                 stream = self.by_id[f"command:{hand}"]
                 self.rec.diag.problem(stream.label, f"no command in force for the first {unknown} frame(s); "

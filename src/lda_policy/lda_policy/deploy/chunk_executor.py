@@ -161,6 +161,13 @@ class ChunkExecutor:
         self._stop_seen_stamp: float | None = None  # chunks observed before this are never executed
         self._last_output: HandsState | None = None
 
+    def new_task(self) -> None:
+        """Drop the previous task's chunks and held targets: until the first chunk of the new one, the hold
+        takes the measured pose and fingers (after a reset, the old "closed" command must not return)."""
+        self._layers = []
+        self._hold = None
+        self._last_output = None
+
     # ------------------------------------------------------------------ inputs
 
     def on_status(self, level: int, reason: str, now: float) -> None:

@@ -70,7 +70,9 @@ def read_episode(bag: str | Path, robot: RobotInterface) -> Episode:
     for h in cfg.hands:
         streams[h.pose_topic] = ("pose", h)
         streams[h.gripper_topic] = ("fingers", h)
-    missing = [t for t in streams if t not in info.topics]
+    command_topics = {h.gripper_command_topic: h for h in cfg.hands if h.gripper_command_topic}
+    commands: dict[str, tuple[list[int], list[np.ndarray]]] = {h.name: ([], []) for h in command_topics.values()}
+    missing = [t for t in [*streams, *command_topics] if t not in info.topics]
     if missing:
         raise ReplayError(f"bag {bag} lacks topic(s) {missing} of robot '{cfg.robot}' (has {sorted(info.topics)})")
     ids = {t: (k if k == "camera" else f"{k}:{h.name}") for t, (k, h) in streams.items()}
@@ -84,12 +86,22 @@ def read_episode(bag: str | Path, robot: RobotInterface) -> Episode:
                      on_reject=reject)
     ticks = []
     instruction = None
-    topics = set(streams) | {cfg.instruction_topic}
+    topics = set(streams) | set(command_topics) | {cfg.instruction_topic}
     for topic, msgtype, _log_ns, cdr in read_messages(bag, topics):
         try:
             msg = deserialize(cdr, msgtype)
             if topic == cfg.instruction_topic:
                 instruction = str(msg.data).strip() or instruction
+                continue
+            if topic in command_topics:  # the recorded finger action is the command in force
+                hand = command_topics[topic]
+                stamps, values = commands[hand.name]
+                value, stamp = fingers_from_joint_state(msg, hand.fingers), stamp_ns(msg)
+                if stamps and stamp == stamps[-1]:
+                    values[-1] = value
+                elif not stamps or stamp > stamps[-1]:
+                    stamps.append(stamp)
+                    values.append(value)
                 continue
             kind, hand = streams[topic]
             if kind == "camera":
@@ -104,10 +116,11 @@ def read_episode(bag: str | Path, robot: RobotInterface) -> Episode:
         sync.push(ids[topic], stamp_ns(msg), value)
         ticks += sync.poll()
     ticks += sync.poll(final=True)
-    frames = []
+    frames, starts_ns = [], []
     for tick in ticks:
         if not tick.complete:
             continue
+        starts_ns.append(tick.stamp_ns)
         hands = {}
         for h in cfg.hands:
             pos, quat = tick.values[f"pose:{h.name}"]
@@ -118,6 +131,8 @@ def read_episode(bag: str | Path, robot: RobotInterface) -> Episode:
         raise ReplayError(f"bag {bag} has {len(frames)} complete control tick(s) for robot '{cfg.robot}'; need >= 2")
     idx = np.array([f.tick for f in frames])
     actions, valid = robot.space.actions_from_states(np.stack([f.state for f in frames]), np.diff(idx) == 1)
+    for hand, (stamps, values) in commands.items():
+        robot.space.put_commanded_fingers(actions, valid, hand, starts_ns, stamps, values, round(cfg.tolerance_s * 1e9))
     return Episode(frames, actions, valid, instruction, rejected)
 
 

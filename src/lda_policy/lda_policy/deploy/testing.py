@@ -26,7 +26,7 @@ HOME = (np.array([0.45, 0.0, 0.25]), np.array([1.0, 0.0, 0.0, 0.0]))  # EEF poin
 
 
 def write_robot_config(path: str | Path, robot: str = TEST_ROBOT, camera_topic: str = "/test/head/image_raw",
-                       width: int = IMAGE_W, height: int = IMAGE_H) -> Path:
+                       width: int = IMAGE_W, height: int = IMAGE_H, gripper_command_topic: str = "") -> Path:
     """A one-arm robot config in the recorder's format (config/robots/*.yaml)."""
     path = Path(path)
     cfg = {
@@ -39,6 +39,8 @@ def write_robot_config(path: str | Path, robot: str = TEST_ROBOT, camera_topic: 
                    "gripper_topic": "/robot/right/gripper_state",
                    "fingers": {"type": "width", "joints": ["finger_joint1", "finger_joint2"], "scale": 1.0}}],
     }
+    if gripper_command_topic:
+        cfg["hands"][0]["gripper_command_topic"] = gripper_command_topic
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
