@@ -93,6 +93,17 @@ def test_holds_measured_pose_without_heartbeat_and_keeps_the_commanded_fingers()
     assert ex.step(1.0, measured([0.06, 0, 0])).mode == "hold"  # the old chunk was discarded on the hold
 
 
+def test_a_new_task_holds_the_measured_fingers_not_the_last_tasks_command():
+    ex = ChunkExecutor(["right"], ExecutorConfig(blend_time_s=0.0))
+    ex.on_status(STATUS_OK, "ok", 0.0)
+    assert ex.add_chunk(straight_plan(1, 0.0, np.zeros(3), np.array([0.1, 0, 0]), finger=0.0), 0.0)[0]
+    assert ex.step(0.2, measured([0.02, 0, 0], 0.03)).mode == "execute"  # the gripper was commanded closed
+    ex.new_task()  # e.g. the scene was reset and a new instruction came
+    cmd = ex.step(0.3, measured([0.3, 0, 0], 0.08))
+    assert cmd.mode == "hold" and np.allclose(cmd.targets["right"].position, [0.3, 0, 0])
+    assert np.allclose(cmd.targets["right"].fingers, [0.08])  # the measured (open) width, not the old 0.0
+
+
 def test_stop_holds_and_chunks_from_before_the_stop_never_run():
     ex = ChunkExecutor(["right"], ExecutorConfig(blend_time_s=0.0))
     ex.on_status(STATUS_OK, "ok", 0.0)
