@@ -309,3 +309,11 @@ def test_monitor_refuses_before_the_first_frame_without_latching_but_stops_on_a_
                          np.zeros((16, robot.action_dim)), 0.1)
     stale = core.judge(late, 103.1)  # the camera has been quiet for 2.9 s (> max_observation_age_s)
     assert not stale.approved and "camera stale" in stale.reason and core.state.latched
+
+    # A new instruction (a new task, e.g. after a reset) drops the frames and hand states of the last one.
+    core.on_frame(101.0, T.scene_image("a", T.HOME[0], 101.0))
+    core.on_pose("right", 101.0, *T.HOME)
+    core.on_fingers("right", 101.0, [0.04])
+    assert core.frames.newest_stamp == 101.0 and core.states.latest() is not None
+    core.set_instruction("pick up the red block")
+    assert core.frames.newest_stamp is None and core.states.latest() is None

@@ -137,6 +137,11 @@ class SafetyMonitorCore:
             self.states.add_fingers(hand, stamp, v)
 
     def set_instruction(self, text: str) -> None:
+        """A new instruction starts a new task, as for the policy (``PolicyRunner.start_task``): frames and
+        hand states of the previous one are dropped, so a chunk after a reset is not judged against a
+        history that shows the scene before it (seen: surprise STOPs right after each reset)."""
+        self.frames.clear()
+        self.states.clear()
         self.instruction = text.strip() or None
 
     @property
