@@ -46,6 +46,8 @@ PARAMETERS = {
     "seed": (0, "seed of the first episode (>= 0); /sim/reset sets later ones"),
     "max_episode_steps": (400, "steps after which the episode freezes until /sim/reset; 0: no limit"),
     "realtime": (True, "true: step at control_hz in wall-clock time; false: as fast as possible"),
+    "real_time_factor": (1.0, "with realtime: simulated seconds per wall-clock second, 0.05..1 (below 1 gives a "
+                              "policy on a slow CPU the control periods a faster computer would)"),
     "target_timeout_s": (0.5, "an eef_target older than this (simulated time) is dropped; the hand holds [s]"),
     "max_step_m": (0.05, "largest EEF translation commanded per control step [m], <= 0.05"),
     "max_step_rad": (0.3, "largest EEF rotation commanded per control step [rad], <= 0.5"),
@@ -98,6 +100,7 @@ class SimNode(Node):
             (cfg["robot"] in ROBOTS, f"robot '{cfg['robot']}' is unknown; choose one of {sorted(ROBOTS)}"),
             (16 <= cfg["image_size"] <= 512, f"image_size {cfg['image_size']} is outside 16..512"),
             (1.0 <= cfg["control_hz"] <= 50.0, f"control_hz {cfg['control_hz']} is outside 1..50"),
+            (0.05 <= cfg["real_time_factor"] <= 1.0, f"real_time_factor {cfg['real_time_factor']} is outside 0.05..1"),
             (cfg["seed"] >= 0, f"seed {cfg['seed']} is negative"),
             (cfg["max_episode_steps"] >= 0, f"max_episode_steps {cfg['max_episode_steps']} is negative"),
             (cfg["target_timeout_s"] > 0.0, f"target_timeout_s {cfg['target_timeout_s']} must be positive"),
@@ -193,13 +196,13 @@ class SimNode(Node):
             return
         obs = self.sim.reset(cfg["seed"])
         self.ready.set()
+        pace = f"real time x {cfg['real_time_factor']:g}" if cfg["realtime"] else "as fast as possible"
         self.get_logger().info(
             f"sim_node ready: {cfg['robot']} hands {list(self.hands)}, camera {self.sim.camera} "
-            f"{cfg['image_size']}x{cfg['image_size']}, {cfg['control_hz']:g} Hz, "
-            f"{'realtime' if cfg['realtime'] else 'as fast as possible'}"
+            f"{cfg['image_size']}x{cfg['image_size']}, {cfg['control_hz']:g} Hz, {pace}"
         )
-        period = 1.0 / cfg["control_hz"]
-        period_ns = round(1e9 / cfg["control_hz"])
+        period = 1.0 / cfg["control_hz"] / cfg["real_time_factor"]  # wall-clock time per step
+        period_ns = round(1e9 / cfg["control_hz"])  # simulated time per step
         next_tick = time.monotonic()
         frozen_logged = False
         self._publish(obs)
