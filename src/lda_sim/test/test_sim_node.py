@@ -166,6 +166,7 @@ def test_bad_commands_are_logged_and_rejected_not_fatal(sim):
         (["-p", "robot:=ur5"], "robot 'ur5' is unknown"),
         (["-p", "image_size:=4", "-p", "control_hz:=0.0"], "image_size 4 is outside 16..512; control_hz 0.0"),
         (["-p", "robot:=5"], "expecting type 'STRING'"),
+        (["-p", "real_time_factor:=2.0"], "real_time_factor 2.0 is outside 0.05..1"),
     ],
 )
 def test_bad_parameters_exit_with_a_clear_error(args, message):
