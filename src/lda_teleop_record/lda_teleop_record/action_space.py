@@ -99,6 +99,48 @@ def apply_pose_delta(p0: np.ndarray, q0: np.ndarray, dp: np.ndarray, drotvec: np
     return p1.reshape(*shape, 3), canonical_quat(r1.as_quat()).reshape(*shape, 4)
 
 
+class CommandLog:
+    """Stamped commands with zero-order hold: the command in force at ``t`` is the last one stamped at or
+    before ``t``. Of two commands with one stamp the later holds; an older stamp than the last is refused.
+    Stamps in any one unit (ns in the recorder, s in the policy node)."""
+
+    def __init__(self) -> None:
+        self.stamps: list = []
+        self.values: list[np.ndarray] = []
+
+    def add(self, stamp, value) -> bool:
+        """Store a command; False (nothing stored) when ``stamp`` is older than the last command's."""
+        if self.stamps and stamp < self.stamps[-1]:
+            return False
+        value = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        if self.stamps and stamp == self.stamps[-1]:
+            self.values[-1] = value
+        else:
+            self.stamps.append(stamp)
+            self.values.append(value)
+        return True
+
+    def prepend(self, stamp, value) -> None:
+        """A command from before every stored one (the last one before a recording started)."""
+        if not self.stamps or stamp < self.stamps[0]:
+            self.stamps.insert(0, stamp)
+            self.values.insert(0, np.atleast_1d(np.asarray(value, dtype=np.float64)))
+
+    def at(self, t) -> np.ndarray | None:
+        k = bisect.bisect_right(self.stamps, t) - 1
+        return None if k < 0 else self.values[k].copy()
+
+    def forget_before(self, t) -> None:
+        """Drop commands no longer needed to answer ``at`` for times >= ``t`` (keeps the one in force)."""
+        k = bisect.bisect_right(self.stamps, t) - 1
+        if k > 0:
+            del self.stamps[:k], self.values[:k]
+
+    def clear(self) -> None:
+        self.stamps.clear()
+        self.values.clear()
+
+
 @dataclass
 class HandTarget:
     """Where one hand should be after an action: canonical-frame pose, EEF link pose, finger values."""
@@ -137,19 +179,19 @@ class HandCentricActionSpace:
         return slice(action.start + 6, action.stop)
 
     def put_commanded_fingers(self, actions: np.ndarray, valid: np.ndarray, hand: str, step_starts: Sequence,
-                              command_stamps: Sequence, commands: Sequence, late) -> int:
-        """Zero-order hold, in place: each valid row's finger values become the last command stamped at
-        or before its step start (+ ``late``, the sync tolerance). Rows before the first command have
-        no known finger action: they are zeroed and marked invalid; returns how many."""
+                              commands: CommandLog, late) -> int:
+        """In place: each valid row's finger values become the command in force at its step start
+        (+ ``late``, the sync tolerance). Rows before the first command have no known finger action: they
+        are zeroed and marked invalid; returns how many."""
         columns, unknown = self.finger_columns(hand), 0
         for row, start in enumerate(step_starts):
             if not valid[row]:
                 continue
-            k = bisect.bisect_right(command_stamps, start + late) - 1
-            if k < 0:
+            command = commands.at(start + late)
+            if command is None:
                 valid[row], actions[row], unknown = False, 0.0, unknown + 1
             else:
-                actions[row, columns] = commands[k]
+                actions[row, columns] = command
         return unknown
 
     def hand_state(self, hand: str, eef_position, eef_quat_xyzw, fingers) -> np.ndarray:

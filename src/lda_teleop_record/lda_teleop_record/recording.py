@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .action_space import HandCentricActionSpace
+from .action_space import CommandLog, HandCentricActionSpace
 from .bag_io import EVENTS_MSGTYPE, BagWriter, serialize, typestore
 from .episode_writer import DatasetError, DatasetStore, EpisodeWriter, SaveError
 from .frame_sync import BadSample, FrameSync, Tick
@@ -294,8 +294,7 @@ class _Episode:
         self.gaps: dict[str, _Gap] = {}
         self.last_used: dict[str, int] = {}
         self.seeds: dict[str, bytes] = {}  # stream -> last message before the start
-        self.commands: dict[str, tuple[list[int], list[np.ndarray]]] = {  # hand -> (stamps, finger values)
-            s.hand.name: ([], []) for s in rec.streams if s.kind == "command"}
+        self.commands = {s.hand.name: CommandLog() for s in rec.streams if s.kind == "command"}  # stamps in ns
         self.dropped_ticks = 0
         self.failed: str | None = None
         self.started_wall = time.time()
@@ -335,25 +334,16 @@ class _Episode:
             except BadSample:
                 continue
             if self.by_id[stream_id].kind == "command":  # the last command before the start still holds
-                stamps, values = self.commands[self.by_id[stream_id].hand.name]
-                if not stamps or stamp < stamps[0]:
-                    stamps.insert(0, stamp)
-                    values.insert(0, value)
+                self.commands[self.by_id[stream_id].hand.name].prepend(stamp, value)
             elif abs(stamp - self.sync.t0) <= tol:
                 self.sync.prepend(stream_id, stamp, value)
         self.seeds.clear()
 
     def _add_command(self, stream: Stream, stamp: int, value: np.ndarray) -> None:
-        stamps, values = self.commands[stream.hand.name]
-        if stamps and stamp == stamps[-1]:  # two commands at one instant: the later one is in force
-            values[-1] = value
-            return
-        if stamps and stamp < stamps[-1]:
+        log = self.commands[stream.hand.name]
+        if not log.add(stamp, value):
             self._reject(stream, f"timestamp {stamp / 1e9:.6f} s goes backwards from the previous command's "
-                                 f"{stamps[-1] / 1e9:.6f} s; message dropped")
-            return
-        stamps.append(stamp)
-        values.append(value)
+                                 f"{log.stamps[-1] / 1e9:.6f} s; message dropped")
 
     def commanded_fingers(self, actions: np.ndarray, valid: np.ndarray) -> None:
         """Put the operator's finger command in force at each frame's tick into its action (in place).
@@ -365,8 +355,8 @@ class _Episode:
         if not self.commands or self.sync.t0 is None:
             return
         ticks_ns = [self.sync.t0 + tick * round(1e9 / cfg.fps) for tick in self.ticks]
-        for hand, (stamps, values) in self.commands.items():
-            unknown = self.rec.space.put_commanded_fingers(actions, valid, hand, ticks_ns, stamps, values,
+        for hand, log in self.commands.items():
+            unknown = self.rec.space.put_commanded_fingers(actions, valid, hand, ticks_ns, log,
                                                            round(cfg.tolerance_s * 1e9))
             if unknown:
                 stream = self.by_id[f"command:{hand}"]

@@ -108,3 +108,18 @@ def test_state_layout_follows_the_config():
     assert np.allclose(space.state(per_hand), syn.expected_state(0.3))
     with pytest.raises(KeyError, match="no hand 'middle'"):
         space.hand_state("middle", [0, 0, 0], [0, 0, 0, 1], [0.0])
+
+
+def test_command_log_holds_the_last_command_in_force():
+    from lda_teleop_record.action_space import CommandLog
+
+    log = CommandLog()
+    assert log.at(5) is None
+    assert log.add(10, 0.08) and log.add(20, [0.0])
+    assert log.add(20, 0.02)  # a second command at one stamp replaces the first
+    assert not log.add(15, 0.05)  # older than the last: refused, nothing stored
+    assert log.at(9) is None and log.at(10)[0] == 0.08 and log.at(19.9)[0] == 0.08 and log.at(25)[0] == 0.02
+    log.prepend(5, 0.04)
+    assert log.at(7)[0] == 0.04
+    log.forget_before(12)  # the command in force at 12 (stamped 10) is kept
+    assert log.stamps == [10, 20] and log.at(12)[0] == 0.08

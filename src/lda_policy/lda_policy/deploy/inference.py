@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lda_teleop_record.action_space import CommandLog
 
 from lda_policy.model import CheckpointError, LDAModel, Observation, load_language_encoder, pool_latents
 
@@ -248,7 +249,7 @@ class HandStateBuffer:
         self.keep_s = keep_s
         self._poses: dict[str, deque[tuple[float, np.ndarray, np.ndarray]]] = {h: deque() for h in self.hands}
         self._grippers: dict[str, deque[tuple[float, np.ndarray]]] = {h: deque() for h in self.hands}
-        self._commands: dict[str, deque[tuple[float, np.ndarray]]] = {h: deque() for h in self.hands}
+        self._commands = {h: CommandLog() for h in self.hands}
         self._lock = threading.Lock()
 
     def add_pose(self, hand: str, stamp: float, position, quaternion) -> None:
@@ -272,27 +273,19 @@ class HandStateBuffer:
     def add_command(self, hand: str, stamp: float, values) -> None:
         """A finger command sent to the robot at ``stamp`` (for robots whose actions hold commanded fingers)."""
         with self._lock:
-            buf = self._commands[hand]
-            if buf and stamp < buf[-1][0]:
-                return
-            if buf and stamp == buf[-1][0]:
-                buf.pop()  # two commands at one instant: the later one is in force
-            buf.append((float(stamp), np.atleast_1d(np.asarray(values, dtype=np.float64))))
-            while len(buf) > 1 and buf[1][0] < stamp - self.keep_s:
-                buf.popleft()  # keep the one in force at the start of the window
+            self._commands[hand].add(float(stamp), values)
+            self._commands[hand].forget_before(stamp - self.keep_s)
 
     def command_at(self, hand: str, t: float) -> np.ndarray | None:
         """The finger command in force at ``t``: the last one sent at or before it (None if none)."""
         with self._lock:
-            stamps = [c[0] for c in self._commands[hand]]
-            i = bisect.bisect_right(stamps, t) - 1
-            return None if i < 0 else self._commands[hand][i][1].copy()
+            return self._commands[hand].at(t)
 
     def clear(self) -> None:
         with self._lock:
             for buffers in (self._poses, self._grippers, self._commands):
                 for buf in buffers.values():
-                    buf.clear()
+                    buf.clear()  # deques and CommandLogs
 
     def newest_stamps(self) -> dict[str, float | None]:
         """Stamp of the newest sample of each stream ("<hand>/pose", "<hand>/gripper"), None if none yet."""

@@ -54,6 +54,7 @@ class Episode:
 
 def read_episode(bag: str | Path, robot: RobotInterface) -> Episode:
     """All complete control ticks of a bag (camera ``robot.camera``), with states and recorded actions."""
+    from lda_teleop_record.action_space import CommandLog
     from lda_teleop_record.bag_io import BagError, bag_info, read_messages
     from lda_teleop_record.frame_sync import BadSample, FrameSync
     from lda_teleop_record.messages import deserialize, fingers_from_joint_state, pose_from_msg, stamp_ns
@@ -71,7 +72,7 @@ def read_episode(bag: str | Path, robot: RobotInterface) -> Episode:
         streams[h.pose_topic] = ("pose", h)
         streams[h.gripper_topic] = ("fingers", h)
     command_topics = {h.gripper_command_topic: h for h in cfg.hands if h.gripper_command_topic}
-    commands: dict[str, tuple[list[int], list[np.ndarray]]] = {h.name: ([], []) for h in command_topics.values()}
+    commands = {h.name: CommandLog() for h in command_topics.values()}  # stamps in ns
     missing = [t for t in [*streams, *command_topics] if t not in info.topics]
     if missing:
         raise ReplayError(f"bag {bag} lacks topic(s) {missing} of robot '{cfg.robot}' (has {sorted(info.topics)})")
@@ -95,13 +96,7 @@ def read_episode(bag: str | Path, robot: RobotInterface) -> Episode:
                 continue
             if topic in command_topics:  # the recorded finger action is the command in force
                 hand = command_topics[topic]
-                stamps, values = commands[hand.name]
-                value, stamp = fingers_from_joint_state(msg, hand.fingers), stamp_ns(msg)
-                if stamps and stamp == stamps[-1]:
-                    values[-1] = value
-                elif not stamps or stamp > stamps[-1]:
-                    stamps.append(stamp)
-                    values.append(value)
+                commands[hand.name].add(stamp_ns(msg), fingers_from_joint_state(msg, hand.fingers))
                 continue
             kind, hand = streams[topic]
             if kind == "camera":
@@ -131,8 +126,8 @@ def read_episode(bag: str | Path, robot: RobotInterface) -> Episode:
         raise ReplayError(f"bag {bag} has {len(frames)} complete control tick(s) for robot '{cfg.robot}'; need >= 2")
     idx = np.array([f.tick for f in frames])
     actions, valid = robot.space.actions_from_states(np.stack([f.state for f in frames]), np.diff(idx) == 1)
-    for hand, (stamps, values) in commands.items():
-        robot.space.put_commanded_fingers(actions, valid, hand, starts_ns, stamps, values, round(cfg.tolerance_s * 1e9))
+    for hand, log in commands.items():
+        robot.space.put_commanded_fingers(actions, valid, hand, starts_ns, log, round(cfg.tolerance_s * 1e9))
     return Episode(frames, actions, valid, instruction, rejected)
 
 
