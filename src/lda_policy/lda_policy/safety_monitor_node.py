@@ -193,7 +193,8 @@ class SafetyMonitorNode(Node):
     def _on_command(self, hand: str, msg: JointState) -> None:
         values = self.robot.fingers_from_joint_state(hand, msg.name, msg.position)
         if values is not None:
-            self.core.states.add_command(hand, stamp_to_sec(msg.header.stamp), values)
+            self.core.on_command(hand, stamp_to_sec(msg.header.stamp), values)
+            self._publish_if_changed()
 
     def _on_proposed(self, msg: ActionChunk) -> None:
         with self._queue_lock:

@@ -317,3 +317,9 @@ def test_monitor_refuses_before_the_first_frame_without_latching_but_stops_on_a_
     assert core.frames.newest_stamp == 101.0 and core.states.latest() is not None
     core.set_instruction("pick up the red block")
     assert core.frames.newest_stamp is None and core.states.latest() is None
+    # Gripper commands feed the history; a NaN one latches STOP naming it.
+    core.state.reset()  # clear the stale-camera STOP above
+    core.on_command("right", 101.1, [0.0])
+    assert np.allclose(core.states.command_at("right", 101.2), [0.0])
+    core.on_command("right", 101.2, [float("nan")])
+    assert core.state.latched and "NaN/inf in the right gripper command" in core.state.reason

@@ -136,6 +136,16 @@ class SafetyMonitorCore:
         if self._stream(f"{hand}/fingers", stamp, bool(np.isfinite(v).all()), f"the {hand} finger state"):
             self.states.add_fingers(hand, stamp, v)
 
+    def on_command(self, hand: str, stamp: float, values) -> None:
+        """A finger command sent to the robot (history actions of robots that record commanded fingers).
+        Not a stream with an age: commands come when someone sends them; a NaN one is a fault all the same."""
+        v = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        if not np.isfinite(v).all():
+            with self._lock:
+                self.state.stop(f"NaN/inf in the {hand} gripper command")
+            return
+        self.states.add_command(hand, stamp, v)
+
     def set_instruction(self, text: str) -> None:
         """A new instruction starts a new task, as for the policy (``PolicyRunner.start_task``): frames and
         hand states of the previous one are dropped, so a chunk after a reset is not judged against a
