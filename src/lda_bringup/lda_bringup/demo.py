@@ -48,7 +48,7 @@ class DemoSize:
 
 
 # 80 closed-loop steps (8 s): the expert lifts in about 28 steps, a policy that lifts does so in about 20.
-FULL = DemoSize(n_high=16, n_low=10, n_actionless=6, train_steps=1200, eval_episodes=10, eval_max_steps=80)
+FULL = DemoSize(n_high=30, n_low=10, n_actionless=6, train_steps=1200, eval_episodes=10, eval_max_steps=80)
 QUICK = DemoSize(n_high=3, n_low=2, n_actionless=1, train_steps=20, eval_episodes=2, eval_max_steps=80)
 PHASES = ("encoder", "record", "cache", "train", "calibrate", "evaluate", "report")
 
