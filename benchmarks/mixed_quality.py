@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lda_bringup.demo import EVAL_SETTINGS, TRAIN_SETTINGS
+from lda_bringup.demo import EVAL_SETTINGS, FULL, TRAIN_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=1200, help="optimiser steps per training (batch 16)")
     ap.add_argument("--episodes", type=int, default=10, help="closed-loop episodes per run (0: skip)")
-    ap.add_argument("--max-steps", type=int, default=150, help="control steps per closed-loop episode")
+    ap.add_argument("--max-steps", type=int, default=FULL.eval_max_steps,
+                    help="control steps per closed-loop episode (the demo's)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each trains on one CPU thread)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/mixed_quality.json")
