@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lda_bringup.demo import EVAL_SETTINGS, FULL, TRAIN_SETTINGS
+from lda_bringup.demo import EVAL_SETTINGS, FULL, TRAIN_SETTINGS, calibration_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,8 +67,6 @@ def heldout_episodes(dataset: Path, count: int = 2) -> list[int]:
 
 
 def one_run(variant: str, seed: int, args: argparse.Namespace, domain_id: int) -> dict:
-    from ament_index_python.packages import get_package_prefix
-
     run_dir = args.work / f"{variant}_seed{seed}"
     log = run_dir / "log.txt"
     overrides = [f"output_dir={run_dir / 'train'}", f"data.datasets.0.root={args.dataset}",
@@ -85,12 +83,9 @@ def one_run(variant: str, seed: int, args: argparse.Namespace, domain_id: int) -
     train_s = time.monotonic() - start
     evaluation = json.loads((run_dir / "train" / "eval" / "latest.json").read_text())
     checkpoint = run_dir / "train" / "model"
-    calibrate = Path(get_package_prefix("lda_policy")) / "lib" / "lda_policy" / "calibrate_safety"
-    bags = sorted(p for p in (args.dataset.parent / f"{args.dataset.name}_bags").iterdir() if p.is_dir())
-    if not (checkpoint / "safety_calibration.json").is_file():
-        run([calibrate, "--checkpoint", checkpoint, "--dino-path", args.dino_path, "--robot-config",
-             "config/robots/sim_panda.yaml", "--instruction", "lift the red cube",
-             *[a for b in bags[:4] for a in ("--bag", b)]], log, domain_id)
+    if not (checkpoint / "safety_calibration.json").is_file():  # on every bag, as the demo does
+        bags = args.dataset.parent / f"{args.dataset.name}_bags"
+        run(calibration_command(checkpoint, args.dino_path, bags), log, domain_id)
     results = run_dir / "closed_loop.json"
     if not results.is_file() and args.episodes > 0:
         run(["lda-launch", "launch/sim_demo.launch.yaml", f"checkpoint:={checkpoint}",

@@ -143,17 +143,7 @@ class Demo:
         shutil.copytree(self.train_dir / "model", self.checkpoint)
 
     def calibrate(self) -> None:
-        bags = sorted(p for p in self.bags.iterdir() if p.is_dir())
-        if not bags:
-            raise DemoError(f"no episode bags in {self.bags}; the recorder should write them (write_bag:=true)")
-        cmd = [_package_executable("lda_policy", "calibrate_safety"), "--checkpoint", self.checkpoint,
-               "--dino-path", self.dino, "--robot-config", "config/robots/sim_panda.yaml",
-               "--instruction", "lift the red cube"]
-        # Every recorded episode, sloppy low-quality ones included, defines the monitor's "normal": calibrated
-        # on 4 expert bags it STOPped the demo's policy on surprise 4.0-5.0 in 7 of 10 episodes.
-        for bag in bags:
-            cmd += ["--bag", bag]
-        self.run("calibrate", cmd, timeout_s=1800)
+        self.run("calibrate", calibration_command(self.checkpoint, self.dino, self.bags), timeout_s=1800)
 
     def evaluate(self) -> None:
         s = self.size
@@ -189,6 +179,22 @@ class Demo:
             self._marker(phase).write_text(f"{elapsed:.1f}")
             print(f"[demo] {phase}: done in {elapsed:.0f} s", flush=True)
         return result
+
+
+def calibration_command(checkpoint: Path, dino: Path, bags_dir: Path) -> list:
+    """``calibrate_safety`` of ``checkpoint`` on every episode bag in ``bags_dir`` (the demo's and the benchmark's).
+
+    Every recorded episode, sloppy low-quality ones included, defines the monitor's "normal": calibrated on
+    4 expert bags it STOPped the demo's policy on surprise 4.0-5.0 in 7 of 10 episodes.
+    """
+    bags = sorted(p for p in Path(bags_dir).iterdir() if p.is_dir()) if Path(bags_dir).is_dir() else []
+    if not bags:
+        raise DemoError(f"no episode bags in {bags_dir}; the recorder should write them (write_bag:=true)")
+    cmd = [_package_executable("lda_policy", "calibrate_safety"), "--checkpoint", checkpoint, "--dino-path", dino,
+           "--robot-config", "config/robots/sim_panda.yaml", "--instruction", "lift the red cube"]
+    for bag in bags:
+        cmd += ["--bag", bag]
+    return cmd
 
 
 def _package_executable(pkg: str, exe: str) -> str:
