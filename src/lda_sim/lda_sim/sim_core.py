@@ -145,6 +145,11 @@ class SimRobot:
         self._targets: dict[str, Pose | None] = {}
         self._gripper_targets: dict[str, float] = {}
         self._step = 0
+        # The first controller step JIT-compiles robosuite's numba kernels: 7 s on a fresh venv on 2 busy
+        # cores (cached on disk afterwards), long enough for a node waiting on 10 Hz steps to give up. Take
+        # that step here, before anyone waits, then start the episode.
+        self.reset(seed)
+        self.step()
         self.reset(seed)
 
     # -- construction ------------------------------------------------------------------------------
