@@ -48,7 +48,7 @@ class DemoSize:
 
 
 # 30 expert episodes: the policy can only learn where the cube is from the placements the experts show
-# (benchmarks/encoder_probe.py); with 16 it lifted 1-3/10, with 30 5/10, and the recording takes ~4 s more
+# (benchmarks/encoder_probe.py); with 16 it lifted 1-3/10, with 30 3-5/10, and the recording takes ~4 s more
 # per episode. 60 closed-loop steps (6 s): the expert lifts in about 28 steps, and every policy lift seen
 # so far took 14-28; a failure runs to the end, so this bounds the evaluation's time.
 FULL = DemoSize(n_high=30, n_low=10, n_actionless=6, train_steps=1200, eval_episodes=10, eval_max_steps=60)
