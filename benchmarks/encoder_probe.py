@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     if not all(1 <= g <= 14 for g in a.grids):
         raise SystemExit(f"encoder_probe: --grids {a.grids} must lie in 1..14 (the DINO patch grid is 14x14)")
     if min(a.train_sizes) < 5 or a.test < 2:
-        raise SystemExit("encoder_probe: --train-sizes must be >= 5 (5-fold choice of the regularisation) "
+        raise SystemExit("encoder_probe: --train-sizes must be >= 5 (scenes to fit and choose the regularisation) "
                          "and --test >= 2")
     if max(a.train_sizes) + a.test > a.scenes:
         raise SystemExit(f"encoder_probe: --scenes {a.scenes} is fewer than the largest training size "
