@@ -21,41 +21,7 @@ stamp_ok() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
 stamp_set() { mkdir -p "$STAMPS"; echo "$2" >"$STAMPS/$1"; }
 
 # --- 1. apt packages -------------------------------------------------------------------------------
-# FFmpeg shared libraries for torchcodec/pyav video decoding; EGL/OSMesa for MuJoCo offscreen rendering.
-# Each entry lists alternatives: Debian 12 names first, then Ubuntu 24.04 (ROS 2 Jazzy/Kilted) names.
-APT_GROUPS=("libavcodec59|libavcodec60|libavcodec61" "libavformat59|libavformat60|libavformat61"
-            "libavutil57|libavutil58|libavutil59" "libswscale6|libswscale7|libswscale8"
-            "libswresample4|libswresample5" "libavdevice59|libavdevice60|libavdevice61"
-            "libavfilter8|libavfilter9|libavfilter10" "libegl1" "libegl-mesa0" "libgl1" "libosmesa6")
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-missing_groups=()
-for group in "${APT_GROUPS[@]}"; do
-  found=""
-  for pkg in ${group//|/ }; do installed "$pkg" && found=1 && break; done
-  [ -n "$found" ] || missing_groups+=("$group")
-done
-if [ ${#missing_groups[@]} -gt 0 ]; then
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || die "need root or sudo to install apt packages: ${missing_groups[*]}"
-    SUDO="sudo"
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  to_install=()
-  for group in "${missing_groups[@]}"; do
-    pick=""
-    for pkg in ${group//|/ }; do
-      apt-cache policy "$pkg" 2>/dev/null | grep -q "Candidate: [0-9]" && pick="$pkg" && break
-    done
-    [ -n "$pick" ] || die "no apt package available for: $group"
-    to_install+=("$pick")
-  done
-  log "installing apt packages: ${to_install[*]}"
-  $SUDO apt-get install -y -qq --no-install-recommends "${to_install[@]}" >/dev/null
-else
-  log "apt packages present"
-fi
+bash "$ROOT/scripts/apt_packages.sh"
 
 # --- 2. Python 3.12 ---------------------------------------------------------------------------------
 find_python() {
