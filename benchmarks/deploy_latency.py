@@ -56,10 +56,11 @@ def sync(device: str) -> None:
 def bare_calls(paths: dict, device: str, reps: int, threads: int) -> dict:
     """Median cost of the model calls the two nodes make per chunk, in this process."""
     import torch
-    from lda_policy.deploy import testing as T
-    from lda_policy.deploy.geometry import HandState
+    from lda_common.geometry import HandState
     from lda_policy.deploy.inference import ModelRuntime, set_torch_threads
     from lda_policy.deploy.robot import RobotInterface
+
+    from lda_testing import deploy as T
 
     set_torch_threads(threads)
     robot = RobotInterface(paths["robot_config"])
@@ -99,8 +100,9 @@ def bare_calls(paths: dict, device: str, reps: int, threads: int) -> dict:
 
 
 def pipeline(paths: dict, device: str, seconds: float, threads: int, workdir: Path) -> dict:
-    from lda_bringup.testing import NodeProcess, ros_node, wait_for
-    from lda_policy.deploy import testing as T
+    from lda_testing.ros import NodeProcess, ros_node, wait_for
+
+    from lda_testing import deploy as T
 
     slow = {"max_chunk_age_s": 10.0, "max_image_age_s": 10.0, "approval_deadline_s": 10.0}
     policy = T.write_params(workdir / "policy.yaml", {"torch_threads": threads, **slow})
@@ -154,7 +156,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("ROS_DOMAIN_ID", str(40 + os.getpid() % 50))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from lda_policy.deploy import testing as T
+
+    from lda_testing import deploy as T
 
     overrides = {} if a.preset in ("lda-tiny", "lda-small") else {"lang_dim": 384}  # MiniLM tokens for 1b/0.5b
     with tempfile.TemporaryDirectory(prefix="lda_deploy_bench_") as tmp:

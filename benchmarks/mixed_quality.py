@@ -58,7 +58,7 @@ def run(cmd: list[str], log: Path, domain_id: int) -> None:
 
 
 def heldout_episodes(dataset: Path, count: int = 2) -> list[int]:
-    from lda_teleop_record.schema import episodes_with_quality
+    from lda_common.schema import episodes_with_quality
 
     high = episodes_with_quality(dataset, "high")
     if len(high) <= count:

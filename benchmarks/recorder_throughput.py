@@ -147,10 +147,9 @@ def _robot_yaml(path: Path, args) -> Path:
 
 
 def run(args) -> dict:
-    sys.path.insert(0, str(ROOT / "src" / "lda_bringup"))
     from ament_index_python.packages import get_package_prefix
     from diagnostic_msgs.msg import DiagnosticArray
-    from lda_bringup.testing import NodeProcess, ros_node, wait_for
+    from lda_testing.ros import NodeProcess, ros_node, wait_for
 
     from lda_msgs.srv import StartEpisode, StopEpisode
 
@@ -211,7 +210,7 @@ def run(args) -> dict:
         assert stopped.success, stopped.message
         rss = _rss_peak_mb(pid)
 
-    from lda_teleop_record.schema import read_episode_labels
+    from lda_common.schema import read_episode_labels
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     label = read_episode_labels(dataset)[0]

@@ -32,7 +32,7 @@ RESULT = ROOT / "benchmarks" / "results" / "train_throughput.json"
 
 def _prepare(work: Path, episodes: int, length: int) -> tuple[Path, Path]:
     from lda_policy.model import write_random_dinov3_checkpoint
-    from lda_train.synthetic import record_dataset
+    from lda_testing.datasets import record_dataset
 
     dino = work / "dinov3-vits16-random"
     if not (dino / "config.json").exists():

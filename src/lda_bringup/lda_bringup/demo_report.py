@@ -42,10 +42,11 @@ def latents_png(checkpoint: Path, dino: Path, bag: Path, out_png: Path, rows: in
 
 def write_report(out: Path, dataset: Path, train_dir: Path, checkpoint: Path, dino: Path,
                  size: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
-    from lda_teleop_record.schema import read_episode_labels
+    from lda_common.quality import QUALITIES
+    from lda_common.schema import read_episode_labels
 
     labels = read_episode_labels(dataset)
-    counts = {q: sum(1 for e in labels if e.get("quality") == q) for q in ("high", "low", "actionless")}
+    counts = {q: sum(1 for e in labels if e.get("quality") == q) for q in QUALITIES}
     evaluation = _read_json(train_dir / "eval" / "latest.json")
     policy = _read_json(out / "eval_policy.json")
     frozen = _read_json(out / "eval_frozen.json")

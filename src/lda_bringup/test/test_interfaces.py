@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from lda_bringup.testing import NodeProcess, ros_node, wait_for
+from lda_testing.ros import NodeProcess, ros_node, wait_for
 
 from lda_msgs.msg import ActionChunk, SafetyStatus
 from lda_msgs.srv import ResetSim, StartEpisode, StopEpisode

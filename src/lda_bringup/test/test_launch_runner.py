@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from lda_bringup.launch_description import LaunchDescription, LaunchError
-from lda_bringup.testing import NodeProcess
+from lda_testing.ros import NodeProcess
 
 REPO = Path(__file__).resolve().parents[3]
 SELFTEST = REPO / "launch" / "selftest.launch.yaml"

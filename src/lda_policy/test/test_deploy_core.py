@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from lda_policy.deploy import testing as T
+from lda_common.geometry import HandState
 from lda_policy.deploy.chunk_executor import (
     STATUS_OK,
     STATUS_STOP,
@@ -14,10 +14,11 @@ from lda_policy.deploy.chunk_executor import (
     ExecutorConfig,
     HandTrajectory,
 )
-from lda_policy.deploy.geometry import HandState
 from lda_policy.deploy.inference import FrameLatents, HandStateBuffer
 from lda_policy.deploy.replay import LatentPCA, heatmap, panel
 from lda_policy.deploy.safety import CalibrationError, SafetyCalibration, SafetyLimits, SafetyState, check_chunk
+
+from lda_testing import deploy as T
 
 Q = np.array([1.0, 0.0, 0.0, 0.0])
 

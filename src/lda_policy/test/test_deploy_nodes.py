@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from lda_bringup.testing import NodeProcess, ros_node, wait_for
-from lda_policy.deploy import testing as T
 from lda_policy.deploy.ros_io import sec_to_stamp
+from lda_testing.ros import NodeProcess, ros_node, wait_for
 from std_srvs.srv import Trigger
 
 from lda_msgs.msg import ActionChunk
+from lda_testing import deploy as T
 
 REPO = Path(__file__).resolve().parents[3]
 LAUNCH = REPO / "launch" / "policy.launch.yaml"

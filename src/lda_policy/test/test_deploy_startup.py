@@ -3,8 +3,9 @@
 import shutil
 from pathlib import Path
 
-from lda_bringup.testing import NodeProcess
-from lda_policy.deploy import testing as T
+from lda_testing.ros import NodeProcess
+
+from lda_testing import deploy as T
 
 REPO = Path(__file__).resolve().parents[3]
 LAUNCH = REPO / "launch" / "policy.launch.yaml"
@@ -47,7 +48,7 @@ def _exe(name: str) -> Path:
 
 
 def test_policy_node_is_a_lifecycle_node(tmp_path_factory):
-    from lda_bringup.testing import ros_node, wait_for
+    from lda_testing.ros import ros_node, wait_for
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState
 

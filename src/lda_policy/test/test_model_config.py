@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from lda_common.quality import Quality
 from lda_policy.model import (
     PRESETS,
-    DataRole,
     EmbodimentSpec,
     LDAConfig,
     LDAModel,
@@ -21,7 +21,7 @@ from lda_policy.model.normalization import CLIP
 
 def test_allowed_tasks_follow_data_roles():
     assert allowed_tasks("high") == (Task.POLICY, Task.FORWARD_DYNAMICS, Task.INVERSE_DYNAMICS, Task.FORECAST)
-    assert allowed_tasks(DataRole.LOW) == (Task.FORWARD_DYNAMICS, Task.INVERSE_DYNAMICS, Task.FORECAST)
+    assert allowed_tasks(Quality.LOW) == (Task.FORWARD_DYNAMICS, Task.INVERSE_DYNAMICS, Task.FORECAST)
     assert allowed_tasks(2) == (Task.FORECAST,)
     assert allowed_tasks("Actionless") == (Task.FORECAST,)
     with pytest.raises(ValueError, match="expert"):

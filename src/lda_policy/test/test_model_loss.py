@@ -4,7 +4,8 @@ import math
 
 import pytest
 import torch
-from lda_policy.model import DataRole, EmbodimentSpec, InputError, LDAModel, Task
+from lda_common.quality import Quality
+from lda_policy.model import EmbodimentSpec, InputError, LDAModel, Task
 
 POINT = EmbodimentSpec("point", action_dim=2, state_dim=2, description="2-D velocity of a point")
 
@@ -63,7 +64,7 @@ def per_sample_nonzero(grad: torch.Tensor) -> list[bool]:
 
 def test_low_quality_sample_gets_zero_policy_gradient():
     model = make_model()
-    batch = random_batch(model, [Task.POLICY, Task.POLICY], [DataRole.HIGH, DataRole.LOW])
+    batch = random_batch(model, [Task.POLICY, Task.POLICY], [Quality.HIGH, Quality.LOW])
     loss, info, grads = input_grads(model, batch)
     assert per_sample_nonzero(grads["actions"]) == [True, False]
     assert torch.equal(grads["actions"][1], torch.zeros_like(grads["actions"][1]))
@@ -71,14 +72,14 @@ def test_low_quality_sample_gets_zero_policy_gradient():
 
     # A batch holding only the low-quality policy sample moves no parameter at all.
     model.zero_grad()
-    low_only = random_batch(model, [Task.POLICY], [DataRole.LOW])
+    low_only = random_batch(model, [Task.POLICY], [Quality.LOW])
     loss, _ = model.compute_loss(low_only)
     loss.backward()
     assert loss.item() == 0.0
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
     # The same sample labelled high quality does produce parameter gradients.
     model.zero_grad()
-    loss, _ = model.compute_loss({**low_only, "role": torch.tensor([int(DataRole.HIGH)])})
+    loss, _ = model.compute_loss({**low_only, "role": torch.tensor([int(Quality.HIGH)])})
     loss.backward()
     assert any(p.grad.any() for p in model.parameters())
 
@@ -86,7 +87,7 @@ def test_low_quality_sample_gets_zero_policy_gradient():
 def test_actionless_sample_only_trains_forecasting():
     model = make_model()
     tasks = [Task.POLICY, Task.FORWARD_DYNAMICS, Task.INVERSE_DYNAMICS, Task.FORECAST]
-    batch = random_batch(model, tasks, [DataRole.ACTIONLESS] * 4)
+    batch = random_batch(model, tasks, [Quality.ACTIONLESS] * 4)
     batch["action_valid"][:] = False
     batch["actions"][:] = float("nan")  # garbage that must never reach the network
     batch["history_actions"][:] = float("nan")
@@ -99,7 +100,7 @@ def test_actionless_sample_only_trains_forecasting():
 
 def test_invalid_actions_never_condition_forward_dynamics_even_if_role_allows():
     model = make_model()
-    batch = random_batch(model, [Task.FORWARD_DYNAMICS, Task.FORWARD_DYNAMICS], [DataRole.HIGH] * 2)
+    batch = random_batch(model, [Task.FORWARD_DYNAMICS, Task.FORWARD_DYNAMICS], [Quality.HIGH] * 2)
     batch["action_valid"][1] = False
     loss, info, grads = input_grads(model, batch)
     assert per_sample_nonzero(grads["future_latents"]) == [True, False]
@@ -110,7 +111,7 @@ def test_invalid_actions_never_condition_forward_dynamics_even_if_role_allows():
 def test_padding_masks_remove_loss_terms():
     model = make_model()
     batch = random_batch(model, [Task.FORWARD_DYNAMICS, Task.POLICY, Task.INVERSE_DYNAMICS],
-                         [DataRole.HIGH] * 3)
+                         [Quality.HIGH] * 3)
     batch["future_latents_is_pad"] = torch.tensor([[False, False, True], [False] * 3, [True] * 3])
     batch["action_is_pad"] = torch.zeros(3, 16, dtype=torch.bool)
     batch["action_is_pad"][1, 10:] = True
@@ -134,7 +135,7 @@ def test_padding_masks_remove_loss_terms():
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     model = make_model()
-    batch = random_batch(model, list(Task), [DataRole.HIGH] * 4)
+    batch = random_batch(model, list(Task), [Quality.HIGH] * 4)
     grads = []
     for enabled in (False, True):
         model.zero_grad()
@@ -147,7 +148,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def test_batch_validation_names_the_bad_field():
     model = make_model()
-    batch = random_batch(model, [Task.POLICY], [DataRole.HIGH])
+    batch = random_batch(model, [Task.POLICY], [Quality.HIGH])
     with pytest.raises(InputError, match="action_valid"):
         model.compute_loss({**batch, "action_valid": torch.ones(1)})
     with pytest.raises(InputError, match="actions"):
@@ -176,7 +177,7 @@ def point_world_batch(model: LDAModel, proj: torch.Tensor, b: int, gen: torch.Ge
     def frame(pos: torch.Tensor) -> torch.Tensor:
         return (pos @ proj).view(b, *c.latent_grid, c.latent_dim)
 
-    batch = random_batch(model, [Task.POLICY, Task.FORWARD_DYNAMICS] * (b // 2), [DataRole.HIGH] * b)
+    batch = random_batch(model, [Task.POLICY, Task.FORWARD_DYNAMICS] * (b // 2), [Quality.HIGH] * b)
     batch.update(
         obs_latents=torch.stack([frame(s - 0.5 * u_prev), frame(s)], 1),
         future_latents=torch.stack([frame(s + tau * u) for tau in TAUS], 1),

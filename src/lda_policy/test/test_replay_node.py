@@ -4,14 +4,15 @@ the replayed surprise jumps where the recording switches to another scene."""
 from pathlib import Path
 
 import numpy as np
-from lda_bringup.testing import NodeProcess, ros_node, wait_for
-from lda_policy.deploy import testing as T
+from lda_common.bag_io import BagWriter
 from lda_policy.deploy.ros_io import pose_stamped, rgb_to_image, sec_to_stamp
-from lda_teleop_record.bag_io import BagWriter
+from lda_testing.ros import NodeProcess, ros_node, wait_for
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32, String
 from visualization_msgs.msg import MarkerArray
+
+from lda_testing import deploy as T
 
 REPO = Path(__file__).resolve().parents[3]
 LAUNCH = REPO / "launch" / "replay.launch.yaml"

@@ -4,7 +4,7 @@ import json
 import os
 
 from ament_index_python.packages import get_package_prefix
-from lda_bringup.testing import NodeProcess, ros_node, wait_for
+from lda_testing.ros import NodeProcess, ros_node, wait_for
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import Trigger

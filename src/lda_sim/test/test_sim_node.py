@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from ament_index_python.packages import get_package_prefix
 from geometry_msgs.msg import PoseStamped
-from lda_bringup.testing import NodeProcess, ros_node, wait_for
+from lda_testing.ros import NodeProcess, ros_node, wait_for
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock

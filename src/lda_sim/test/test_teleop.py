@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 from ament_index_python.packages import get_package_prefix
-from lda_bringup.testing import NodeProcess
-from lda_teleop_record.schema import read_episode_labels
+from lda_common.schema import read_episode_labels
+from lda_testing.ros import NodeProcess
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 REPO = Path(__file__).resolve().parents[3]

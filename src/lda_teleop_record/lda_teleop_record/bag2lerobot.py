@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from lda_common.quality import QUALITIES
+
 os.environ.setdefault("SVT_LOG", "1")
 
 
@@ -28,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bag", required=True, help="rosbag2 directory, .mcap or .db3 file")
     p.add_argument("--out", required=True, help="LeRobot dataset root (created, or appended to)")
     p.add_argument("--robot-config", required=True, help="robot YAML, e.g. config/robots/sim_panda.yaml")
-    p.add_argument("--quality", choices=("high", "low", "actionless"),
+    p.add_argument("--quality", choices=QUALITIES,
                    help="quality label of the episode(s); required unless the bag holds episode events")
     p.add_argument("--task", default="", help="task text (default: the bag's last instruction message)")
     p.add_argument("--repo-id", default=None, help="LeRobot repo id stored in a new dataset")
@@ -43,10 +45,11 @@ class _Fail(Exception):
 
 
 def convert(args: argparse.Namespace, out=None, err=None) -> int:
-    from .bag_io import BagError, bag_info, read_messages
+    from lda_common.bag_io import BagError, bag_info, read_messages
+    from lda_common.robot_config import ConfigError, load_robot_config
+
     from .episode_writer import DatasetError, DatasetStore
     from .recording import DEFAULT_EVENTS_TOPIC, EpisodeRecorder, RecorderError, streams_of
-    from .robot_config import ConfigError, load_robot_config
 
     out, err = out or sys.stdout, err or sys.stderr
     events_topic = args.events_topic or DEFAULT_EVENTS_TOPIC
@@ -121,7 +124,7 @@ def convert(args: argparse.Namespace, out=None, err=None) -> int:
                 recorder.start(args.task or str(event.get("task", "")), log_ns, require_task=False)
             elif kind in ("stop", "discard") and recorder.recording:
                 quality = None if kind == "discard" else (args.quality or event.get("quality"))
-                if quality is not None and quality not in ("high", "low", "actionless"):
+                if quality is not None and quality not in QUALITIES:
                     warn("warning", f"stop event with unknown quality {quality!r}: episode discarded")
                     quality = None
                 finish(log_ns, quality)
@@ -147,7 +150,7 @@ def convert(args: argparse.Namespace, out=None, err=None) -> int:
 
 
 def _event(cdr: bytes) -> dict:
-    from .bag_io import typestore
+    from lda_common.bag_io import typestore
 
     try:
         text = typestore().deserialize_cdr(cdr, "std_msgs/msg/String").data

@@ -37,12 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from .robot_config import RobotConfig
-from .schema import (
+from lda_common.quality import QUALITIES, Quality
+from lda_common.robot_config import RobotConfig
+from lda_common.schema import (
     EMBODIMENT_FILE,
     EPISODES_FILE,
-    QUALITY_IDS,
     dataset_features,
     embodiment_record,
     fsync_dir,
@@ -365,9 +364,10 @@ class EpisodeWriter:
         case the dataset is unchanged (the episode is lost, earlier episodes are not)."""
         if self.closed:
             raise DatasetError("episode already saved or discarded")
-        if quality not in QUALITY_IDS:
+        if quality not in QUALITIES:
             self.discard()
-            raise SaveError(f"unknown quality '{quality}' (one of {list(QUALITY_IDS)})")
+            raise SaveError(f"unknown quality '{quality}' (one of {list(QUALITIES)})")
+        quality_id = int(Quality.parse(quality))
         if self.num_frames < 2:
             self.discard()
             raise SaveError(f"episode has {self.num_frames} frame(s); at least 2 are needed "
@@ -398,13 +398,13 @@ class EpisodeWriter:
             buf = dict(ds.writer.episode_buffer)
             buf["action"] = list(actions)
             buf["action_valid"] = [np.array([v]) for v in valid]
-            buf["quality"] = [np.array([QUALITY_IDS[quality]], dtype=np.int64)] * n
+            buf["quality"] = [np.array([quality_id], dtype=np.int64)] * n
             buf["task"] = [task] * n
             ds.save_episode(episode_data=buf)
             ds.finalize()
             self._check_video_lengths(ds, n)
             store._fsync_new(before)
-            record = {"episode_index": self.index, "quality": quality, "quality_id": QUALITY_IDS[quality],
+            record = {"episode_index": self.index, "quality": quality, "quality_id": quality_id,
                       "task": task, "length": n, "action_valid_frames": int(valid.sum()),
                       "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             record.update(info or {})

@@ -28,6 +28,7 @@ os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints banners on every episode
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
+from lda_common.robot_config import ConfigError, load_robot_config  # noqa: E402
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType  # noqa: E402
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup  # noqa: E402
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor  # noqa: E402
@@ -39,7 +40,6 @@ from lda_msgs.srv import StartEpisode, StopEpisode  # noqa: E402
 
 from .episode_writer import DatasetError, DatasetStore  # noqa: E402
 from .recording import DEFAULT_EVENTS_TOPIC, EpisodeRecorder, RecorderError  # noqa: E402
-from .robot_config import ConfigError, load_robot_config  # noqa: E402
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                          durability=DurabilityPolicy.VOLATILE)

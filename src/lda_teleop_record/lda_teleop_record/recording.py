@@ -26,12 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from .action_space import CommandLog, HandCentricActionSpace
-from .bag_io import EVENTS_MSGTYPE, BagWriter, serialize, typestore
-from .episode_writer import DatasetError, DatasetStore, EpisodeWriter, SaveError
-from .frame_sync import BadSample, FrameSync, Tick
-from .messages import (
+from lda_common.action_space import HandCentricActionSpace
+from lda_common.alignment import BadSample, CommandLog, FrameSync, Tick
+from lda_common.bag_io import EVENTS_MSGTYPE, BagWriter, serialize, typestore
+from lda_common.messages import (
     check_raw_image,
     compressed_to_rgb,
     deserialize,
@@ -41,8 +39,10 @@ from .messages import (
     raw_image_to_rgb,
     stamp_ns,
 )
-from .robot_config import CameraConfig, HandConfig, RobotConfig
-from .schema import QUALITIES
+from lda_common.quality import QUALITIES
+from lda_common.robot_config import CameraConfig, HandConfig, RobotConfig
+
+from .episode_writer import DatasetError, DatasetStore, EpisodeWriter, SaveError
 
 DEFAULT_EVENTS_TOPIC = "/lda/episode_events"
 

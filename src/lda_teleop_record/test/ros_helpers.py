@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ament_index_python.packages import get_package_prefix
 from diagnostic_msgs.msg import DiagnosticArray
-from lda_bringup.testing import wait_for
 from lda_teleop_record.recorder_node import _msg_class
+from lda_testing.ros import wait_for
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from lda_common.bag_io import BagWriter, bag_info, read_messages
+from lda_common.schema import read_episode_labels
 from lda_teleop_record.bag2lerobot import main
-from lda_teleop_record.bag_io import BagWriter, bag_info, read_messages
-from lda_teleop_record.schema import read_episode_labels
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-import synthetic as syn  # noqa: E402
+from lda_testing import teleop as syn  # noqa: E402
 
 LATENCY = 2_000_000
 

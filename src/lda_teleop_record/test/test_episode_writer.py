@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lda_common.robot_config import RobotConfig
+from lda_common.schema import episodes_with_quality, read_episode_labels
 from lda_teleop_record.episode_writer import DatasetError, DatasetStore
 from lda_teleop_record.recording import EpisodeRecorder
-from lda_teleop_record.robot_config import RobotConfig
-from lda_teleop_record.schema import episodes_with_quality, read_episode_labels
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-import synthetic as syn  # noqa: E402
+from lda_testing import teleop as syn  # noqa: E402
 
 CONFIG = RobotConfig.from_dict(syn.robot_dict())
 

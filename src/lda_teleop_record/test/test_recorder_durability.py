@@ -8,15 +8,16 @@ import time
 from pathlib import Path
 
 import pytest
-from lda_bringup.testing import NodeProcess, ros_node, wait_for
-from lda_teleop_record.schema import read_episode_labels
+from lda_common.schema import read_episode_labels
+from lda_testing.ros import NodeProcess, ros_node, wait_for
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from lda_msgs.srv import StartEpisode
 
 sys.path.insert(0, str(Path(__file__).parent))
-import synthetic as syn  # noqa: E402
 from ros_helpers import EXE, Teleop, recorder_cmd  # noqa: E402
+
+from lda_testing import teleop as syn  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 UID = time.monotonic_ns() % 100000

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lda_bringup.testing import NodeProcess, ros_node
+from lda_common.schema import read_episode_labels
 from lda_teleop_record.bag2lerobot import main as bag2lerobot
-from lda_teleop_record.schema import read_episode_labels
+from lda_testing.ros import NodeProcess, ros_node
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-import synthetic as syn  # noqa: E402
 from ros_helpers import Teleop, recorder_cmd  # noqa: E402
+
+from lda_testing import teleop as syn  # noqa: E402
 
 NAME = f"rec_main_{time.monotonic_ns() % 100000}"
 

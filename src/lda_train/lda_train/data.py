@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from lda_policy.model import DataRole, LDAConfig, Task, TimeLayout, allowed_tasks
-from lda_teleop_record.schema import EMBODIMENT_FILE, EPISODES_FILE, read_episode_labels
+from lda_common.quality import Quality
+from lda_common.schema import EMBODIMENT_FILE, EPISODES_FILE, read_episode_labels
+from lda_policy.model import LDAConfig, Task, TimeLayout, allowed_tasks
 
 from .config import DatasetConfig, TaskWeights
 
@@ -44,10 +45,10 @@ ACTION_KEY = "action"
 ACTION_VALID_KEY = "action_valid"
 QUALITY_KEY = "quality"
 
-ROLE_NAMES = {r: r.name.lower() for r in DataRole}
+ROLE_NAMES = {r: r.name.lower() for r in Quality}
 TASK_NAMES = {t: t.name.lower() for t in Task}
 #: role x task -> allowed (the model core's rule, as a NumPy table)
-ROLE_TASK_ALLOWED = np.array([[t in allowed_tasks(r) for t in Task] for r in DataRole], dtype=bool)
+ROLE_TASK_ALLOWED = np.array([[t in allowed_tasks(r) for t in Task] for r in Quality], dtype=bool)
 
 
 class DataError(ValueError):
@@ -85,7 +86,7 @@ class Episode:
     index: int  # LeRobot episode_index
     start: int  # first row (global frame index)
     end: int  # one past the last row
-    role: DataRole
+    role: Quality
     heldout: bool = False
 
 
@@ -101,7 +102,7 @@ def _column(table: Any, name: str) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-def _role_from_label(value: Any, where: str) -> DataRole:
+def _role_from_label(value: Any, where: str) -> Quality:
     if isinstance(value, (list, tuple, np.ndarray)):
         value = np.asarray(value).reshape(-1)[0]
     if isinstance(value, str):
@@ -114,7 +115,7 @@ def _role_from_label(value: Any, where: str) -> DataRole:
                     return role
             raise DataError(f"{where}: unknown quality label {value!r}; expected high, low or actionless (or 0, 1, 2)")
     try:
-        return DataRole(int(value))
+        return Quality(int(value))
     except (TypeError, ValueError):
         raise DataError(f"{where}: unknown quality label {value!r}; expected 0 (high), 1 (low) or 2 (actionless)")\
             from None
@@ -188,12 +189,12 @@ class SourceDataset:
         self.episodes = self._episodes(meta)
         self.offsets = FrameOffsets.from_layout(layout, self.fps, self.where)
         roles_present = {ep.role for ep in self.episodes}
-        needs_actions = bool(roles_present & {DataRole.HIGH, DataRole.LOW})
+        needs_actions = bool(roles_present & {Quality.HIGH, Quality.LOW})
         self.has_action = ACTION_KEY in self.features
         self.has_state = STATE_KEY in self.features
         for key, present in ((ACTION_KEY, self.has_action), (STATE_KEY, self.has_state)):
             if needs_actions and not present:
-                used = sorted(ROLE_NAMES[r] for r in roles_present if r != DataRole.ACTIONLESS)
+                used = sorted(ROLE_NAMES[r] for r in roles_present if r != Quality.ACTIONLESS)
                 raise DataError(f"{self.where}: missing feature {key!r}, needed for its {'/'.join(used)} episodes "
                                 f"(features: {sorted(self.features)}); give an actionless dataset role: actionless")
         self.action_dim = int(self.features[ACTION_KEY]["shape"][0]) if self.has_action else 0
@@ -210,7 +211,7 @@ class SourceDataset:
             valid = np.ones(self.num_frames, dtype=bool)
         if QUALITY_KEY in self.features:
             frame_quality = _column(table, QUALITY_KEY).reshape(-1)[order].astype(np.int64)
-            valid &= frame_quality != int(DataRole.ACTIONLESS)  # a frame labelled actionless has no action
+            valid &= frame_quality != int(Quality.ACTIONLESS)  # a frame labelled actionless has no action
         self.role = np.empty(self.num_frames, dtype=np.int64)
         self.ep_lo = np.empty(self.num_frames, dtype=np.int64)
         self.ep_hi = np.empty(self.num_frames, dtype=np.int64)
@@ -223,7 +224,7 @@ class SourceDataset:
             self.heldout[ep.start:ep.end] = ep.heldout
         finite = np.isfinite(self.action).all(axis=1) if self.has_action else np.zeros(self.num_frames, bool)
         #: per-frame action usable as a training target or condition
-        self.frame_action_valid = valid & finite & (self.role != int(DataRole.ACTIONLESS)) & self.has_action
+        self.frame_action_valid = valid & finite & (self.role != int(Quality.ACTIONLESS)) & self.has_action
         self.state_valid = (np.isfinite(self.state).all(axis=1) if self.has_state
                             else np.zeros(self.num_frames, dtype=bool))
         self.feasible = self._feasible(np.arange(self.num_frames))
@@ -267,7 +268,7 @@ class SourceDataset:
             if not 0 <= start < end <= self.num_frames:
                 raise DataError(f"{where}: frame range [{start}, {end}) is outside the data")
             if self.cfg.role != "quality":
-                role = DataRole[self.cfg.role.upper()]
+                role = Quality[self.cfg.role.upper()]
             elif use_frames:
                 role = _role_from_label(int(frame_quality[start:end].max()), where)
             elif index in labels:
@@ -293,7 +294,7 @@ class SourceDataset:
             fraction = default_fraction if cfg.heldout_fraction is None else cfg.heldout_fraction
             rng = np.random.default_rng([seed, 0x4E1D, _stable_hash(self.name)])
             chosen = set()
-            for role in DataRole:
+            for role in Quality:
                 group = [ep.index for ep in self.episodes if ep.role == role]
                 n = len(group)
                 k = min(n - 1, max(1, round(fraction * n))) if fraction > 0 and n >= 2 else 0
@@ -344,7 +345,7 @@ class SourceDataset:
         return [ep for ep in self.episodes if ep.heldout == (split == "heldout")]
 
     def summary(self) -> dict[str, Any]:
-        counts = {ROLE_NAMES[r]: sum(1 for e in self.episodes if e.role == r) for r in DataRole}
+        counts = {ROLE_NAMES[r]: sum(1 for e in self.episodes if e.role == r) for r in Quality}
         return {"name": self.name, "root": str(self.root), "embodiment": self.embodiment, "fps": self.fps,
                 "image_key": self.image_key, "frames": self.num_frames, "episodes": len(self.episodes),
                 "episodes_by_role": counts, "heldout_episodes": [e.index for e in self.episodes if e.heldout],
@@ -377,7 +378,7 @@ def task_weight_vector(weights: TaskWeights) -> np.ndarray:
                     dtype=np.float64)
 
 
-def task_probabilities(role: DataRole | int, weights: TaskWeights) -> dict[str, float]:
+def task_probabilities(role: Quality | int, weights: TaskWeights) -> dict[str, float]:
     """The configured task weights renormalised over the tasks ``role`` allows (for humans and tests)."""
     w = task_weight_vector(weights) * ROLE_TASK_ALLOWED[int(role)]
     total = w.sum()

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lda_policy.model import DataRole, LDAModel, Observation
+from lda_common.quality import Quality
+from lda_policy.model import LDAModel, Observation
 
 from .config import EvalConfig
 from .data import BatchPlan, SourceDataset
@@ -131,7 +132,7 @@ def evaluate(model: LDAModel, data: TrainingData, eval_set: EvalSet, stats: dict
                 r = role[idx]
                 seed += 1
                 if has_actions:
-                    sel = (r == DataRole.HIGH).nonzero().flatten()
+                    sel = (r == Quality.HIGH).nonzero().flatten()
                     if len(sel):
                         pred = model.policy(_take(obs, sel), num_steps=steps, seed=seed).cpu()
                         err = ((pred - truth[sel]).abs() * step_mask[sel]).sum()

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from lda_policy.model import DataRole, RobustStats
+from lda_common.quality import Quality
+from lda_policy.model import RobustStats
 
 from .data import SourceDataset
 
@@ -71,8 +72,8 @@ def embodiment_stats(sources: Sequence[SourceDataset], split: str = "train", max
             rows = s.rows(split)
             if s.has_action:
                 ok = rows[s.frame_action_valid[rows]]
-                actions["high"].append(s.action[ok[s.role[ok] == DataRole.HIGH]])
-                actions["low"].append(s.action[ok[s.role[ok] == DataRole.LOW]])
+                actions["high"].append(s.action[ok[s.role[ok] == Quality.HIGH]])
+                actions["low"].append(s.action[ok[s.role[ok] == Quality.LOW]])
             if s.has_state:
                 states.append(s.state[rows[s.state_valid[rows]]])
         source = "high" if sum(len(x) for x in actions["high"]) else "low"

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lda_train.synthetic import record_dataset
+from lda_testing.datasets import record_dataset
 
 REPO = Path(__file__).resolve().parents[3]
 MIXED = ["high", "high", "low", "high", "actionless", "high", "low", "high"]

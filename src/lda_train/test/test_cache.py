@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import REPO
 from lda_policy.model import PRESETS, DinoV3Encoder, load_language_encoder, pool_latents
+from lda_testing.datasets import record_dataset
 from lda_train.config import DatasetConfig
 from lda_train.data import BatchPlan, SourceDataset
 from lda_train.latent_cache import (
@@ -22,7 +23,6 @@ from lda_train.latent_cache import (
     ensure_cache,
     plan_keys,
 )
-from lda_train.synthetic import record_dataset
 
 TINY = PRESETS["lda-tiny"]
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import MIXED
-from lda_policy.model import PRESETS, DataRole, Task, allowed_tasks
+from lda_common.quality import Quality
+from lda_policy.model import PRESETS, Task, allowed_tasks
+from lda_testing.datasets import record_dataset
 from lda_train.config import DatasetConfig, TaskWeights
 from lda_train.data import (
     ROLE_TASK_ALLOWED,
@@ -21,7 +23,6 @@ from lda_train.data import (
     task_probabilities,
 )
 from lda_train.stats import embodiment_stats
-from lda_train.synthetic import record_dataset
 
 LAYOUT = PRESETS["lda-tiny"].time
 
@@ -36,9 +37,9 @@ def test_roles_come_from_the_recorders_episode_labels(mixed_dataset):
     assert src.embodiment == "test_arm" and (src.action_dim, src.state_dim) == (7, 8)
     # the held-out split is stratified by role: at least one high and one low episode held out
     held = {e.role for e in src.episodes if e.heldout}
-    assert DataRole.HIGH in held and DataRole.LOW in held
+    assert Quality.HIGH in held and Quality.LOW in held
     # a role for the whole dataset overrides the labels
-    assert {e.role for e in _source(mixed_dataset, role="low").episodes} == {DataRole.LOW}
+    assert {e.role for e in _source(mixed_dataset, role="low").episodes} == {Quality.LOW}
 
 
 def test_windows_match_lerobot_delta_timestamps(mixed_dataset):
@@ -61,7 +62,7 @@ def test_windows_match_lerobot_delta_timestamps(mixed_dataset):
         np.testing.assert_array_equal(src.state[row], item["observation.state"][0].numpy())
         valid = src.frame_action_valid[w["chunk"][0]]
         expect = item["action_valid"][n_hist:].numpy().reshape(-1).astype(bool)
-        if src.role[row] != DataRole.ACTIONLESS:
+        if src.role[row] != Quality.ACTIONLESS:
             np.testing.assert_array_equal(valid, expect)
         else:
             assert not valid.any()
@@ -77,12 +78,12 @@ def test_sampler_draws_only_allowed_tasks_in_configured_proportions(mixed_datase
     rows = np.concatenate([p.row for p in plans])
     assert not src.heldout[rows].any(), "a held-out episode was sampled for training"
     assert ROLE_TASK_ALLOWED[role, task].all(), "a sample got a task its role forbids"
-    assert (task[role == DataRole.ACTIONLESS] == Task.FORECAST).all()
-    assert not (task[role == DataRole.LOW] == Task.POLICY).any()
-    assert {DataRole(r) for r in np.unique(role)} == {DataRole.HIGH, DataRole.LOW, DataRole.ACTIONLESS}
+    assert (task[role == Quality.ACTIONLESS] == Task.FORECAST).all()
+    assert not (task[role == Quality.LOW] == Task.POLICY).any()
+    assert {Quality(r) for r in np.unique(role)} == {Quality.HIGH, Quality.LOW, Quality.ACTIONLESS}
     # proportions, renormalised per role, on samples that can serve every task their role allows
     full = src.feasible[rows][np.arange(len(rows)), :].sum(axis=1) == [len(allowed_tasks(r)) for r in role]
-    for r in (DataRole.HIGH, DataRole.LOW):
+    for r in (Quality.HIGH, Quality.LOW):
         sel = full & (role == r)
         expected = task_probabilities(r, weights)
         for tk in Task:
@@ -112,7 +113,7 @@ def test_batches_never_carry_actions_where_the_role_forbids_them(mixed_dataset):
     assert not b["action_valid"].any()
     assert b["actions"].abs().sum() == 0 and b["history_actions"].abs().sum() == 0
     assert b["action_is_pad"].all()
-    assert (b["role"] == DataRole.ACTIONLESS).all()
+    assert (b["role"] == Quality.ACTIONLESS).all()
     # with labels: the last frame of every episode has no action -> padded in chunks that reach it
     src = _source(mixed_dataset)
     ep = src.episodes[0]
@@ -207,7 +208,7 @@ def test_statistics_are_robust_and_ignore_invalid_actions(session_dir):
     assert np.std(np.r_[valid[:, 0], 50.0]) > 10 * np.std(valid[:, 0])  # what a mean/std would have done
     # only valid actions of high training episodes count: not low or actionless episodes, not the
     # action-less last frames
-    high = [e for e in clean.episodes_of("train") if e.role == DataRole.HIGH]
+    high = [e for e in clean.episodes_of("train") if e.role == Quality.HIGH]
     assert a.action_source == "high"
     assert a.action_rows == sum(e.end - e.start - 1 for e in high)
     assert a.state_rows == len(rows)  # states are valid everywhere, actionless episodes included

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import MIXED, make_config
-from lda_policy.model import DataRole, Task
-from lda_train.synthetic import record_dataset
+from lda_common.quality import Quality
+from lda_policy.model import Task
+from lda_testing.datasets import record_dataset
 from lda_train.trainer import Trainer
 
 
@@ -55,7 +56,7 @@ def _same(a, b):
 def test_corrupted_low_actions_never_reach_the_policy_objective(trainers):
     clean, bad = trainers
     src_c, src_b = clean.sources[0], bad.sources[0]
-    low = src_c.role == DataRole.LOW
+    low = src_c.role == Quality.LOW
     assert low.any() and not np.array_equal(src_c.action[low], src_b.action[low]), "the corruption is in the data"
     # identical start: same weights, and the corruption did not leak into the normalisation statistics
     assert _same({n: p for n, p in clean.model.named_parameters()}, {n: p for n, p in bad.model.named_parameters()})
@@ -65,7 +66,7 @@ def test_corrupted_low_actions_never_reach_the_policy_objective(trainers):
     np.testing.assert_array_equal(plan_c.row, plan_b.row)
     np.testing.assert_array_equal(plan_c.task, plan_b.task)
     role = src_c.role[plan_c.row]
-    assert (role == DataRole.LOW).sum() >= 3 and not (plan_c.task[role == DataRole.LOW] == Task.POLICY).any()
+    assert (role == Quality.LOW).sum() >= 3 and not (plan_c.task[role == Quality.LOW] == Task.POLICY).any()
 
     # 1) the policy objective of a real training batch: bit-identical gradients
     pol = np.flatnonzero(plan_c.task == Task.POLICY)
@@ -78,12 +79,12 @@ def test_corrupted_low_actions_never_reach_the_policy_objective(trainers):
     # 2) an adversarial batch asking for the policy on every sample, low and actionless included
     forced_c, forced_b = _force(plan_c, Task.POLICY), _force(plan_b, Task.POLICY)
     batch_c, batch_b = clean.data.batch(forced_c), bad.data.batch(forced_b)
-    low_rows = torch.from_numpy(role == DataRole.LOW)
+    low_rows = torch.from_numpy(role == Quality.LOW)
     assert not torch.equal(batch_c["actions"][low_rows], batch_b["actions"][low_rows]), \
         "the low samples carry their (different) actions into the batch"
     g_c, info_c = _grads(clean.model, batch_c)
     g_b, info_b = _grads(bad.model, batch_b)
-    assert info_c["count/policy"] == int((role == DataRole.HIGH).sum())  # only high samples count
+    assert info_c["count/policy"] == int((role == Quality.HIGH).sum())  # only high samples count
     assert _same(g_c, g_b)
 
     # 3) the dynamics objectives do see the corrupted actions (the test above could have failed)
@@ -113,13 +114,13 @@ def test_actionless_samples_only_ever_forecast(trainers):
         tasks.append(plan.task)
         roles.append(src.role[plan.row])
     tasks, roles = np.concatenate(tasks), np.concatenate(roles)
-    assert (roles == DataRole.ACTIONLESS).any()
-    assert set(tasks[roles == DataRole.ACTIONLESS].tolist()) == {int(Task.FORECAST)}
-    assert set(tasks[roles == DataRole.LOW].tolist()) == {int(Task.FORWARD_DYNAMICS), int(Task.INVERSE_DYNAMICS),
+    assert (roles == Quality.ACTIONLESS).any()
+    assert set(tasks[roles == Quality.ACTIONLESS].tolist()) == {int(Task.FORECAST)}
+    assert set(tasks[roles == Quality.LOW].tolist()) == {int(Task.FORWARD_DYNAMICS), int(Task.INVERSE_DYNAMICS),
                                                           int(Task.FORECAST)}
-    assert set(tasks[roles == DataRole.HIGH].tolist()) == {int(t) for t in Task}
+    assert set(tasks[roles == Quality.HIGH].tolist()) == {int(t) for t in Task}
     # and a batch of them has no usable action at all
     plan = clean.sampler.batch(0, 32)
     batch = clean.data.batch(plan)
-    act = torch.from_numpy(src.role[plan.row] == DataRole.ACTIONLESS)
+    act = torch.from_numpy(src.role[plan.row] == Quality.ACTIONLESS)
     assert not batch["action_valid"][act].any() and batch["actions"][act].abs().sum() == 0

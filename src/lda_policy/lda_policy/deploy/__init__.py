@@ -2,7 +2,7 @@
 
 - :mod:`.inference`: checkpoint + encoders (``ModelRuntime``), lazily encoded camera frames
   (``FrameLatents``), timestamped hand states (``HandStateBuffer``);
-- :mod:`.robot`: the robot config and hand-centric action space of ``lda_teleop_record``;
+- :mod:`.robot`: the robot config and hand-centric action space of ``lda_common``;
 - :mod:`.policy`: observations -> proposed chunks, approved chunks -> target plans (``PolicyRunner``);
 - :mod:`.chunk_executor`: smooth execution of approved chunks, latency compensation, hold-still;
 - :mod:`.safety`: hard limits, surprise calibration, the latching OK/WARN/STOP state;

@@ -37,8 +37,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from .geometry import HandsState, HandState, blend_states
+from lda_common.geometry import HandsState, HandState, blend_states
 
 STATUS_OK, STATUS_WARN, STATUS_STOP = 0, 1, 2  # lda_msgs/SafetyStatus levels
 

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lda_teleop_record.action_space import CommandLog
+from lda_common.alignment import CommandLog
+from lda_common.geometry import HandsState, HandState, blend_states
 
 from lda_policy.model import CheckpointError, LDAModel, Observation, load_language_encoder, pool_latents
-
-from .geometry import HandsState, HandState, blend_states
 
 
 class RuntimeLoadError(RuntimeError):

@@ -16,9 +16,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+from lda_common.geometry import HandsState
 
 from .chunk_executor import ChunkPlan
-from .geometry import HandsState
 from .inference import FrameLatents, HandStateBuffer, ModelRuntime
 from .robot import RobotInterface
 

@@ -2,7 +2,7 @@
 
 A rosbag2 recording (MCAP or sqlite3, read with ``rosbags`` through the recorder's ``bag_io``) is
 aligned to the robot config's control grid exactly as the recorder and the bag converter align it
-(:class:`lda_teleop_record.frame_sync.FrameSync`, the first camera as reference); states and the
+(:class:`lda_common.alignment.FrameSync`, the first camera as reference); states and the
 recorded actions come from the hand-centric action space (action t = motion from state t to t+1).
 At every ``predict_every`` ticks the forward-dynamics objective predicts the future frames' latents
 from the history frames, the state, the history actions and the *recorded* action chunk; each
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lda_common.geometry import HandsState, HandState
 
-from .geometry import HandsState, HandState
 from .inference import ModelRuntime
 from .robot import RobotInterface
 from .safety import SafetyCalibration, latent_distance
@@ -54,10 +54,9 @@ class Episode:
 
 def read_episode(bag: str | Path, robot: RobotInterface) -> Episode:
     """All complete control ticks of a bag (camera ``robot.camera``), with states and recorded actions."""
-    from lda_teleop_record.action_space import CommandLog
-    from lda_teleop_record.bag_io import BagError, bag_info, read_messages
-    from lda_teleop_record.frame_sync import BadSample, FrameSync
-    from lda_teleop_record.messages import deserialize, fingers_from_joint_state, pose_from_msg, stamp_ns
+    from lda_common.alignment import BadSample, CommandLog, FrameSync
+    from lda_common.bag_io import BagError, bag_info, read_messages
+    from lda_common.messages import deserialize, fingers_from_joint_state, pose_from_msg, stamp_ns
 
     from .robot import ImageError
 

@@ -1,6 +1,6 @@
 """The robot as the deployment nodes see it: a recorder robot config + the hand-centric action space.
 
-ROS-free. Everything about layouts comes from :mod:`lda_teleop_record` (``config/robots/<robot>.yaml``
+ROS-free. Everything about layouts comes from :mod:`lda_common` (``config/robots/<robot>.yaml``
 read by ``robot_config.load_robot_config``; state/action maps from ``action_space``), so the policy
 sees exactly the vectors the recorder wrote and the trainer learnt from:
 
@@ -16,11 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from lda_teleop_record.action_space import HandCentricActionSpace
-from lda_teleop_record.robot_config import CameraConfig, ConfigError, RobotConfig, load_robot_config
+from lda_common.action_space import HandCentricActionSpace
+from lda_common.geometry import HandsState
+from lda_common.robot_config import CameraConfig, ConfigError, RobotConfig, load_robot_config
 
 from .chunk_executor import ChunkPlan, HandTrajectory
-from .geometry import HandsState
 from .inference import HandStateBuffer
 
 __all__ = ["ConfigError", "ImageError", "RobotInterface"]
@@ -79,8 +79,8 @@ class RobotInterface:
         """A camera message (sensor_msgs Image / CompressedImage, rclpy or rosbags) -> (H, W, 3) uint8 RGB,
         through the recorder's own conversion: same checks, same resize to the configured size as the
         training data went through."""
-        from lda_teleop_record.frame_sync import BadSample
-        from lda_teleop_record.messages import check_raw_image, compressed_to_rgb, raw_image_to_rgb
+        from lda_common.alignment import BadSample
+        from lda_common.messages import check_raw_image, compressed_to_rgb, raw_image_to_rgb
 
         try:
             if self.camera.type == "compressed":

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from lda_common.geometry import HandsState, rotation_angle
 
 from .chunk_executor import STATUS_OK, STATUS_STOP, STATUS_WARN, HandTrajectory
-from .geometry import HandsState, rotation_angle
 
 CALIBRATION_FILE = "safety_calibration.json"
 CALIBRATION_FORMAT = "lda-safety-calibration"

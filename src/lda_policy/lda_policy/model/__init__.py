@@ -17,7 +17,6 @@ from .config import (
                      DINO_GRID,
                      PRESETS,
                      TASKS,
-                     DataRole,
                      EmbodimentSpec,
                      FlowConfig,
                      LDAConfig,
@@ -39,7 +38,7 @@ from .normalization import Normalizer, RobustStats
 from .runner import LatentHistory
 
 __all__ = [
-    "CheckpointError", "DEFAULT_EMBODIMENTS", "DINO_DIM", "DINO_GRID", "DataRole", "DinoV3Encoder",
+    "CheckpointError", "DEFAULT_EMBODIMENTS", "DINO_DIM", "DINO_GRID", "DinoV3Encoder",
     "EmbodimentSpec", "FlowConfig", "InputError", "LDAConfig", "LDAModel", "LanguageEmbedding", "LatentHistory",
     "MiniLMEncoder", "Normalizer", "Observation", "PRESETS", "Qwen3VLEncoder", "RobustStats", "TASKS", "Task",
     "TimeLayout", "allowed_tasks", "load_language_encoder", "pool_latents", "read_config",

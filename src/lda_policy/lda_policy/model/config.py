@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from lda_common.quality import Quality
+
 #: Patch grid of DINOv3 ViT-S/16 at 224x224 px (224 / 16 = 14 patches per side).
 DINO_GRID: tuple[int, int] = (14, 14)
 #: Channel width of DINOv3 ViT-S/16 patch tokens.
@@ -29,38 +31,20 @@ class Task(enum.IntEnum):
 TASKS: tuple[Task, ...] = tuple(Task)
 
 
-class DataRole(enum.IntEnum):
-    """Quality label of a training sample; the value is the role id used in batches."""
-
-    HIGH = 0  # good demonstrations: every objective
-    LOW = 1  # valid but suboptimal actions: dynamics and forecasting, never imitation
-    ACTIONLESS = 2  # video without actions: forecasting only
-
-
-_ROLE_TASKS: dict[DataRole, tuple[Task, ...]] = {
-    DataRole.HIGH: TASKS,
-    DataRole.LOW: (Task.FORWARD_DYNAMICS, Task.INVERSE_DYNAMICS, Task.FORECAST),
-    DataRole.ACTIONLESS: (Task.FORECAST,),
+_ROLE_TASKS: dict[Quality, tuple[Task, ...]] = {
+    Quality.HIGH: TASKS,
+    Quality.LOW: (Task.FORWARD_DYNAMICS, Task.INVERSE_DYNAMICS, Task.FORECAST),
+    Quality.ACTIONLESS: (Task.FORECAST,),
 }
 
 
-def allowed_tasks(role: DataRole | str | int) -> tuple[Task, ...]:
-    """Tasks a sample of the given data role may train (paper section III-B).
+def allowed_tasks(role: Quality | str | int) -> tuple[Task, ...]:
+    """Tasks a sample of the given quality (data role) may train (paper section III-B).
 
-    ``role`` is a :class:`DataRole`, its id (0, 1, 2) or its name (``"high"``, ``"low"``,
+    ``role`` is a :class:`Quality`, its id (0, 1, 2) or its label (``"high"``, ``"low"``,
     ``"actionless"``, case-insensitive). Raises ``ValueError`` for anything else.
     """
-    if isinstance(role, str):
-        try:
-            role = DataRole[role.strip().upper()]
-        except KeyError:
-            raise ValueError(
-                f"unknown data role {role!r}; expected one of {[r.name.lower() for r in DataRole]}"
-            ) from None
-    try:
-        return _ROLE_TASKS[DataRole(role)]
-    except ValueError:
-        raise ValueError(f"unknown data role id {role!r}; expected 0, 1 or 2") from None
+    return _ROLE_TASKS[Quality.parse(role)]
 
 
 @dataclass(frozen=True)

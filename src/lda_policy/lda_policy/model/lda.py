@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lda_common.quality import Quality
 from torch import nn
 
-from .config import DINO_GRID, PRESETS, DataRole, EmbodimentSpec, LDAConfig, Task, allowed_tasks
+from .config import DINO_GRID, PRESETS, EmbodimentSpec, LDAConfig, Task, allowed_tasks
 from .flow import euler_sample, interpolate, sample_time
 from .mmdit import MMDiT
 from .normalization import Normalizer
@@ -176,8 +177,8 @@ class LDAModel(nn.Module):
             smask[i] = sdims < spec.state_dim
         self.register_buffer("action_dim_mask", amask, persistent=False)
         self.register_buffer("state_dim_mask", smask, persistent=False)
-        allowed = torch.zeros(len(DataRole), len(Task), dtype=torch.bool)
-        for role in DataRole:
+        allowed = torch.zeros(len(Quality), len(Task), dtype=torch.bool)
+        for role in Quality:
             for task in allowed_tasks(role):
                 allowed[role, task] = True
         self.register_buffer("role_task_allowed", allowed, persistent=False)
@@ -415,7 +416,7 @@ class LDAModel(nn.Module):
             raise InputError(f"batch['task'] must have shape (B,), got {tuple(task.shape)}")
         b = task.shape[0]
         eid = _int_tensor(batch, "embodiment_id", dev, (b,), 0, len(c.embodiments) - 1)
-        role = _int_tensor(batch, "role", dev, (b,), 0, len(DataRole) - 1)
+        role = _int_tensor(batch, "role", dev, (b,), 0, len(Quality) - 1)
         _check_range("task", task, 0, len(Task) - 1)
         opt_bool = {"future_latents_is_pad": (b, c.num_future_frames), "state_valid": (b,),
                     "action_is_pad": (b, c.time.chunk_size)}

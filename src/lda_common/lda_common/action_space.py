@@ -27,118 +27,20 @@ All functions broadcast over leading dimensions (``(..., 3)`` positions, ``(...,
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
-from .robot_config import HandConfig, RigidOffset, RobotConfig
-
-
-def _rot(quat_xyzw: np.ndarray) -> Rotation:
-    return Rotation.from_quat(np.asarray(quat_xyzw, dtype=np.float64).reshape(-1, 4))
-
-
-def canonical_quat(quat_xyzw: np.ndarray) -> np.ndarray:
-    """Unit quaternions with the sign chosen so that ``w >= 0`` (q and -q are the same rotation)."""
-    q = np.asarray(quat_xyzw, dtype=np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    return np.where(q[..., 3:4] < 0, -q, q)
-
-
-def eef_to_canonical(position: np.ndarray, quat_xyzw: np.ndarray, offset: RigidOffset
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """EEF link pose(s) in the base frame -> canonical EEF frame pose(s) in the base frame."""
-    p = np.asarray(position, dtype=np.float64)
-    shape = p.shape[:-1]
-    r_e = _rot(quat_xyzw)
-    r_o = Rotation.from_quat(offset.quat_xyzw)
-    p_c = p.reshape(-1, 3) + r_e.apply(np.asarray(offset.xyz))
-    q_c = (r_e * r_o).as_quat()
-    return p_c.reshape(*shape, 3), canonical_quat(q_c).reshape(*shape, 4)
-
-
-def canonical_to_eef(position: np.ndarray, quat_xyzw: np.ndarray, offset: RigidOffset
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Canonical EEF frame pose(s) in the base frame -> EEF link pose(s) (the inverse of eef_to_canonical)."""
-    p = np.asarray(position, dtype=np.float64)
-    shape = p.shape[:-1]
-    r_o = Rotation.from_quat(offset.quat_xyzw)
-    r_e = _rot(quat_xyzw) * r_o.inv()
-    p_e = p.reshape(-1, 3) - r_e.apply(np.asarray(offset.xyz))
-    return p_e.reshape(*shape, 3), canonical_quat(r_e.as_quat()).reshape(*shape, 4)
-
-
-def keypoints_to_canonical(points: np.ndarray, offset: RigidOffset) -> np.ndarray:
-    """Keypoints (..., 3) given in the EEF link frame -> the same points in the canonical EEF frame."""
-    pts = np.asarray(points, dtype=np.float64)
-    r_o = Rotation.from_quat(offset.quat_xyzw)
-    return r_o.inv().apply(pts.reshape(-1, 3) - np.asarray(offset.xyz)).reshape(pts.shape)
-
-
-def pose_delta(p0: np.ndarray, q0: np.ndarray, p1: np.ndarray, q1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Motion from pose 0 to pose 1 expressed in frame 0: (dp (...,3) [m], rotation vector (...,3) [rad])."""
-    p0, p1 = np.asarray(p0, dtype=np.float64), np.asarray(p1, dtype=np.float64)
-    shape = p0.shape[:-1]
-    r0, r1 = _rot(q0), _rot(q1)
-    dp = r0.inv().apply((p1 - p0).reshape(-1, 3))
-    drv = (r0.inv() * r1).as_rotvec()
-    return dp.reshape(*shape, 3), drv.reshape(*shape, 3)
-
-
-def apply_pose_delta(p0: np.ndarray, q0: np.ndarray, dp: np.ndarray, drotvec: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Pose 0 moved by a delta expressed in frame 0 (the inverse of pose_delta): (p1, q1 with w >= 0)."""
-    p0 = np.asarray(p0, dtype=np.float64)
-    shape = p0.shape[:-1]
-    r0 = _rot(q0)
-    p1 = p0.reshape(-1, 3) + r0.apply(np.asarray(dp, dtype=np.float64).reshape(-1, 3))
-    r1 = r0 * Rotation.from_rotvec(np.asarray(drotvec, dtype=np.float64).reshape(-1, 3))
-    return p1.reshape(*shape, 3), canonical_quat(r1.as_quat()).reshape(*shape, 4)
-
-
-class CommandLog:
-    """Stamped commands with zero-order hold: the command in force at ``t`` is the last one stamped at or
-    before ``t``. Of two commands with one stamp the later holds; an older stamp than the last is refused.
-    Stamps in any one unit (ns in the recorder, s in the policy node)."""
-
-    def __init__(self) -> None:
-        self.stamps: list = []
-        self.values: list[np.ndarray] = []
-
-    def add(self, stamp, value) -> bool:
-        """Store a command; False (nothing stored) when ``stamp`` is older than the last command's."""
-        if self.stamps and stamp < self.stamps[-1]:
-            return False
-        value = np.atleast_1d(np.asarray(value, dtype=np.float64))
-        if self.stamps and stamp == self.stamps[-1]:
-            self.values[-1] = value
-        else:
-            self.stamps.append(stamp)
-            self.values.append(value)
-        return True
-
-    def prepend(self, stamp, value) -> None:
-        """A command from before every stored one (the last one before a recording started)."""
-        if not self.stamps or stamp < self.stamps[0]:
-            self.stamps.insert(0, stamp)
-            self.values.insert(0, np.atleast_1d(np.asarray(value, dtype=np.float64)))
-
-    def at(self, t) -> np.ndarray | None:
-        k = bisect.bisect_right(self.stamps, t) - 1
-        return None if k < 0 else self.values[k].copy()
-
-    def forget_before(self, t) -> None:
-        """Drop commands no longer needed to answer ``at`` for times >= ``t`` (keeps the one in force)."""
-        k = bisect.bisect_right(self.stamps, t) - 1
-        if k > 0:
-            del self.stamps[:k], self.values[:k]
-
-    def clear(self) -> None:
-        self.stamps.clear()
-        self.values.clear()
+from .alignment import CommandLog
+from .geometry import (
+    apply_pose_delta,
+    canonical_to_eef,
+    eef_to_canonical,
+    keypoints_to_canonical,
+    pose_delta,
+)
+from .robot_config import HandConfig, RobotConfig
 
 
 @dataclass

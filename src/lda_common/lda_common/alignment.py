@@ -1,4 +1,5 @@
-"""Align asynchronous streams (cameras, EEF poses, fingers) to a fixed-rate tick grid by timestamp.
+"""Stamped-sample alignment: asynchronous streams (cameras, EEF poses, fingers) on a fixed-rate tick grid
+by timestamp (:class:`FrameSync`), and stamped commands held until the next (:class:`CommandLog`).
 
 ROS-free and clock-free: time is the messages' own stamps (``header.stamp`` in ns), so a live node and a
 bag replay of the same messages give the same frames.
@@ -21,6 +22,8 @@ import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 class BadSample(ValueError):
@@ -183,3 +186,45 @@ class FrameSync:
             if cut:
                 del stamps[:cut]
                 del self._buf[s][:cut]
+
+
+class CommandLog:
+    """Stamped commands with zero-order hold: the command in force at ``t`` is the last one stamped at or
+    before ``t``. Of two commands with one stamp the later holds; an older stamp than the last is refused.
+    Stamps in any one unit (ns in the recorder, s in the policy node)."""
+
+    def __init__(self) -> None:
+        self.stamps: list = []
+        self.values: list[np.ndarray] = []
+
+    def add(self, stamp, value) -> bool:
+        """Store a command; False (nothing stored) when ``stamp`` is older than the last command's."""
+        if self.stamps and stamp < self.stamps[-1]:
+            return False
+        value = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        if self.stamps and stamp == self.stamps[-1]:
+            self.values[-1] = value
+        else:
+            self.stamps.append(stamp)
+            self.values.append(value)
+        return True
+
+    def prepend(self, stamp, value) -> None:
+        """A command from before every stored one (the last one before a recording started)."""
+        if not self.stamps or stamp < self.stamps[0]:
+            self.stamps.insert(0, stamp)
+            self.values.insert(0, np.atleast_1d(np.asarray(value, dtype=np.float64)))
+
+    def at(self, t) -> np.ndarray | None:
+        k = bisect.bisect_right(self.stamps, t) - 1
+        return None if k < 0 else self.values[k].copy()
+
+    def forget_before(self, t) -> None:
+        """Drop commands no longer needed to answer ``at`` for times >= ``t`` (keeps the one in force)."""
+        k = bisect.bisect_right(self.stamps, t) - 1
+        if k > 0:
+            del self.stamps[:k], self.values[:k]
+
+    def clear(self) -> None:
+        self.stamps.clear()
+        self.values.clear()

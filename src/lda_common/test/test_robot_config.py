@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lda_teleop_record.robot_config import ConfigError, RobotConfig, load_robot_config
+from lda_common.robot_config import ConfigError, RobotConfig, load_robot_config
 
 REPO = Path(__file__).resolve().parents[3]
 ROBOTS = REPO / "config" / "robots"

@@ -2,13 +2,13 @@
 
 ROS-free and LeRobot-free (training code can import it to select episodes by quality)::
 
-    from lda_teleop_record.schema import episodes_with_quality
+    from lda_common.schema import episodes_with_quality
     high = episodes_with_quality("/data/pick_can", "high")          # -> [0, 3, 4, ...]
     LeRobotDataset("lda/pick_can", root="/data/pick_can", episodes=high, delta_timestamps=...)
 
 Per frame: ``observation.images.<camera>`` (video), ``observation.state`` and ``action`` (float32, names
 in ``meta/info.json`` and ``meta/lda_embodiment.json``), ``action_valid`` (bool), ``quality`` (int64,
-``QUALITY_IDS``), ``tick_index`` (int64, 10 Hz ticks since the episode's first frame; equals
+``lda_common.quality.Quality``), ``tick_index`` (int64, 10 Hz ticks since the episode's first frame; equals
 ``frame_index`` unless ticks were dropped). Per episode: ``meta/lda_episodes.json``.
 """
 
@@ -19,10 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .quality import QUALITIES, Quality
 from .robot_config import RobotConfig
 
-QUALITIES = ("high", "low", "actionless")
-QUALITY_IDS = {"high": 0, "low": 1, "actionless": 2}
 EMBODIMENT_FILE = "meta/lda_embodiment.json"
 EPISODES_FILE = "meta/lda_episodes.json"
 FORMAT = "lda-teleop-record/1"
@@ -58,7 +57,7 @@ def embodiment_record(config: RobotConfig) -> dict[str, Any]:
                    "frame": "per hand: motion from step t to t+1 in the canonical EEF frame at t; "
                             "rotation as rotation vector; fingers: value at t+1",
                    "valid_flag": "action_valid"},
-        "quality_ids": QUALITY_IDS,
+        "quality_ids": {q.label: int(q) for q in Quality},
         "robot_config": config.to_dict(),
     }
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .alignment import BadSample
 from .bag_io import typestore
-from .frame_sync import BadSample
 from .robot_config import CameraConfig, FingerConfig
 
 RAW_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}

@@ -81,7 +81,6 @@ def make_checkpoint(directory: str | Path, robot_config: str | Path, preset: str
     ``model_overrides`` go to ``LDAModel.from_preset`` (e.g. ``lang_dim=384`` to pair lda-1b with MiniLM).
     """
     import torch
-
     from lda_policy.model import (
         DinoV3Encoder,
         EmbodimentSpec,
@@ -147,7 +146,8 @@ def cached_checkpoint(base: str | Path) -> dict[str, Path]:
 def synthetic_episode(robot, steps: int = 60, seed: int = 0, scene: str = "a", dt: float | None = None,
                       step_std: float = 0.004):
     """An in-memory Episode: the arm wanders slowly around HOME over scene ``scene``."""
-    from .geometry import HandState
+    from lda_common.geometry import HandState
+
     from .replay import Episode, ReplayFrame
 
     rng = np.random.default_rng(seed)

@@ -1,7 +1,7 @@
 """Timestamp alignment to the 10 Hz grid: nearest sample within tolerance, gaps, bad stamps, end of episode."""
 
 import pytest
-from lda_teleop_record.frame_sync import BadSample, FrameSync
+from lda_common.alignment import BadSample, FrameSync
 
 MS = 1_000_000
 

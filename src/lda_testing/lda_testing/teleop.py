@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from lda_teleop_record.bag_io import serialize, typestore
+from lda_common.bag_io import serialize, typestore
 from scipy.spatial.transform import Rotation
 
 W, H = 64, 48

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lda_teleop_record.action_space import (
+from lda_common.action_space import (
     HandCentricActionSpace,
     apply_pose_delta,
     canonical_to_eef,
@@ -13,11 +13,11 @@ from lda_teleop_record.action_space import (
     keypoints_to_canonical,
     pose_delta,
 )
-from lda_teleop_record.robot_config import RigidOffset, RobotConfig
+from lda_common.robot_config import RigidOffset, RobotConfig
 from scipy.spatial.transform import Rotation
 
 sys.path.insert(0, str(Path(__file__).parent))
-import synthetic as syn  # noqa: E402
+from lda_testing import teleop as syn  # noqa: E402
 
 RNG = np.random.default_rng(7)
 
@@ -111,7 +111,7 @@ def test_state_layout_follows_the_config():
 
 
 def test_command_log_holds_the_last_command_in_force():
-    from lda_teleop_record.action_space import CommandLog
+    from lda_common.alignment import CommandLog
 
     log = CommandLog()
     assert log.at(5) is None
