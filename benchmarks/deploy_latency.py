@@ -57,8 +57,8 @@ def bare_calls(paths: dict, device: str, reps: int, threads: int) -> dict:
     """Median cost of the model calls the two nodes make per chunk, in this process."""
     import torch
     from lda_common.geometry import HandState
-    from lda_policy.deploy.inference import ModelRuntime, set_torch_threads
     from lda_policy.deploy.robot import RobotInterface
+    from lda_policy.deploy.runtime import ModelRuntime, set_torch_threads
 
     from lda_testing import deploy as T
 

@@ -28,12 +28,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+from lda_policy.deploy.observations import FrameLatents
 from lda_policy.model import (
     DinoV3Encoder,
-    LatentHistory,
     LDAModel,
     Observation,
-    pool_latents,
     write_random_dinov3_checkpoint,
 )
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
@@ -87,22 +86,23 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device, dino
         model.compile_denoiser()
     c = model.config
     spec = c.embodiments[0]
-    history = LatentHistory(lambda im: pool_latents(dino.encode(im), c.latent_grid), c.time.obs_offsets_s)
+    # The deployment's frame buffer: each frame is DINO-encoded once, the first time a model call needs it.
+    history = FrameLatents(lambda im: dino.encode_frames(im[None], c.latent_grid)[0])
     for k in range(6):
-        history.add(0.1 * k, frame)
+        history.add(0.1 * k, frame[0])
     lang = torch.randn(1, 16, c.lang_dim)
     lang_mask = torch.ones(1, 16, dtype=torch.bool)
     state = torch.zeros(1, spec.state_dim)
     past_actions = torch.zeros(1, c.time.history_action_steps, spec.action_dim)
-    obs = Observation(spec.name, history.latents()[0], lang, lang_mask, state, past_actions)
+    obs = Observation(spec.name, history.history(0.5, c.time.obs_offsets_s)[0], lang, lang_mask, state, past_actions)
     clock = [0.5]
 
     def control_step(steps: int) -> torch.Tensor:
         """What a 10 Hz controller does: encode the newest frame, read the cached history, plan."""
         clock[0] += 0.1
-        history.add(clock[0], frame)
-        return model.policy(Observation(spec.name, history.latents()[0], lang, lang_mask, state, past_actions),
-                            num_steps=steps)
+        history.add(clock[0], frame[0])
+        latents = history.history(clock[0], c.time.obs_offsets_s)[0]
+        return model.policy(Observation(spec.name, latents, lang, lang_mask, state, past_actions), num_steps=steps)
 
     results = []
     for steps in args.steps:

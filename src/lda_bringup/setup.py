@@ -16,13 +16,13 @@ setup(
     ],
     install_requires=["setuptools"],
     zip_safe=True,
-    description="Launch runner for the suite's YAML launch files where ros2 launch is absent.",
+    description="Bring-up: lda-launch for the suite's YAML launch files where ros2 launch is absent; the demo.",
     license="Apache-2.0",
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             # Package executables (ros2 run lda_bringup <exe>, pkg/exec in launch files).
-            "lda_launch = lda_bringup.launch_runner:main",
+            "lda_launch = lda_bringup.launcher:main",
             "demo = lda_bringup.demo:main",
             "selftest_talker = lda_bringup.selftest_nodes:talker_main",
             "selftest_listener = lda_bringup.selftest_nodes:listener_main",

@@ -20,7 +20,7 @@ setup(
         "console_scripts": [
             "sim_node = lda_sim.sim_node:main",
             "scripted_teleop_node = lda_sim.scripted_teleop_node:main",
-            "episode_runner_node = lda_sim.episode_runner_node:main",
+            "evaluation_node = lda_sim.evaluation_node:main",
         ],
     },
 )

@@ -15,9 +15,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 def latents_png(checkpoint: Path, dino: Path, bag: Path, out_png: Path, rows: int = 3) -> Path | None:
     """Observed vs predicted DINO latents (PCA colours) and the error map, a few moments of one episode."""
     import numpy as np
-    from lda_policy.deploy.inference import ModelRuntime
     from lda_policy.deploy.replay import DynamicsReplay, LatentPCA, heatmap, panel, read_episode
     from lda_policy.deploy.robot import RobotInterface
+    from lda_policy.deploy.runtime import ModelRuntime
     from PIL import Image
 
     robot = RobotInterface(Path("config/robots/sim_panda.yaml"))

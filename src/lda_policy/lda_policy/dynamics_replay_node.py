@@ -31,25 +31,24 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from geometry_msgs.msg import Point
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA, Float32
 from visualization_msgs.msg import Marker, MarkerArray
 
-from lda_policy.deploy.inference import ModelRuntime, RuntimeLoadError, set_torch_threads
+from lda_common import topics
 from lda_policy.deploy.replay import DynamicsReplay, LatentPCA, ReplayError, heatmap, panel, read_episode
-from lda_policy.deploy.robot import ConfigError, RobotInterface
 from lda_policy.deploy.ros_io import COMMAND_QOS, ParameterError, declare, rgb_to_image, sec_to_stamp
-from lda_policy.deploy.safety import CALIBRATION_FILE, CalibrationError, SafetyCalibration
+from lda_policy.deploy.safety import CALIBRATION_FILE, SafetyCalibration
+from lda_policy.model_node import ModelNode, node_main
 
 TOPICS = {
-    "camera": ("/lda/replay/camera", Image, "sensor_msgs/msg/Image"),
-    "latents": ("/lda/replay/latents", Image, "sensor_msgs/msg/Image"),
-    "trajectories": ("/lda/replay/trajectories", MarkerArray, "visualization_msgs/msg/MarkerArray"),
-    "surprise": ("/lda/replay/surprise", Float32, "std_msgs/msg/Float32"),
-    "distance": ("/lda/replay/distance", Float32, "std_msgs/msg/Float32"),
+    "camera": (topics.REPLAY_CAMERA, Image, "sensor_msgs/msg/Image"),
+    "latents": (topics.REPLAY_LATENTS, Image, "sensor_msgs/msg/Image"),
+    "trajectories": (topics.REPLAY_TRAJECTORIES, MarkerArray, "visualization_msgs/msg/MarkerArray"),
+    "surprise": (topics.REPLAY_SURPRISE, Float32, "std_msgs/msg/Float32"),
+    "distance": (topics.REPLAY_DISTANCE, Float32, "std_msgs/msg/Float32"),
 }
 
 
@@ -83,21 +82,13 @@ class McapSink:
         return self.path
 
 
-class DynamicsReplayNode(Node):
+class DynamicsReplayNode(ModelNode, Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("dynamics_replay", **kwargs)
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
         self.p = {
             "bag": d("bag", "", "rosbag2 directory or .mcap/.db3 file to replay", required=True),
-            "robot_config": d("robot_config", "", "robot description YAML (config/robots/<robot>.yaml)", required=True),
-            "camera": d("camera", "", "camera name in the robot config ('' = the first)"),
-            "checkpoint": d("checkpoint", "", "LDA checkpoint directory", required=True),
-            "dino_path": d("dino_path", "", "local DINOv3 ViT directory", required=True),
-            "language_encoder": d("language_encoder", "minilm", "language encoder", choices=["minilm", "qwen3vl"]),
-            "language_encoder_path": d("language_encoder_path", "", "local language encoder directory"),
-            "device": d("device", "cpu", "torch device"),
-            "torch_threads": d("torch_threads", 0, "torch intra-op threads (0 = default)", low=0, high=256),
-            "num_inference_steps": d("num_inference_steps", 0, "Euler steps (0 = checkpoint default)", low=0, high=100),
+            **self.model_parameters(),
             "num_samples": d("num_samples", 1, "forward-dynamics samples averaged", low=1, high=64),
             "seed": d("seed", 0, "forward-dynamics sampling seed", low=0),
             "instruction": d("instruction", "", "task text ('' = the bag's instruction topic)"),
@@ -116,12 +107,16 @@ class DynamicsReplayNode(Node):
         self.done = threading.Event()
         self.error = ""
 
-    def configure(self) -> None:
+    def spin(self, executor) -> int:
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+            if self.done.is_set() and self.p["exit_when_done"]:
+                break
+        return 1 if self.error else 0
+
+    def start(self) -> None:
         p = self.p
-        self.robot = RobotInterface(p["robot_config"], p["camera"])
-        set_torch_threads(p["torch_threads"])
-        self.runtime = ModelRuntime(p["checkpoint"], p["dino_path"], p["language_encoder"],
-                                    p["language_encoder_path"] or None, p["device"], p["num_inference_steps"] or None)
+        self.robot, self.runtime = self.load_model(p)
         self.episode = read_episode(p["bag"], self.robot)
         instruction = p["instruction"] or self.episode.instruction
         if not instruction:
@@ -243,32 +238,7 @@ class DynamicsReplayNode(Node):
             worker.join(timeout=30)
 
 
-def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = DynamicsReplayNode()
-            node.configure()
-        except (ParameterError, RuntimeLoadError, ConfigError, CalibrationError, ReplayError, ValueError) as err:
-            print(f"dynamics_replay_node: error: {err}", file=sys.stderr, flush=True)
-            return 2 if isinstance(err, ParameterError) else 1
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            while rclpy.ok():
-                executor.spin_once(timeout_sec=0.1)
-                if node.done.is_set() and node.p["exit_when_done"]:
-                    break
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        return 1 if node.error else 0
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
+main = node_main("dynamics_replay_node", DynamicsReplayNode)
 
 
 if __name__ == "__main__":

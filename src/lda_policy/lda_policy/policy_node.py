@@ -13,7 +13,7 @@ Inputs: head camera (robot config, best-effort), per-hand EEF pose (PoseStamped)
 (lda_msgs/ActionChunk), ``/robot/<hand>/eef_target`` (PoseStamped) and
 ``/robot/<hand>/gripper_command`` (sensor_msgs/JointState: ``gripper`` = width [m], or the finger joints) at
 ``control_rate_hz``, ``/diagnostics``. Inference runs on its own thread; callbacks only store.
-The logic lives in :mod:`lda_policy.deploy` (``PolicyRunner``, ``ChunkExecutor``).
+The logic lives in :mod:`lda_policy.deploy` (``PolicyCore``, ``ChunkExecutor``).
 """
 
 from __future__ import annotations
@@ -24,24 +24,21 @@ import time
 from collections import deque
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
+from lda_common import topics
 from lda_msgs.msg import ActionChunk, SafetyStatus
 from lda_policy.deploy.chunk_executor import ChunkExecutor, ExecutorConfig
-from lda_policy.deploy.inference import ModelRuntime, RuntimeLoadError, set_torch_threads
-from lda_policy.deploy.policy import PolicyRunner, PolicySettings
-from lda_policy.deploy.robot import ConfigError, ImageError, RobotInterface
+from lda_policy.deploy.policy import PolicyCore, PolicySettings
+from lda_policy.deploy.robot import ConfigError, ImageError
 from lda_policy.deploy.ros_io import (
     COMMAND_QOS,
     LATCHED_QOS,
     SENSOR_QOS,
-    ParameterError,
     chunk_to_msg,
     declare,
     diagnostic_status,
@@ -51,28 +48,18 @@ from lda_policy.deploy.ros_io import (
     sec_to_stamp,
     stamp_to_sec,
 )
+from lda_policy.deploy.runtime import RuntimeLoadError
+from lda_policy.model_node import ModelNode, node_main
 
-PROPOSED_TOPIC = "/lda/proposed_chunk"
-APPROVED_TOPIC = "/lda/action_chunk"
-STATUS_TOPIC = "/lda/safety_status"
+PROPOSED_TOPIC, APPROVED_TOPIC, STATUS_TOPIC = topics.PROPOSED_CHUNK, topics.ACTION_CHUNK, topics.SAFETY_STATUS
 
 
-class PolicyNode(LifecycleNode):
+class PolicyNode(ModelNode, LifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("policy_node", **kwargs)
         d = self._declare
         self.p = {
-            "robot_config": d("robot_config", "", "robot description YAML (config/robots/<robot>.yaml)", required=True),
-            "camera": d("camera", "", "camera name in the robot config the policy sees ('' = the first)"),
-            "checkpoint": d("checkpoint", "", "LDA checkpoint directory (save_pretrained format)", required=True),
-            "dino_path": d("dino_path", "", "local DINOv3 ViT directory (from_pretrained format)", required=True),
-            "language_encoder": d("language_encoder", "minilm", "language encoder", choices=["minilm", "qwen3vl"]),
-            "language_encoder_path": d("language_encoder_path", "", "local language encoder directory ('' = bundled "
-                                       "MiniLM)"),
-            "device": d("device", "cpu", "torch device, e.g. cpu or cuda:0"),
-            "torch_threads": d("torch_threads", 0, "torch intra-op threads (0 = torch default)", low=0, high=256),
-            "num_inference_steps": d("num_inference_steps", 0, "Euler steps (0 = the checkpoint's default)",
-                                     low=0, high=100),
+            **self.model_parameters(),
             "seed": d("seed", -1, "flow-sampling seed (-1 = a fresh sample each call)", low=-1),
             "noise_scale": d("noise_scale", 1.0, "scale of the flow's starting noise: 1 samples the learnt "
                              "distribution, 0 is deterministic (its mean)", low=0.0, high=1.0),
@@ -104,7 +91,7 @@ class PolicyNode(LifecycleNode):
                                       high=60.0),
             "autostart": d("autostart", True, "configure and activate at start-up"),
         }
-        self.runner: PolicyRunner | None = None
+        self.core: PolicyCore | None = None
         self.executor_core: ChunkExecutor | None = None
         self._active = False
         self._worker: threading.Thread | None = None
@@ -122,17 +109,26 @@ class PolicyNode(LifecycleNode):
     def _declare(self, name, default, description, **kw):
         return declare(self, name, default, description, **kw)
 
+    # ------------------------------------------------------------------ process (ModelNode)
+
+    def start(self) -> None:
+        if not self.p["autostart"]:
+            return  # a lifecycle manager configures and activates it
+        self.trigger_configure()
+        if self.core is None:
+            raise RuntimeLoadError(self._last_error)
+        self.trigger_activate()
+
+    def shutdown(self) -> None:
+        self._halt()
+
     # ------------------------------------------------------------------ lifecycle
 
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         p = self.p
         try:
-            robot = RobotInterface(p["robot_config"], p["camera"])
-            set_torch_threads(p["torch_threads"])
-            runtime = ModelRuntime(p["checkpoint"], p["dino_path"], p["language_encoder"],
-                                   p["language_encoder_path"] or None, p["device"],
-                                   p["num_inference_steps"] or None)
-            self.runner = PolicyRunner(runtime, robot, PolicySettings(
+            robot, runtime = self.load_model(p)
+            self.core = PolicyCore(runtime, robot, PolicySettings(
                 max_image_age_s=p["max_image_age_s"], state_tolerance_s=p["state_tolerance_s"], seed=p["seed"],
                 noise_scale=p["noise_scale"]))
             rate = p["control_rate_hz"] or robot.config.fps
@@ -145,7 +141,7 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {err}")
             return TransitionCallbackReturn.FAILURE
         if p["instruction"]:
-            self.runner.set_instruction(p["instruction"])
+            self.core.set_instruction(p["instruction"])
         self.robot = robot
         self.get_logger().info(
             f"loaded checkpoint '{p['checkpoint']}' ({runtime.config.name}, embodiment '{robot.embodiment}', "
@@ -189,7 +185,7 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
-        self.runner = None
+        self.core = None
         self.executor_core = None
         return TransitionCallbackReturn.SUCCESS
 
@@ -205,9 +201,9 @@ class PolicyNode(LifecycleNode):
         if self._worker is not None:
             self._worker.join(timeout=10)
         # One last explicit hold, then silence: the controller keeps its last target.
-        ex, runner = self.executor_core, self.runner
+        ex, core = self.executor_core, self.core
         ex.on_status(2, "policy node deactivated", self._now())
-        self._publish(ex.step(self._now(), runner.states.latest()))
+        self._publish(ex.step(self._now(), core.states.latest()))
         self._active = False
         for timer in (self._control_timer, self._diag_timer):
             self.destroy_timer(timer)
@@ -230,20 +226,20 @@ class PolicyNode(LifecycleNode):
             self._stats["bad_images"] += 1
             self.get_logger().warning(f"dropping camera frame: {err}", throttle_duration_sec=5.0)
             return
-        self.runner.on_frame(stamp_to_sec(msg.header.stamp), rgb)
+        self.core.on_frame(stamp_to_sec(msg.header.stamp), rgb)
         self._new_frame.set()
 
     def _on_pose(self, hand: str, msg: PoseStamped) -> None:
         pos, quat = pose_arrays(msg)
-        self.runner.states.add_pose(hand, stamp_to_sec(msg.header.stamp), pos, quat)
+        self.core.states.add_pose(hand, stamp_to_sec(msg.header.stamp), pos, quat)
 
     def _on_fingers(self, hand: str, msg: JointState) -> None:
         values = self.robot.fingers_from_joint_state(hand, msg.name, msg.position)
         if values is not None:
-            self.runner.states.add_fingers(hand, stamp_to_sec(msg.header.stamp), values)
+            self.core.states.add_fingers(hand, stamp_to_sec(msg.header.stamp), values)
 
     def _on_instruction(self, msg: String) -> None:
-        self.runner.start_task(msg.data)
+        self.core.start_task(msg.data)
         self.executor_core.new_task()
         self.get_logger().info(f"instruction: '{msg.data}'")
 
@@ -254,7 +250,7 @@ class PolicyNode(LifecycleNode):
         chunk = msg_to_chunk(msg)
         with self._awaiting_lock:
             self._awaiting.pop(chunk.sequence, None)
-        plan, why = self.runner.plan_approved(chunk.sequence, chunk.actions, chunk.embodiment)
+        plan, why = self.core.plan_approved(chunk.sequence, chunk.actions, chunk.embodiment)
         if plan is None:
             self.executor_core.stats.dropped[why.split(":")[0]] += 1
             self.get_logger().warning(f"ignoring approved chunk: {why}", throttle_duration_sec=2.0)
@@ -271,7 +267,7 @@ class PolicyNode(LifecycleNode):
         if not self._active:
             return
         now = self._now()
-        cmd = self.executor_core.step(now, self.runner.states.latest())
+        cmd = self.executor_core.step(now, self.core.states.latest())
         self._publish(cmd)
         # proposals that never came back approved within the deadline were refused (or lost)
         with self._awaiting_lock:
@@ -292,7 +288,7 @@ class PolicyNode(LifecycleNode):
             js = JointState(name=names, position=[float(v) for v in target.fingers])
             js.header.stamp = stamp
             self.pub_fingers[h].publish(js)
-            self.runner.states.add_command(h, stamp_to_sec(stamp), target.fingers)  # history actions use it
+            self.core.states.add_command(h, stamp_to_sec(stamp), target.fingers)  # history actions use it
 
     # ------------------------------------------------------------------ inference thread
 
@@ -315,12 +311,12 @@ class PolicyNode(LifecycleNode):
             now = self._now()
             if now - last < period:
                 continue
-            reason = self.runner.not_ready(now)
+            reason = self.core.not_ready(now)
             self._not_ready = reason
             if reason:
                 continue
             try:
-                chunk = self.runner.propose(now)
+                chunk = self.core.propose(now)
             except Exception as err:  # noqa: BLE001 - a model error must not kill the thread silently
                 self._stats["inference_errors"] += 1
                 self._last_error = f"{type(err).__name__}: {err}"
@@ -328,7 +324,7 @@ class PolicyNode(LifecycleNode):
                 time.sleep(0.5)
                 continue
             if chunk is None:
-                self._not_ready = self.runner.skipped
+                self._not_ready = self.core.skipped
                 continue
             last = now
             if not np.isfinite(chunk.actions).all():
@@ -361,7 +357,7 @@ class PolicyNode(LifecycleNode):
             "chunks_dropped": sum(ex.stats.dropped.values()),
             **{f"dropped/{k}": v for k, v in sorted(ex.stats.dropped.items())},
             "chunk_latency_s": ex.stats.last_latency_s,
-            "frames_encoded": self.runner.frames.encoded,
+            "frames_encoded": self.core.frames.encoded,
             "inference_errors": self._stats["inference_errors"],
             "bad_images": self._stats["bad_images"],
             "not_ready": self._not_ready,
@@ -377,37 +373,7 @@ class PolicyNode(LifecycleNode):
         self.pub_diag.publish(msg)
 
 
-def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = PolicyNode()
-        except ParameterError as err:
-            print(f"policy_node: error: {err}", file=sys.stderr, flush=True)
-            return 2
-        if node.p["autostart"]:
-            node.trigger_configure()
-            if node.runner is None:
-                print(f"policy_node: error: {node._last_error}", file=sys.stderr, flush=True)
-                return 1
-            node.trigger_activate()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        return 0
-    finally:
-        if node is not None:
-            try:
-                node._halt()
-            except Exception:  # noqa: BLE001 - best effort on the way out
-                pass
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
+main = node_main("policy_node", PolicyNode)
 
 
 if __name__ == "__main__":

@@ -23,24 +23,21 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from lda_common import topics
 from lda_msgs.msg import ActionChunk, SafetyStatus
-from lda_policy.deploy.inference import ModelRuntime, RuntimeLoadError, set_torch_threads
 from lda_policy.deploy.monitor import MonitorSettings, SafetyMonitorCore
-from lda_policy.deploy.robot import ConfigError, ImageError, RobotInterface
+from lda_policy.deploy.robot import ImageError
 from lda_policy.deploy.ros_io import (
     COMMAND_QOS,
     LATCHED_QOS,
     SENSOR_QOS,
-    ParameterError,
     declare,
     diagnostic_status,
     msg_to_chunk,
@@ -49,29 +46,19 @@ from lda_policy.deploy.ros_io import (
     stamp_to_sec,
 )
 from lda_policy.deploy.safety import CALIBRATION_FILE, LEVEL_NAMES, CalibrationError, SafetyCalibration, SafetyLimits
+from lda_policy.model_node import ModelNode, node_main
 
-PROPOSED_TOPIC = "/lda/proposed_chunk"
-APPROVED_TOPIC = "/lda/action_chunk"
-STATUS_TOPIC = "/lda/safety_status"
-RESET_SERVICE = "/lda/safety_reset"
+PROPOSED_TOPIC, APPROVED_TOPIC, STATUS_TOPIC = topics.PROPOSED_CHUNK, topics.ACTION_CHUNK, topics.SAFETY_STATUS
+RESET_SERVICE = topics.SAFETY_RESET
 
 
-class SafetyMonitorNode(Node):
+class SafetyMonitorNode(ModelNode, Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("safety_monitor", **kwargs)
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
         lim = SafetyLimits()
         self.p = {
-            "robot_config": d("robot_config", "", "robot description YAML (config/robots/<robot>.yaml)", required=True),
-            "camera": d("camera", "", "camera name in the robot config ('' = the first)"),
-            "checkpoint": d("checkpoint", "", "LDA checkpoint directory (save_pretrained format)", required=True),
-            "dino_path": d("dino_path", "", "local DINOv3 ViT directory (from_pretrained format)", required=True),
-            "language_encoder": d("language_encoder", "minilm", "language encoder", choices=["minilm", "qwen3vl"]),
-            "language_encoder_path": d("language_encoder_path", "", "local language encoder directory"),
-            "device": d("device", "cpu", "torch device"),
-            "torch_threads": d("torch_threads", 0, "torch intra-op threads (0 = torch default)", low=0, high=256),
-            "num_inference_steps": d("num_inference_steps", 0, "Euler steps (0 = the checkpoint's default); must "
-                                     "match the calibration", low=0, high=100),
+            **self.model_parameters(),
             "calibration_path": d("calibration_path", "", f"surprise calibration JSON ('' = <checkpoint>/"
                                   f"{CALIBRATION_FILE})"),
             "require_calibration": d("require_calibration", True, "refuse to start without a calibration (false: "
@@ -111,15 +98,12 @@ class SafetyMonitorNode(Node):
         self._last_published: tuple[int, str] | None = None
         self._status_lock = threading.Lock()
 
-    def configure(self) -> None:
+    def start(self) -> None:
         """Load everything; raises with a clear message on any bad path or value."""
         p = self.p
-        robot = RobotInterface(p["robot_config"], p["camera"])
         limits = SafetyLimits(**{k: tuple(p[k]) if isinstance(v, tuple) else p[k]
                                  for k, v in vars(SafetyLimits()).items()})
-        set_torch_threads(p["torch_threads"])
-        runtime = ModelRuntime(p["checkpoint"], p["dino_path"], p["language_encoder"],
-                               p["language_encoder_path"] or None, p["device"], p["num_inference_steps"] or None)
+        robot, runtime = self.load_model(p)
         cal_path = Path(p["calibration_path"] or Path(p["checkpoint"]) / CALIBRATION_FILE)
         calibration = None
         try:
@@ -311,29 +295,7 @@ class SafetyMonitorNode(Node):
         self.pub_diag.publish(msg)
 
 
-def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = SafetyMonitorNode()
-            node.configure()
-        except (ParameterError, RuntimeLoadError, ConfigError, CalibrationError, ValueError) as err:
-            print(f"safety_monitor_node: error: {err}", file=sys.stderr, flush=True)
-            return 2 if isinstance(err, ParameterError) else 1
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        return 0
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
+main = node_main("safety_monitor_node", SafetyMonitorNode)
 
 
 if __name__ == "__main__":

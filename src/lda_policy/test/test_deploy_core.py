@@ -14,7 +14,7 @@ from lda_policy.deploy.chunk_executor import (
     ExecutorConfig,
     HandTrajectory,
 )
-from lda_policy.deploy.inference import FrameLatents, HandStateBuffer
+from lda_policy.deploy.observations import FrameLatents, HandStateBuffer
 from lda_policy.deploy.replay import LatentPCA, heatmap, panel
 from lda_policy.deploy.safety import CalibrationError, SafetyCalibration, SafetyLimits, SafetyState, check_chunk
 
@@ -251,29 +251,29 @@ def test_history_actions_use_the_commands_sent_where_the_robot_records_commanded
 def test_policy_waits_for_history_and_a_new_instruction_starts_afresh(tmp_path):
     """No chunk before the hand-state history exists (training never lacks it); a new instruction drops
     the previous task's frames, states and gripper commands (a reset teleports the hand)."""
-    from lda_policy.deploy.inference import ModelRuntime
-    from lda_policy.deploy.policy import PolicyRunner, PolicySettings
+    from lda_policy.deploy.policy import PolicyCore, PolicySettings
     from lda_policy.deploy.robot import RobotInterface
+    from lda_policy.deploy.runtime import ModelRuntime
 
     paths = T.cached_checkpoint(tmp_path / "model")
     robot = RobotInterface(paths["robot_config"])
-    runner = PolicyRunner(ModelRuntime(paths["checkpoint"], paths["dino_path"]), robot, PolicySettings(seed=0))
-    runner.start_task("pick up the red block")
+    policy = PolicyCore(ModelRuntime(paths["checkpoint"], paths["dino_path"]), robot, PolicySettings(seed=0))
+    policy.start_task("pick up the red block")
 
     def feed(t: float) -> None:
-        runner.on_frame(t, T.scene_image("a", T.HOME[0], t))
-        runner.states.add_pose("right", t, *T.HOME)
-        runner.states.add_fingers("right", t, [0.04])
+        policy.on_frame(t, T.scene_image("a", T.HOME[0], t))
+        policy.states.add_pose("right", t, *T.HOME)
+        policy.states.add_fingers("right", t, [0.04])
 
     feed(0.0)
-    assert runner.propose(0.0) is None and "waiting for 0.2 s of hand states" in runner.skipped
+    assert policy.propose(0.0) is None and "waiting for 0.2 s of hand states" in policy.skipped
     feed(0.1)
     feed(0.2)
-    assert runner.propose(0.2) is not None
-    runner.states.add_command("right", 0.2, [0.0])
-    runner.start_task("pick up the red block")
-    assert runner.states.command_at("right", 0.3) is None and runner.frames.newest_stamp is None
-    assert runner.propose(0.3) is None and runner.not_ready(0.3) == "no camera frame yet"
+    assert policy.propose(0.2) is not None
+    policy.states.add_command("right", 0.2, [0.0])
+    policy.start_task("pick up the red block")
+    assert policy.states.command_at("right", 0.3) is None and policy.frames.newest_stamp is None
+    assert policy.propose(0.3) is None and policy.not_ready(0.3) == "no camera frame yet"
 
 
 def test_pictures_have_the_expected_layout():
@@ -291,10 +291,10 @@ def test_pictures_have_the_expected_layout():
 def test_monitor_refuses_before_the_first_frame_without_latching_but_stops_on_a_quiet_stream(tmp_path):
     """Start-up race: a policy may see the camera before the monitor does. That chunk is refused (nothing
     runs) but is no fault; a stream that went quiet after it was received is, and latches STOP."""
-    from lda_policy.deploy.inference import ModelRuntime
     from lda_policy.deploy.monitor import SafetyMonitorCore
     from lda_policy.deploy.policy import ProposedChunk
     from lda_policy.deploy.robot import RobotInterface
+    from lda_policy.deploy.runtime import ModelRuntime
 
     paths = T.cached_checkpoint(tmp_path / "model")
     robot = RobotInterface(paths["robot_config"])

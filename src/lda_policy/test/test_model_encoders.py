@@ -8,12 +8,10 @@ import pytest
 import torch
 from lda_policy.model import (
     DinoV3Encoder,
-    LatentHistory,
     LDAModel,
     MiniLMEncoder,
     Observation,
     Qwen3VLEncoder,
-    pool_latents,
     write_random_dinov3_checkpoint,
     write_random_qwen3vl_checkpoint,
 )
@@ -41,34 +39,6 @@ def test_dino_encoder_returns_the_patch_grid_without_cls_and_registers(dino):
     assert torch.allclose(dino.encode(chw), latents, atol=1e-4)
     with pytest.raises(ValueError, match="uint8 images"):
         dino.encode(torch.zeros(1, 3, 224, 224, dtype=torch.uint8))
-
-
-def test_latent_history_encodes_only_the_newest_frame(dino):
-    calls = []
-
-    def encode(image):
-        calls.append(image.shape)
-        return pool_latents(dino.encode(image), (2, 2))
-
-    history = LatentHistory(encode, offsets_s=(-0.5, 0.0), tolerance_s=0.06)
-    frame = torch.randint(0, 256, (1, 224, 224, 3), dtype=torch.uint8)
-    history.add(0.0, frame)
-    latents, is_pad = history.latents()
-    assert latents.shape == (1, 2, 2, 2, 384) and is_pad.tolist() == [True, False]
-    for k in range(1, 7):
-        history.add(0.1 * k, frame)
-    assert len(calls) == 7  # one encoding per control step, none for the history
-    latents, is_pad = history.latents(now=0.6)
-    assert is_pad.tolist() == [False, False]
-    assert torch.equal(latents[0, 0], history._frames[1][1]) and torch.equal(latents[0, 1], history._frames[6][1])
-    with pytest.raises(ValueError, match="not after"):
-        history.add(0.3, frame)
-    history.add(2.0, frame)  # camera stalled for 1.4 s: the frame 0.5 s ago is missing
-    with pytest.raises(LookupError, match="no frame within"):
-        history.latents()
-    history.clear()  # a new episode starts from an empty history
-    with pytest.raises(LookupError, match="no frame"):
-        history.latents()
 
 
 def test_qwen3vl_encoder_loads_the_random_checkpoint_with_and_without_images(tmp_path):

@@ -42,9 +42,11 @@ from lda_common.messages import (
 from lda_common.quality import QUALITIES
 from lda_common.robot_config import CameraConfig, HandConfig, RobotConfig
 
+from lda_common import topics
+
 from .episode_writer import DatasetError, DatasetStore, EpisodeWriter, SaveError
 
-DEFAULT_EVENTS_TOPIC = "/lda/episode_events"
+DEFAULT_EVENTS_TOPIC = topics.EPISODE_EVENTS
 
 
 class RecorderError(RuntimeError):

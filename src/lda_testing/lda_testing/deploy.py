@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from lda_common import topics
+
 TEST_ROBOT = "test_arm"
 IMAGE_W, IMAGE_H = 64, 48
 HOME = (np.array([0.45, 0.0, 0.25]), np.array([1.0, 0.0, 0.0, 0.0]))  # EEF pointing down, base frame
@@ -81,16 +83,14 @@ def make_checkpoint(directory: str | Path, robot_config: str | Path, preset: str
     ``model_overrides`` go to ``LDAModel.from_preset`` (e.g. ``lang_dim=384`` to pair lda-1b with MiniLM).
     """
     import torch
+    from lda_policy.deploy.robot import RobotInterface
     from lda_policy.model import (
         DinoV3Encoder,
         EmbodimentSpec,
         LDAModel,
         RobustStats,
-        pool_latents,
         write_random_dinov3_checkpoint,
     )
-
-    from .robot import RobotInterface
 
     directory = Path(directory)
     robot = RobotInterface(robot_config)
@@ -110,7 +110,7 @@ def make_checkpoint(directory: str | Path, robot_config: str | Path, preset: str
     cam = robot.camera
     frames = [scene_image("a", HOME[0] + rng.normal(0, 0.05, 3) * [1, 1, 0], i * 0.1, (cam.width, cam.height))
               for i in range(32)]
-    lat = pool_latents(dino.encode(np.stack(frames)), model.config.latent_grid)
+    lat = dino.encode_frames(np.stack(frames), model.config.latent_grid)
     model.normalizer.set_latent_stats(RobustStats.from_array(lat))
     ckpt = model.save_pretrained(directory / "ckpt")
     out = {"checkpoint": ckpt, "dino_path": dino_dir, "robot_config": Path(robot_config)}
@@ -147,8 +147,7 @@ def synthetic_episode(robot, steps: int = 60, seed: int = 0, scene: str = "a", d
                       step_std: float = 0.004):
     """An in-memory Episode: the arm wanders slowly around HOME over scene ``scene``."""
     from lda_common.geometry import HandState
-
-    from .replay import Episode, ReplayFrame
+    from lda_policy.deploy.replay import Episode, ReplayFrame
 
     rng = np.random.default_rng(seed)
     dt = dt or robot.dt
@@ -167,10 +166,10 @@ def synthetic_episode(robot, steps: int = 60, seed: int = 0, scene: str = "a", d
 def calibrate_on_scene(checkpoint, dino_path, robot_config, instruction: str, seed: int = 0, episodes: int = 3,
                        num_samples: int = 1, fd_seed: int = 0) -> Path:
     """Calibrate the surprise on synthetic scene-A episodes (what "training data" is for the test model)."""
-    from .inference import ModelRuntime
-    from .replay import DynamicsReplay, calibration_distances
-    from .robot import RobotInterface
-    from .safety import SafetyCalibration
+    from lda_policy.deploy.replay import DynamicsReplay, calibration_distances
+    from lda_policy.deploy.robot import RobotInterface
+    from lda_policy.deploy.runtime import ModelRuntime
+    from lda_policy.deploy.safety import SafetyCalibration
 
     robot = RobotInterface(robot_config)
     runtime = ModelRuntime(checkpoint, dino_path)
@@ -200,13 +199,12 @@ class SyntheticRobot:
     def __init__(self, node, robot_config: str | Path, rate_hz: float = 10.0,
                  instruction: str = "pick up the red block") -> None:
         from geometry_msgs.msg import PoseStamped
+        from lda_policy.deploy.robot import RobotInterface
+        from lda_policy.deploy.ros_io import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import String
 
         from lda_msgs.msg import ActionChunk, SafetyStatus
-
-        from .robot import RobotInterface
-        from .ros_io import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 
         self.node = node
         self.robot = RobotInterface(robot_config)
@@ -230,15 +228,15 @@ class SyntheticRobot:
         self.pub_pose = node.create_publisher(PoseStamped, hand.pose_topic, SENSOR_QOS)
         self.pub_joints = node.create_publisher(JointState, hand.gripper_topic, SENSOR_QOS)
         self.pub_instruction = node.create_publisher(String, self.robot.config.instruction_topic, LATCHED_QOS)
-        self.pub_proposed = node.create_publisher(ActionChunk, "/lda/proposed_chunk", COMMAND_QOS)
+        self.pub_proposed = node.create_publisher(ActionChunk, topics.PROPOSED_CHUNK, COMMAND_QOS)
         node.create_subscription(PoseStamped, "/robot/right/eef_target", self._on_target, COMMAND_QOS)
         node.create_subscription(JointState, "/robot/right/gripper_command",
                                  lambda m: self.gripper_commands.append(m.position[0]), COMMAND_QOS)
-        node.create_subscription(SafetyStatus, "/lda/safety_status", lambda m: self._record(self.statuses, m),
+        node.create_subscription(SafetyStatus, topics.SAFETY_STATUS, lambda m: self._record(self.statuses, m),
                                  COMMAND_QOS)
-        node.create_subscription(ActionChunk, "/lda/action_chunk", lambda m: self._record(self.approved, m),
+        node.create_subscription(ActionChunk, topics.ACTION_CHUNK, lambda m: self._record(self.approved, m),
                                  COMMAND_QOS)
-        node.create_subscription(ActionChunk, "/lda/proposed_chunk", lambda m: self._record(self.proposed, m),
+        node.create_subscription(ActionChunk, topics.PROPOSED_CHUNK, lambda m: self._record(self.proposed, m),
                                  COMMAND_QOS)
         self.pub_instruction.publish(String(data=instruction))
         self._stop = threading.Event()
@@ -253,7 +251,7 @@ class SyntheticRobot:
             store.append((self.now(), msg))
 
     def _on_target(self, msg) -> None:
-        from .ros_io import pose_arrays
+        from lda_policy.deploy.ros_io import pose_arrays
 
         pos, quat = pose_arrays(msg)
         with self.lock:
@@ -262,7 +260,7 @@ class SyntheticRobot:
                 self.position, self.quaternion = pos, quat
 
     def _run(self) -> None:
-        from .ros_io import rgb_to_image, sec_to_stamp
+        from lda_policy.deploy.ros_io import rgb_to_image, sec_to_stamp
 
         period = 1.0 / self.rate_hz
         while not self._stop.wait(period):

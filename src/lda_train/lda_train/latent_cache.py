@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from lda_policy.model import pool_latents
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -333,7 +332,7 @@ def build_cache(source: SourceDataset, spec: CacheSpec, dino: Any, language_enco
             for lo in range(ep.start, ep.end, spec.encoder_batch):
                 hi = min(lo + spec.encoder_batch, ep.end)
                 frames = decode_frames(source, np.arange(lo, hi), decoder_cache)
-                lat = pool_latents(dino.encode(frames).cpu(), spec.grid).to(dtype)
+                lat = dino.encode_frames(frames, spec.grid).to(dtype)
                 buffer.append(lat)
                 buffered += len(lat)
                 bar.update(len(lat))
@@ -542,7 +541,7 @@ class OnlineLatents:
         """frames (B, n_obs + n_fut, 3, H, W) -> obs, future latents (B, n, gh, gw, C) float32."""
         b, f = frames.shape[:2]
         flat = frames.flatten(0, 1)
-        out = [pool_latents(self.dino.encode(flat[i:i + self.batch_size]), self.grid).float().cpu()
+        out = [self.dino.encode_frames(flat[i:i + self.batch_size], self.grid)
                for i in range(0, len(flat), self.batch_size)]
         lat = torch.cat(out).view(b, f, *out[0].shape[1:])
         return lat[:, : self.n_obs], lat[:, self.n_obs:]

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from lda_policy.model import PRESETS, EmbodimentSpec, LDAModel, Task, pool_latents
+from lda_policy.model import PRESETS, EmbodimentSpec, LDAModel, Task
 from safetensors.torch import load_file, save_file
 
 from .config import TrainingRunConfig, dump_config
@@ -390,7 +390,7 @@ class Trainer:
             rows = s.rows("train")
             rows = np.unique(rows[np.linspace(0, len(rows) - 1, min(per, len(rows))).astype(np.int64)])
             images = decode_frames(s, rows)
-            out.append(pool_latents(latents.dino.encode(images), latents.grid).float().cpu())
+            out.append(latents.dino.encode_frames(images, latents.grid))
         return out
 
     def world_batch(self) -> None:

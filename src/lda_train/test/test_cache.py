@@ -191,17 +191,16 @@ def test_killed_build_leaves_nothing_that_looks_valid(mixed_dataset, dino_dir, t
     class Boom(RuntimeError):
         pass
 
-    class DyingDino:
-        dim = 384
-
+    class DyingDino(DinoV3Encoder):
         def __init__(self):
-            self.inner, self.calls = DinoV3Encoder(dino_dir), 0
+            super().__init__(dino_dir)
+            self.calls = 0
 
         def encode(self, frames):
             self.calls += 1
             if self.calls == 3:
                 raise Boom("killed mid-build")
-            return self.inner.encode(frames)
+            return super().encode(frames)
 
     with pytest.raises(Boom):
         ensure_cache(src, spec, DyingDino, lambda: load_language_encoder("minilm"), progress=False)

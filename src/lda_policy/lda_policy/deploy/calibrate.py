@@ -19,9 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .inference import ModelRuntime, RuntimeLoadError, set_torch_threads
 from .replay import DynamicsReplay, ReplayError, calibration_distances, read_episode
 from .robot import ConfigError, RobotInterface
+from .runtime import ModelRuntime, RuntimeLoadError, set_torch_threads
 from .safety import CALIBRATION_FILE, CalibrationError, SafetyCalibration
 
 

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from .chunk_executor import STATUS_OK, STATUS_STOP, STATUS_WARN
-from .inference import FrameLatents, HandStateBuffer, ModelRuntime
+from .observations import FrameLatents, HandStateBuffer
 from .policy import ProposedChunk
 from .robot import RobotInterface
+from .runtime import ModelRuntime
 from .safety import SafetyCalibration, SafetyLimits, SafetyState, SafetyVerdict, check_chunk, latent_distance
 
 NEVER_RECEIVED = "never received"  # a stream not seen yet: start-up, a wait rather than a fault
@@ -147,7 +148,7 @@ class SafetyMonitorCore:
         self.states.add_command(hand, stamp, v)
 
     def set_instruction(self, text: str) -> None:
-        """A new instruction starts a new task, as for the policy (``PolicyRunner.start_task``): frames and
+        """A new instruction starts a new task, as for the policy (``PolicyCore.start_task``): frames and
         hand states of the previous one are dropped, so a chunk after a reset is not judged against a
         history that shows the scene before it (seen: surprise STOPs right after each reset)."""
         self.frames.clear()

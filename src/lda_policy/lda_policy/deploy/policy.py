@@ -1,9 +1,9 @@
 """The policy side of deployment, ROS-free: observations in, proposed chunks out, approved chunks -> plans.
 
-:class:`PolicyRunner` is what ``policy_node`` wraps. Callbacks feed it camera frames, EEF poses,
+:class:`PolicyCore` is what ``policy_node`` wraps. Callbacks feed it camera frames, EEF poses,
 finger states and the instruction (cheap: they only store); a worker thread calls :meth:`propose`
 (DINO-encodes the newest frame, runs the policy objective) and publishes the result; approved chunks
-come back through :meth:`plan_approved`, which checks they are the chunks this runner proposed
+come back through :meth:`plan_approved`, which checks they are the chunks this core proposed
 (same sequence, same actions) and chains them into per-hand targets from the states measured at
 their observation.
 """
@@ -19,8 +19,9 @@ import numpy as np
 from lda_common.geometry import HandsState
 
 from .chunk_executor import ChunkPlan
-from .inference import FrameLatents, HandStateBuffer, ModelRuntime
+from .observations import FrameLatents, HandStateBuffer
 from .robot import RobotInterface
+from .runtime import ModelRuntime
 
 
 @dataclass
@@ -46,7 +47,7 @@ class PolicySettings:
     anchors_kept: int = 64  # proposals remembered for matching approvals
 
 
-class PolicyRunner:
+class PolicyCore:
     """Assembles observations, runs the policy objective, turns approved chunks into plans (thread-safe)."""
 
     def __init__(self, runtime: ModelRuntime, robot: RobotInterface, settings: PolicySettings | None = None) -> None:
@@ -138,7 +139,7 @@ class PolicyRunner:
 
     # -- approvals -----------------------------------------------------------------------------------
     def plan_approved(self, sequence: int, actions: np.ndarray, embodiment: str) -> tuple[ChunkPlan | None, str]:
-        """The plan of an approved chunk, or (None, reason) when it is not one this runner proposed."""
+        """The plan of an approved chunk, or (None, reason) when it is not one this core proposed."""
         with self._lock:
             entry = self._proposals.get(int(sequence))
         if entry is None:

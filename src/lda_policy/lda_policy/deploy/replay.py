@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from lda_common.geometry import HandsState, HandState
 
-from .inference import ModelRuntime
 from .robot import RobotInterface
+from .runtime import ModelRuntime
 from .safety import SafetyCalibration, latent_distance
 
 

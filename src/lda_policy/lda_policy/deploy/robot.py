@@ -21,7 +21,7 @@ from lda_common.geometry import HandsState
 from lda_common.robot_config import CameraConfig, ConfigError, RobotConfig, load_robot_config
 
 from .chunk_executor import ChunkPlan, HandTrajectory
-from .inference import HandStateBuffer
+from .observations import HandStateBuffer
 
 __all__ = ["ConfigError", "ImageError", "RobotInterface"]
 

@@ -35,11 +35,10 @@ from .encoders import (
 )
 from .lda import InputError, LDAModel, Observation, pool_latents
 from .normalization import Normalizer, RobustStats
-from .runner import LatentHistory
 
 __all__ = [
     "CheckpointError", "DEFAULT_EMBODIMENTS", "DINO_DIM", "DINO_GRID", "DinoV3Encoder",
-    "EmbodimentSpec", "FlowConfig", "InputError", "LDAConfig", "LDAModel", "LanguageEmbedding", "LatentHistory",
+    "EmbodimentSpec", "FlowConfig", "InputError", "LDAConfig", "LDAModel", "LanguageEmbedding",
     "MiniLMEncoder", "Normalizer", "Observation", "PRESETS", "Qwen3VLEncoder", "RobustStats", "TASKS", "Task",
     "TimeLayout", "allowed_tasks", "load_language_encoder", "pool_latents", "read_config",
     "write_random_dinov3_checkpoint", "write_random_qwen3vl_checkpoint",

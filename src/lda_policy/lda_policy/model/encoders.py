@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .lda import pool_latents
+
 
 @dataclass
 class LanguageEmbedding:
@@ -88,6 +90,12 @@ class DinoV3Encoder:
         hidden = self.model(pixel_values=pixels).last_hidden_state
         patches = hidden[:, 1 + self.num_register_tokens:]
         return patches.float().reshape(pixels.shape[0], *self.grid, self.dim)
+
+    def encode_frames(self, images: torch.Tensor | np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+        """The model's observation latents of a batch of frames: patch tokens pooled to the model's latent
+        ``grid``, (B, grid[0], grid[1], dim) float32 on the CPU. Every caller (latent cache, trainer,
+        deployment, fixtures) encodes frames through this one method."""
+        return pool_latents(self.encode(images), grid).float().cpu()
 
 
 def minilm_path() -> Path:

@@ -1,4 +1,4 @@
-"""episode_runner_node scores closed-loop episodes against the real sim_node over loopback DDS."""
+"""evaluation_node scores closed-loop episodes against the real sim_node over loopback DDS."""
 
 import json
 import os
@@ -10,23 +10,23 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 BIN = os.path.join(get_package_prefix("lda_sim"), "lib", "lda_sim")
-NS = f"/runnertest{os.getpid()}"
+NS = f"/evaltest{os.getpid()}"
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def test_frozen_robot_fails_every_episode_and_resets_are_called(tmp_path):
     results = tmp_path / "eval.json"
     sim_cmd = [f"{BIN}/sim_node", "--ros-args", "-r", f"__ns:={NS}", "-p", "image_size:=32", "-p", "realtime:=false"]
-    runner_cmd = [f"{BIN}/episode_runner_node", "--ros-args", "-r", f"__ns:={NS}", "-p", "episodes:=2",
+    evaluation_cmd = [f"{BIN}/evaluation_node", "--ros-args", "-r", f"__ns:={NS}", "-p", "episodes:=2",
                   "-p", "max_steps:=15", "-p", "seed:=40", "-p", "settle_s:=0.2", "-p", "label:=frozen",
                   "-p", f"reset_services:=['{NS}/probe_reset']", "-p", f"results_path:={results}"]
-    with ros_node("runner_probe") as node, NodeProcess(sim_cmd) as sim:
+    with ros_node("evaluation_probe") as node, NodeProcess(sim_cmd) as sim:
         resets, instructions = [], []
         node.create_service(Trigger, f"{NS}/probe_reset",
                             lambda req, resp: (resets.append(1), setattr(resp, "success", True), resp)[-1])
         node.create_subscription(String, "/lda/instruction", instructions.append, LATCHED)
         assert sim.wait_for_output("sim_node ready", timeout=60), sim.output
-        with NodeProcess(runner_cmd) as runner:
+        with NodeProcess(evaluation_cmd) as runner:
             rc = runner.wait(timeout=120)
         assert rc == 0, runner.output
         assert wait_for(lambda: instructions, timeout=5)
@@ -40,7 +40,7 @@ def test_frozen_robot_fails_every_episode_and_resets_are_called(tmp_path):
 
 
 def test_missing_sim_is_a_clear_error(tmp_path):
-    cmd = [f"{BIN}/episode_runner_node", "--ros-args", "-r", f"__ns:={NS}_nosim", "-p", "service_timeout_s:=2.0"]
+    cmd = [f"{BIN}/evaluation_node", "--ros-args", "-r", f"__ns:={NS}_nosim", "-p", "service_timeout_s:=2.0"]
     with NodeProcess(cmd) as runner:
         rc = runner.wait(timeout=60)
     assert rc == 1

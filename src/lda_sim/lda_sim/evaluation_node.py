@@ -1,6 +1,6 @@
-"""episode_runner_node: closed-loop evaluation episodes on the simulated robot.
+"""evaluation_node: closed-loop evaluation episodes on the simulated robot.
 
-    ros2 run lda_sim episode_runner_node --ros-args -p episodes:=10 -p results_path:=/tmp/eval.json
+    ros2 run lda_sim evaluation_node --ros-args -p episodes:=10 -p results_path:=/tmp/eval.json
 
 Per episode: reset the sim with seed + i, call the configured reset services (std_srvs/Trigger, e.g. the
 safety monitor's latch reset), publish the instruction (transient-local, as a real operator would), then
@@ -27,6 +27,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
+from lda_common import topics
 from lda_msgs.msg import SafetyStatus
 from lda_msgs.srv import ResetSim
 
@@ -38,7 +39,7 @@ PARAMETERS = {
     "max_steps": (150, "control steps (sim eef_pose messages) before an episode counts as a failure"),
     "instruction": ("lift the red cube", "instruction published on /lda/instruction"),
     "reset_service": ("sim/reset", "simulator's ResetSim service"),
-    "reset_services": (["/lda/safety_reset"], "std_srvs/Trigger services called after each sim reset"),
+    "reset_services": ([topics.SAFETY_RESET], "std_srvs/Trigger services called after each sim reset"),
     "settle_s": (0.5, "wait after the resets before the episode's steps count [s]"),
     "results_path": ("", "write the results JSON here (empty: only log them)"),
     "label": ("policy", "name of what drives the robot, stored in the results (e.g. policy, frozen)"),
@@ -46,9 +47,9 @@ PARAMETERS = {
 }
 
 
-class EpisodeRunner(Node):
+class EvaluationNode(Node):
     def __init__(self):
-        super().__init__("episode_runner")
+        super().__init__("evaluation")
         for name, (default, description) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=True))
         self.cfg = {name: self.get_parameter(name).value for name in PARAMETERS}
@@ -61,8 +62,8 @@ class EpisodeRunner(Node):
         self._absent: set[str] = set()  # optional services not found when last called
         self.create_subscription(PoseStamped, "robot/right/eef_pose", self._on_step, qos_profile_sensor_data)
         self.create_subscription(Bool, "lda/task_success", self._on_success, qos_profile_sensor_data)
-        self.create_subscription(SafetyStatus, "/lda/safety_status", self._on_status, 10)
-        self._instruction = self.create_publisher(String, "/lda/instruction", LATCHED)
+        self.create_subscription(SafetyStatus, topics.SAFETY_STATUS, self._on_status, 10)
+        self._instruction = self.create_publisher(String, topics.INSTRUCTION, LATCHED)
         self._reset = self.create_client(ResetSim, self.cfg["reset_service"])
         self._triggers = [self.create_client(Trigger, name) for name in self.cfg["reset_services"] if name]
 
@@ -144,7 +145,7 @@ def main(args=None) -> None:
     code = 0
     node = executor = spinner = None
     try:
-        node = EpisodeRunner()
+        node = EvaluationNode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -153,7 +154,7 @@ def main(args=None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         code = 130
     except (RuntimeError, ValueError) as exc:
-        print(f"episode_runner_node: error: {exc}", file=sys.stderr)
+        print(f"evaluation_node: error: {exc}", file=sys.stderr)
         code = 1
     finally:
         if executor is not None:

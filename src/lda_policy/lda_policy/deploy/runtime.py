@@ -1,0 +1,128 @@
+"""Model runtime for deployment: the checkpoint and its encoders, with validated physical-unit calls.
+
+ROS-free. The policy node and the safety monitor each own one :class:`ModelRuntime` (the model, the
+DINOv3 observation encoder, the language encoder); the observation buffers that feed it are in
+:mod:`.observations`.
+
+Loading errors are :class:`RuntimeLoadError` with a message that names the path and what is wrong,
+so a node can print it and exit non-zero at start-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lda_policy.model import CheckpointError, LDAModel, Observation, load_language_encoder
+
+
+class RuntimeLoadError(RuntimeError):
+    """A checkpoint or encoder that cannot be loaded; the message names the path."""
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+class ModelRuntime:
+    """LDAModel + DINOv3 + language encoder on one device, with validated physical-unit calls.
+
+    ``checkpoint``: directory written by ``LDAModel.save_pretrained``; ``dino_path``: a local DINOv3
+    directory (``from_pretrained`` format); ``language``: ``"minilm"`` (default, bundled) or
+    ``"qwen3vl"`` with ``language_path``.
+    """
+
+    def __init__(self, checkpoint: str | Path, dino_path: str | Path, language: str = "minilm",
+                 language_path: str | Path | None = None, device: str = "cpu", num_steps: int | None = None) -> None:
+        from lda_policy.model import DinoV3Encoder
+
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeLoadError(f"device '{device}' requested but CUDA is not available")
+        checkpoint = Path(checkpoint).expanduser()
+        if not str(checkpoint) or not checkpoint.is_dir():
+            raise RuntimeLoadError(f"checkpoint directory '{checkpoint}' does not exist")
+        try:
+            self.model = LDAModel.from_pretrained(checkpoint, device=self.device).eval()
+        except (CheckpointError, OSError, ValueError, KeyError) as err:
+            raise RuntimeLoadError(f"cannot load checkpoint '{checkpoint}': {err}") from None
+        self.checkpoint = checkpoint
+        self.config = self.model.config
+        self.num_steps = num_steps or self.config.flow.num_inference_steps
+        dino_path = Path(dino_path).expanduser()
+        if not (dino_path / "config.json").is_file():
+            raise RuntimeLoadError(f"DINOv3 encoder directory '{dino_path}' has no config.json (pass the local "
+                                   "directory of a DINOv3 ViT saved with save_pretrained as dino_path)")
+        try:
+            self.dino = DinoV3Encoder(dino_path, device=self.device)
+        except (OSError, ValueError) as err:
+            raise RuntimeLoadError(f"cannot load the DINOv3 encoder from '{dino_path}': {err}") from None
+        if self.dino.dim != self.config.latent_dim:
+            raise RuntimeLoadError(f"DINOv3 at '{dino_path}' gives {self.dino.dim}-d patches, the checkpoint "
+                                   f"'{checkpoint}' expects {self.config.latent_dim}-d latents")
+        try:
+            self.language = load_language_encoder(language, language_path, device=self.device)
+        except (ImportError, OSError, ValueError) as err:
+            raise RuntimeLoadError(f"cannot load the {language} language encoder "
+                                   f"({language_path or 'bundled'}): {err}") from None
+        if self.language.dim != self.config.lang_dim:
+            raise RuntimeLoadError(f"the {language} language encoder gives {self.language.dim}-d tokens, the "
+                                   f"checkpoint '{checkpoint}' expects lang_dim={self.config.lang_dim}")
+        self._language_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- encoders ------------------------------------------------------------------------------------
+    def encode_image(self, image: np.ndarray) -> torch.Tensor:
+        """One uint8 (H, W, 3) RGB image -> DINO latents (gh, gw, C) pooled to the model grid (CPU)."""
+        return self.dino.encode_frames(np.ascontiguousarray(image)[None], self.config.latent_grid)[0]
+
+    def encode_instruction(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Language tokens (1, L, D) and mask (1, L) of an instruction, cached per text."""
+        if text not in self._language_cache:
+            emb = self.language.encode([text])
+            if len(self._language_cache) > 32:
+                self._language_cache.clear()
+            self._language_cache[text] = (emb.tokens.float(), emb.mask)
+        return self._language_cache[text]
+
+    # -- model calls ---------------------------------------------------------------------------------
+    def observation(self, embodiment: str, history_latents: torch.Tensor, instruction: str,
+                    state: np.ndarray | None, history_actions: np.ndarray | None, batch: int = 1) -> Observation:
+        tokens, mask = self.encode_instruction(instruction)
+        rep = (lambda x: x.expand(batch, *x.shape[1:]).contiguous()) if batch > 1 else (lambda x: x)
+        return Observation(
+            embodiment=embodiment,
+            history_latents=rep(history_latents),
+            language=rep(tokens),
+            language_mask=rep(mask),
+            state=None if state is None else rep(torch.as_tensor(state, dtype=torch.float32)[None]),
+            history_actions=None if history_actions is None
+            else rep(torch.as_tensor(history_actions, dtype=torch.float32)[None]),
+        )
+
+    def policy(self, obs: Observation, seed: int | None = None, noise_scale: float = 1.0) -> np.ndarray:
+        """Action chunk (chunk_size, action_dim) float64, physical units."""
+        out = self.model.policy(obs, num_steps=self.num_steps, seed=seed, noise_scale=noise_scale)
+        return out[0].double().cpu().numpy()
+
+    def forward_dynamics(self, obs: Observation, actions: np.ndarray, seed: int = 0) -> torch.Tensor:
+        """Predicted future latents (num_future_frames, gh, gw, C), averaged over the batch of ``obs``
+        (one flow sample per batch row, rows seeded together by ``seed``)."""
+        b = obs.history_latents.shape[0]
+        a = torch.as_tensor(np.asarray(actions), dtype=torch.float32)[None].expand(b, -1, -1).contiguous()
+        out = self.model.forward_dynamics(obs, a, num_steps=self.num_steps, seed=seed)
+        return out.float().mean(dim=0).cpu()
+
+    @property
+    def latent_mid(self) -> torch.Tensor:
+        return self.model.normalizer.latent_mid
+
+    @property
+    def latent_half(self) -> torch.Tensor:
+        return self.model.normalizer.latent_half
+
+
+def set_torch_threads(threads: int) -> None:
+    """Limit intra-op threads (0 leaves torch's default); two model processes on few cores otherwise thrash."""
+    if threads > 0:
+        torch.set_num_threads(int(threads))
