@@ -12,13 +12,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import rclpy
 from lda_common.robot_config import ConfigError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 from .deploy.replay import ReplayError
-from .deploy.robot import RobotInterface
-from .deploy.ros_io import ParameterError, declare
+from .deploy.robot import ImageError, RobotInterface
+from .deploy.ros_io import ParameterError, declare, stamp_to_sec
 from .deploy.runtime import ModelRuntime, RuntimeLoadError, set_torch_threads
 from .deploy.safety import CalibrationError
 
@@ -53,6 +54,27 @@ class ModelNode:
         runtime = ModelRuntime(p["checkpoint"], p["dino_path"], p["language_encoder"],
                                p["language_encoder_path"] or None, p["device"], p["num_inference_steps"] or None)
         return robot, runtime
+
+    # -- the robot's streams, decoded the same way in every model node ---------------------------------
+    bad_images = 0  # camera frames that could not be decoded (diagnostics)
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def camera_frame(self, msg) -> tuple[float, np.ndarray] | None:
+        """(stamp [s], RGB image) of a camera message; None for a frame that cannot be decoded (counted, logged)."""
+        try:
+            rgb = self.robot.image_to_rgb(msg)
+        except ImageError as err:
+            self.bad_images += 1
+            self.get_logger().warning(f"dropping camera frame: {err}", throttle_duration_sec=5.0)
+            return None
+        return stamp_to_sec(msg.header.stamp), rgb
+
+    def finger_sample(self, hand: str, msg) -> tuple[float, np.ndarray] | None:
+        """(stamp [s], finger values) of a JointState for ``hand``; None when it names none of its joints."""
+        values = self.robot.fingers_from_joint_state(hand, msg.name, msg.position)
+        return None if values is None else (stamp_to_sec(msg.header.stamp), values)
 
     def start(self) -> None:
         """Load and connect everything; raise one of :data:`STARTUP_ERRORS` with a clear message otherwise."""

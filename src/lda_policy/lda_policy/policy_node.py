@@ -34,7 +34,7 @@ from lda_common import topics
 from lda_msgs.msg import ActionChunk, SafetyStatus
 from lda_policy.deploy.chunk_executor import ChunkExecutor, ExecutorConfig
 from lda_policy.deploy.policy import PolicyCore, PolicySettings
-from lda_policy.deploy.robot import ConfigError, ImageError
+from lda_policy.deploy.robot import ConfigError
 from lda_policy.deploy.ros_io import (
     COMMAND_QOS,
     LATCHED_QOS,
@@ -98,8 +98,7 @@ class PolicyNode(ModelNode, LifecycleNode):
         self._stop = threading.Event()
         self._new_frame = threading.Event()
         self._entities: list = []
-        self._stats = {"proposed": 0, "approved": 0, "refused_or_lost": 0, "inference_errors": 0,
-                       "bad_images": 0}
+        self._stats = {"proposed": 0, "approved": 0, "refused_or_lost": 0, "inference_errors": 0}
         self._inference_times: deque[float] = deque(maxlen=50)
         self._awaiting: dict[int, float] = {}  # proposed sequence -> time proposed
         self._awaiting_lock = threading.Lock()
@@ -216,27 +215,19 @@ class PolicyNode(ModelNode, LifecycleNode):
 
     # ------------------------------------------------------------------ callbacks (cheap)
 
-    def _now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
-
     def _on_image(self, msg) -> None:
-        try:
-            rgb = self.robot.image_to_rgb(msg)
-        except ImageError as err:
-            self._stats["bad_images"] += 1
-            self.get_logger().warning(f"dropping camera frame: {err}", throttle_duration_sec=5.0)
-            return
-        self.core.on_frame(stamp_to_sec(msg.header.stamp), rgb)
-        self._new_frame.set()
+        frame = self.camera_frame(msg)
+        if frame is not None:
+            self.core.on_frame(*frame)
+            self._new_frame.set()
 
     def _on_pose(self, hand: str, msg: PoseStamped) -> None:
-        pos, quat = pose_arrays(msg)
-        self.core.states.add_pose(hand, stamp_to_sec(msg.header.stamp), pos, quat)
+        self.core.states.add_pose(hand, stamp_to_sec(msg.header.stamp), *pose_arrays(msg))
 
     def _on_fingers(self, hand: str, msg: JointState) -> None:
-        values = self.robot.fingers_from_joint_state(hand, msg.name, msg.position)
-        if values is not None:
-            self.core.states.add_fingers(hand, stamp_to_sec(msg.header.stamp), values)
+        sample = self.finger_sample(hand, msg)
+        if sample is not None:
+            self.core.states.add_fingers(hand, *sample)
 
     def _on_instruction(self, msg: String) -> None:
         self.core.start_task(msg.data)
@@ -359,7 +350,7 @@ class PolicyNode(ModelNode, LifecycleNode):
             "chunk_latency_s": ex.stats.last_latency_s,
             "frames_encoded": self.core.frames.encoded,
             "inference_errors": self._stats["inference_errors"],
-            "bad_images": self._stats["bad_images"],
+            "bad_images": self.bad_images,
             "not_ready": self._not_ready,
             "last_error": self._last_error,
         }

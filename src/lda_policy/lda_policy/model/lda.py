@@ -16,6 +16,25 @@ The action stream is [history actions, proprio state, action chunk]; the visual 
 [register tokens, DINO tokens of the history frames, future-frame tokens]. Everything the public
 methods take and return is in physical units; the model normalises with the statistics of its
 checkpoint (:class:`~lda_policy.model.normalization.Normalizer`).
+
+Shape letters in the comments (see also :mod:`~lda_policy.model.mmdit` for H, D_h, M):
+
+==========  ==========================================================================
+B           batch (samples)
+T_h         history actions, ``config.time.history_action_steps``
+T_c         action chunk, ``config.time.chunk_size``
+T_a         action-stream tokens, T_h + 1 (state) + T_c
+F_o         history (observation) frames, ``config.num_obs_frames``
+F           future frames, ``config.num_future_frames``
+P           patch tokens per frame, gh * gw = ``config.tokens_per_frame``
+R           register tokens, ``config.num_registers``
+T_v         visual-stream tokens, R + (F_o + F) * P
+L           language tokens (the cross-attention context adds one null token: 1 + L)
+A, S        padded action / state width, ``config.max_action_dim`` / ``config.max_state_dim``
+C           DINO latent channels, ``config.latent_dim``
+E           language token width, ``config.lang_dim``
+D           hidden size, ``config.hidden_size``
+==========  ==========================================================================
 """
 
 from __future__ import annotations
@@ -286,38 +305,46 @@ class LDAModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocity of the flow on normalised tensors (no validation; use the public methods).
 
-        Shapes: ids/task/t (B,); history_actions (B, n_hist, max_action_dim) with history_present
-        (B,); state (B, max_state_dim) with state_present (B,); actions (B, chunk, max_action_dim)
-        with actions_present (B, chunk); obs_latents (B, n_obs, T, C); future_latents (B, F, T, C)
-        with future_present (B, F); language (B, L, lang_dim) with language_mask (B, L).
+        Shapes (letters: module docstring): embodiment_id/task/t (B,); history_actions (B, T_h, A) with
+        history_present (B,); state (B, S) with state_present (B,); actions (B, T_c, A) with
+        actions_present (B, T_c); obs_latents (B, F_o, P, C); future_latents (B, F, P, C) with
+        future_present (B, F); language (B, L, E) with language_mask (B, L).
         ``*_present`` False puts the stand-in token there. Padded action/state dimensions must be 0.
-        Returns the action velocity (B, chunk, max_action_dim) and future-latent velocity (B, F, T, C).
+        Returns the action velocity (B, T_c, A) and future-latent velocity (B, F, P, C).
         """
         c = self.config
         b = task.shape[0]
-        hist = self.action_encoder(history_actions, embodiment_id)
-        hist = torch.where(history_present[:, None, None], hist, self.action_standin)
-        st = self.state_encoder(state[:, None], embodiment_id)
-        st = torch.where(state_present[:, None, None], st, self.state_standin)
-        chunk = self.action_encoder(actions, embodiment_id)
-        chunk = torch.where(actions_present[..., None], chunk, self.action_standin)
-        action_tokens = torch.cat([hist, st, chunk], dim=1) + self.action_pos
+        # Action stream [history actions, state, chunk]; a stand-in (D,) replaces absent inputs.
+        hist_tok = self.action_encoder(history_actions, embodiment_id)  # (B, T_h, D)
+        hist_tok = torch.where(history_present[:, None, None], hist_tok, self.action_standin)  # (B, T_h, D)
+        state_tok = self.state_encoder(state[:, None], embodiment_id)  # (B, 1, S) -> (B, 1, D)
+        state_tok = torch.where(state_present[:, None, None], state_tok, self.state_standin)  # (B, 1, D)
+        chunk_tok = self.action_encoder(actions, embodiment_id)  # (B, T_c, D)
+        chunk_tok = torch.where(actions_present[..., None], chunk_tok, self.action_standin)  # (B, T_c, D)
+        # + action_pos (1, T_a, D): a learnt position per action-stream token
+        action_tokens = torch.cat([hist_tok, state_tok, chunk_tok], dim=1) + self.action_pos  # (B, T_a, D)
 
-        obs = self.latent_encoder(obs_latents)
-        fut = self.latent_encoder(future_latents)
-        fut = torch.where(future_present[:, :, None, None], fut, self.future_standin)
-        frames = torch.cat([obs, fut], dim=1) + self.frame_embed + self.spatial_pos
-        visual_tokens = torch.cat([self.registers.expand(b, -1, -1), frames.flatten(1, 2)], dim=1)
+        # Visual stream [registers, history frames, future frames].
+        obs_tok = self.latent_encoder(obs_latents)  # (B, F_o, P, D)
+        fut_tok = self.latent_encoder(future_latents)  # (B, F, P, D)
+        fut_tok = torch.where(future_present[:, :, None, None], fut_tok, self.future_standin)  # (B, F, P, D)
+        # + frame_embed (1, F_o + F, 1, D): which frame; + spatial_pos (P, D): where in the frame.
+        frames = torch.cat([obs_tok, fut_tok], dim=1) + self.frame_embed + self.spatial_pos  # (B, F_o + F, P, D)
+        # registers (1, R, D) -> (B, R, D); frames -> (B, (F_o + F) * P, D)
+        visual_tokens = torch.cat([self.registers.expand(b, -1, -1), frames.flatten(1, 2)], dim=1)  # (B, T_v, D)
 
-        cond = self.time_embed(t) + self.task_embed(task)
-        ctx = torch.cat([self.null_language.expand(b, -1, -1), self.language_proj(language)], dim=1)
-        ctx_mask = torch.cat([torch.ones_like(language_mask[:, :1]), language_mask], dim=1)
+        cond = self.time_embed(t) + self.task_embed(task)  # (B, D)
+        # Context: the always-valid null token (1, 1, D) -> (B, 1, D), then language (B, L, E) -> (B, L, D).
+        ctx = torch.cat([self.null_language.expand(b, -1, -1), self.language_proj(language)], dim=1)  # (B, 1 + L, D)
+        ctx_mask = torch.cat([torch.ones_like(language_mask[:, :1]), language_mask], dim=1)  # (B, 1 + L)
 
-        out_a, out_v = self.mmdit([action_tokens, visual_tokens], cond, ctx, ctx_mask)
+        out_a, out_v = self.mmdit([action_tokens, visual_tokens], cond, ctx, ctx_mask)  # (B, T_a, D), (B, T_v, D)
+        # The last T_c action tokens are the chunk: (B, T_c, D) -> (B, T_c, A).
         v_actions = self.action_decoder(out_a[:, -c.time.chunk_size:], embodiment_id)
-        n_obs_tokens = c.num_registers + c.num_obs_frames * c.tokens_per_frame
-        v_future = self.latent_decoder(out_v[:, n_obs_tokens:]).view(b, c.num_future_frames,
-                                                                      c.tokens_per_frame, c.latent_dim)
+        future_start = c.num_registers + c.num_obs_frames * c.tokens_per_frame  # R + F_o * P: future tokens follow
+        # (B, F * P, D) -> (B, F * P, C) -> (B, F, P, C)
+        v_future = self.latent_decoder(out_v[:, future_start:]).view(b, c.num_future_frames,
+                                                                     c.tokens_per_frame, c.latent_dim)
         return v_actions, v_future
 
     # ------------------------------------------------------------------ training
@@ -354,42 +381,54 @@ class LDAModel(nn.Module):
         ``loss/<task>``, ``count/<task>`` (active samples per task), ``loss/action``, ``loss/visual``.
         """
         c = self.config
-        x = self._training_inputs(batch)
-        b, task, eid, dev = x["task"].shape[0], x["task"], x["embodiment_id"], x["task"].device
-        act_valid, fut_valid = x["action_valid"], ~x["future_latents_is_pad"]
+        # Normalised, zero where invalid or padded; widths padded to A / S, latents pooled to P per frame.
+        inputs = self._training_inputs(batch)
+        task, eid = inputs["task"], inputs["embodiment_id"]  # (B,), (B,)
+        b, dev = task.shape[0], task.device
+        actions = inputs["actions"]  # (B, T_c, A) clean chunk
+        future = inputs["future_latents"]  # (B, F, P, C) clean future latents
+        action_is_pad = inputs["action_is_pad"]  # (B, T_c)
+        act_valid, fut_valid = inputs["action_valid"], ~inputs["future_latents_is_pad"]  # (B,), (B, F)
+        # Which loss each sample carries, all (B,) bool.
         any_future = fut_valid.any(dim=1)
         is_action_task = (task == Task.POLICY) | (task == Task.INVERSE_DYNAMICS)
-        allowed = self.role_task_allowed[x["role"], task]
+        allowed = self.role_task_allowed[inputs["role"], task]
         action_loss_on = allowed & is_action_task & act_valid & ((task != Task.INVERSE_DYNAMICS) | any_future)
         visual_loss_on = allowed & ~is_action_task & any_future & ((task != Task.FORWARD_DYNAMICS) | act_valid)
 
-        t = sample_time(b, c.flow, dev)
-        noise_a = torch.randn_like(x["actions"])
-        noise_v = torch.randn_like(x["future_latents"])
-        noisy_a, target_a = interpolate(x["actions"], noise_a, t)
-        noisy_v, target_v = interpolate(x["future_latents"], noise_v, t)
-        dim_mask = self.action_dim_mask[eid]
-        noisy_a = torch.where(dim_mask[:, None, :], noisy_a, 0.0)
+        t = sample_time(b, c.flow, dev)  # (B,)
+        noise_a = torch.randn_like(actions)  # (B, T_c, A)
+        noise_v = torch.randn_like(future)  # (B, F, P, C)
+        noisy_a, target_a = interpolate(actions, noise_a, t)  # 2 x (B, T_c, A)
+        noisy_v, target_v = interpolate(future, noise_v, t)  # 2 x (B, F, P, C)
+        dim_mask = self.action_dim_mask[eid]  # (B, A): the embodiment's own action dims
+        noisy_a = torch.where(dim_mask[:, None, :], noisy_a, 0.0)  # (B, T_c, A), padded dims stay 0
 
-        forward_dyn = task == Task.FORWARD_DYNAMICS
-        actions_in = torch.where(is_action_task[:, None, None], noisy_a, x["actions"])
-        actions_present = act_valid[:, None] & (is_action_task[:, None] | (forward_dyn[:, None] & ~x["action_is_pad"]))
-        future_in = torch.where(is_action_task[:, None, None, None], x["future_latents"], noisy_v)
+        # Network inputs per task (table in the module docstring).
+        forward_dyn = task == Task.FORWARD_DYNAMICS  # (B,)
+        actions_in = torch.where(is_action_task[:, None, None], noisy_a, actions)  # (B, T_c, A)
+        # (B, T_c): False = action stand-in token
+        actions_present = act_valid[:, None] & (is_action_task[:, None] | (forward_dyn[:, None] & ~action_is_pad))
+        future_in = torch.where(is_action_task[:, None, None, None], future, noisy_v)  # (B, F, P, C)
+        # (B, F): False = future stand-in token
         future_present = ~is_action_task[:, None] | ((task == Task.INVERSE_DYNAMICS)[:, None] & fut_valid)
 
-        v_a, v_v = self._denoise(eid, task, t, x["history_actions"], act_valid, x["state"], x["state_valid"],
-                        actions_in, actions_present, x["obs_latents"], future_in, future_present,
-                        x["language"], x["language_mask"])
+        # v_a (B, T_c, A), v_v (B, F, P, C)
+        v_a, v_v = self._denoise(eid, task, t, inputs["history_actions"], act_valid, inputs["state"],
+                                 inputs["state_valid"], actions_in, actions_present, inputs["obs_latents"],
+                                 future_in, future_present, inputs["language"], inputs["language_mask"])
 
-        a_mask = (~x["action_is_pad"])[:, :, None] & dim_mask[:, None, :]
-        a_err = torch.where(a_mask, (v_a.float() - target_a) ** 2, 0.0).sum(dim=(1, 2))
-        loss_a = a_err / a_mask.sum(dim=(1, 2)).clamp(min=1)
-        v_err = ((v_v.float() - target_v) ** 2).mean(dim=(2, 3))
-        loss_v = torch.where(fut_valid, v_err, 0.0).sum(dim=1) / fut_valid.sum(dim=1).clamp(min=1)
+        # Action loss: squared error averaged over the real steps and dims of each sample.
+        a_mask = (~action_is_pad)[:, :, None] & dim_mask[:, None, :]  # (B, T_c, A)
+        a_err = torch.where(a_mask, (v_a.float() - target_a) ** 2, 0.0).sum(dim=(1, 2))  # (B,)
+        loss_a = a_err / a_mask.sum(dim=(1, 2)).clamp(min=1)  # (B,)
+        # Visual loss: squared error averaged per frame over P and C, then over the real future frames.
+        v_err = ((v_v.float() - target_v) ** 2).mean(dim=(2, 3))  # (B, F)
+        loss_v = torch.where(fut_valid, v_err, 0.0).sum(dim=1) / fut_valid.sum(dim=1).clamp(min=1)  # (B,)
         per_sample = (torch.where(action_loss_on, c.action_loss_weight * loss_a, 0.0)
-                      + torch.where(visual_loss_on, c.visual_loss_weight * loss_v, 0.0))
-        active = action_loss_on | visual_loss_on
-        loss = per_sample.sum() / active.sum().clamp(min=1)
+                      + torch.where(visual_loss_on, c.visual_loss_weight * loss_v, 0.0))  # (B,)
+        active = action_loss_on | visual_loss_on  # (B,)
+        loss = per_sample.sum() / active.sum().clamp(min=1)  # ()
 
         info: dict[str, float] = {"loss": float(loss.detach())}
         with torch.no_grad():
@@ -598,7 +637,7 @@ class LDAModel(nn.Module):
         return out
 
     def _latents(self, x: Any, name: str, b: int, frames: int, valid: torch.Tensor | None) -> torch.Tensor:
-        """(B, frames, gh, gw, C) physical (model grid or 14x14) -> normalised (B, frames, T, C)."""
+        """(B, frames, gh, gw, C) physical (model grid or 14x14) -> normalised (B, frames, P, C)."""
         c = self.config
         if not isinstance(x, torch.Tensor):
             raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")

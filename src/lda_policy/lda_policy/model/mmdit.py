@@ -6,6 +6,11 @@ of a cross-attention whose queries are the action and visual tokens. Each stream
 AdaLN-Zero from the conditioning vector c (diffusion time + task embedding): shift/scale before
 self-attention and FFN, gates after them, all initialised to zero so every block starts as the
 identity.
+
+Shapes in the comments: B batch; T_i tokens of stream i (in LDAModel T_a action tokens and T_v
+visual tokens) and T = sum_i T_i, all streams together; L context tokens (in LDAModel 1 + L: a null
+token plus the language tokens); D hidden size; H heads; D_h = D / H head width; M = mlp_ratio * D
+FFN width.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """AdaLN: x (B, N, D), shift/scale (B, D); scale is a residual around 1 so zero init is identity."""
+    """AdaLN: x (B, T_i, D), shift/scale (B, D); scale is a residual around 1 so zero init is identity."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
@@ -27,9 +32,9 @@ class _Stream(nn.Module):
     def __init__(self, hidden: int, num_heads: int, mlp_ratio: float) -> None:
         super().__init__()
         head_dim = hidden // num_heads
-        self.ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+        self.ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))  # c (B, D) -> (B, 6D)
         self.norm_attn = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)  # (B, T_i, D) -> (B, T_i, 3D)
         self.q_norm = nn.RMSNorm(head_dim, eps=1e-6)  # QK-norm keeps bf16 attention logits tame
         self.k_norm = nn.RMSNorm(head_dim, eps=1e-6)
         self.attn_out = nn.Linear(hidden, hidden)
@@ -38,7 +43,7 @@ class _Stream(nn.Module):
         self.cross_q_norm = nn.RMSNorm(head_dim, eps=1e-6)
         self.cross_out = nn.Linear(hidden, hidden)
         self.norm_mlp = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        mlp_hidden = int(hidden * mlp_ratio)
+        mlp_hidden = int(hidden * mlp_ratio)  # M
         self.mlp = nn.Sequential(nn.Linear(hidden, mlp_hidden), nn.GELU(approximate="tanh"),
                                  nn.Linear(mlp_hidden, hidden))
 
@@ -51,43 +56,57 @@ class MMDiTBlock(nn.Module):
         self.num_heads = num_heads
         self.streams = nn.ModuleList(_Stream(hidden, num_heads, mlp_ratio) for _ in range(num_streams))
         # Keys/values belong to the language modality, so one projection serves all query streams.
-        self.cross_kv = nn.Linear(hidden, 2 * hidden)
+        self.cross_kv = nn.Linear(hidden, 2 * hidden)  # (B, L, D) -> (B, L, 2D)
         self.cross_k_norm = nn.RMSNorm(hidden // num_heads, eps=1e-6)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """Splits heads: (B, N, D) -> (B, H, N, D_h), for any token count N (T_i or L)."""
         b, n, d = x.shape
         return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
 
     @staticmethod
     def _merge(x: torch.Tensor) -> torch.Tensor:
+        """Merges heads: (B, H, N, D_h) -> (B, N, D)."""
         b, h, n, d = x.shape
         return x.transpose(1, 2).reshape(b, n, h * d)
 
     def forward(self, xs: list[torch.Tensor], c: torch.Tensor, ctx: torch.Tensor,
                 ctx_mask: torch.Tensor) -> list[torch.Tensor]:
-        """xs: per-stream tokens (B, N_i, D); c: (B, D); ctx: (B, L, D); ctx_mask: (B, L) bool."""
-        lengths = [x.shape[1] for x in xs]
+        """xs: per-stream tokens [(B, T_i, D)]; c: (B, D); ctx: (B, L, D); ctx_mask: (B, L) bool, True = real.
+
+        Returns the updated streams, shaped as ``xs``.
+        """
+        lengths = [x.shape[1] for x in xs]  # [T_i], summing to T
+        # Per stream 6 x (B, D): shift, scale, gate of the self-attention, then shift, scale, gate of the FFN.
         mods = [s.ada_ln(c).chunk(6, dim=-1) for s in self.streams]
 
+        # 1. Joint self-attention: per-stream QKV projections, one attention over all T tokens.
         qs, ks, vs = [], [], []
         for x, s, (shift, scale, _, _, _, _) in zip(xs, self.streams, mods, strict=True):
+            # modulate(norm(x)) (B, T_i, D) -> qkv (B, T_i, 3D) -> q, k, v: 3 x (B, T_i, D)
             q, k, v = s.qkv(modulate(s.norm_attn(x), shift, scale)).chunk(3, dim=-1)
-            qs.append(s.q_norm(self._heads(q)))
-            ks.append(s.k_norm(self._heads(k)))
-            vs.append(self._heads(v))
-        out = F.scaled_dot_product_attention(torch.cat(qs, 2), torch.cat(ks, 2), torch.cat(vs, 2))
-        out = self._merge(out).split(lengths, dim=1)
+            qs.append(s.q_norm(self._heads(q)))  # (B, H, T_i, D_h)
+            ks.append(s.k_norm(self._heads(k)))  # (B, H, T_i, D_h)
+            vs.append(self._heads(v))  # (B, H, T_i, D_h)
+        out = F.scaled_dot_product_attention(torch.cat(qs, 2), torch.cat(ks, 2), torch.cat(vs, 2))  # (B, H, T, D_h)
+        out = self._merge(out).split(lengths, dim=1)  # (B, T, D) -> per stream [(B, T_i, D)]
+        # Gated residual: x (B, T_i, D) + gate (B, 1, D) * attn_out (B, T_i, D).
         xs = [x + gate.unsqueeze(1) * s.attn_out(o)
               for x, o, s, (_, _, gate, _, _, _) in zip(xs, out, self.streams, mods, strict=True)]
 
-        k, v = self.cross_kv(ctx).chunk(2, dim=-1)
-        k, v = self.cross_k_norm(self._heads(k)), self._heads(v)
+        # 2. Cross-attention: queries from every stream, keys/values from the context tokens.
+        k, v = self.cross_kv(ctx).chunk(2, dim=-1)  # 2 x (B, L, D)
+        k, v = self.cross_k_norm(self._heads(k)), self._heads(v)  # 2 x (B, H, L, D_h)
+        # Per stream (B, T_i, D) -> (B, H, T_i, D_h), concatenated over streams -> (B, H, T, D_h).
         q = torch.cat([s.cross_q_norm(self._heads(s.cross_q(s.norm_cross(x))))
                        for x, s in zip(xs, self.streams, strict=True)], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx_mask[:, None, None, :])
-        out = self._merge(out).split(lengths, dim=1)
+        # ctx_mask (B, L) -> (B, 1, 1, L): every head and query sees the same real context tokens.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx_mask[:, None, None, :])  # (B, H, T, D_h)
+        out = self._merge(out).split(lengths, dim=1)  # (B, T, D) -> per stream [(B, T_i, D)]
+        # Ungated residual (cross_out starts at zero): [(B, T_i, D)].
         xs = [x + s.cross_out(o) for x, o, s in zip(xs, out, self.streams, strict=True)]
 
+        # 3. Per-stream FFN, modulated and gated: (B, T_i, D) -> (B, T_i, M) -> (B, T_i, D); gate (B, 1, D).
         return [x + gate.unsqueeze(1) * s.mlp(modulate(s.norm_mlp(x), shift, scale))
                 for x, s, (_, _, _, shift, scale, gate) in zip(xs, self.streams, mods, strict=True)]
 
@@ -121,6 +140,7 @@ class MMDiT(nn.Module):
 
     def forward(self, xs: list[torch.Tensor], c: torch.Tensor, ctx: torch.Tensor,
                 ctx_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Shapes as :meth:`MMDiTBlock.forward`; returns [(B, T_i, D)] after each stream's final AdaLN."""
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 xs = checkpoint(block, xs, c, ctx, ctx_mask, use_reentrant=False)
@@ -128,6 +148,6 @@ class MMDiT(nn.Module):
                 xs = block(xs, c, ctx, ctx_mask)
         out = []
         for x, ada in zip(xs, self.final_ada_ln, strict=True):
-            shift, scale = ada(c).chunk(2, dim=-1)
-            out.append(modulate(self.final_norm(x), shift, scale))
+            shift, scale = ada(c).chunk(2, dim=-1)  # 2 x (B, D)
+            out.append(modulate(self.final_norm(x), shift, scale))  # (B, T_i, D)
         return out
