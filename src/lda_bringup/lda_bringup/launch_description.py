@@ -16,11 +16,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import yaml
+from lda_common.config import ConfigError, Field, Text, check, load_yaml, parse
 
 
-class LaunchError(Exception):
+class LaunchError(ConfigError):
     """A launch file, argument or package that cannot be used; the message says which and why."""
 
 
@@ -36,12 +38,111 @@ class ProcessSpec:
     respawn_delay: float = 1.0
 
 
-@dataclass
-class ArgDecl:
-    name: str
-    default: str | None
-    description: str = ""
-    choices: list[str] | None = None
+# -- the entries of a launch file, as typed dataclasses (text values are substituted when run) ------------
+@dataclass(kw_only=True)
+class _Entry:
+    if_: Annotated[Text | None, Field(alias="if")] = None
+    unless: Text | None = None
+
+
+@dataclass(kw_only=True)
+class ArgDecl(_Entry):
+    name: Text
+    default: Text | None = None
+    description: Text = ""
+    choices: list[Text] | None = None
+
+
+@dataclass(kw_only=True)
+class _NameValue:  # an include's arg, a node's env
+    name: Text
+    value: Any
+
+
+@dataclass(kw_only=True)
+class _Set(_NameValue, _Entry):  # let, set_env, set_parameter
+    pass
+
+
+@dataclass(kw_only=True)
+class _PushNamespace(_Entry):
+    namespace: Text
+
+
+@dataclass(kw_only=True)
+class _Group(_Entry):
+    children: list[Any] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class _Include(_Entry):
+    file: Text
+    arg: list[_NameValue] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class _Param:  # {from: FILE} or {name: N, value: V}
+    from_: Annotated[Text | None, Field(alias="from")] = None
+    name: Text | None = None
+    value: Any = None
+
+    def __post_init__(self) -> None:
+        by_file = self.from_ is not None and self.name is None and self.value is None
+        by_name = self.from_ is None and self.name is not None and self.value is not None
+        check(by_file or by_name, "", "give either 'from: FILE' or 'name:' and 'value:'")
+
+
+@dataclass(kw_only=True)
+class _Remap:
+    from_: Annotated[Text, Field(alias="from")]
+    to: Text
+
+
+@dataclass(kw_only=True)
+class _Process(_Entry):
+    name: Text | None = None
+    args: Text | None = None
+    env: list[_NameValue] = field(default_factory=list)
+    on_exit: Literal["", "shutdown"] = ""  # shutdown: its exit stops the whole launch
+    respawn: Text = "false"
+    respawn_delay: Text = "1.0"
+
+
+@dataclass(kw_only=True)
+class _Executable(_Process):
+    cmd: Text
+
+
+@dataclass(kw_only=True)
+class _Node(_Process):
+    pkg: Text
+    exec: Text
+    namespace: Text = ""
+    param: list[_Param] = field(default_factory=list)
+    remap: list[_Remap] = field(default_factory=list)
+
+
+_KINDS = {"arg": ArgDecl, "let": _Set, "set_parameter": _Set, "set_env": _Set,
+          "push_ros_namespace": _PushNamespace, "group": _Group, "include": _Include, "node": _Node,
+          "executable": _Executable}
+
+
+def _entries(items: list, source: str, where: str) -> list[tuple[str, Any]]:
+    """(kind, typed body) of each launch entry; a group's children parsed too."""
+    out = []
+    for i, entry in enumerate(items):
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise LaunchError(f"each launch entry is a one-key mapping, got {entry!r}", f"{where}.{i}", source)
+        kind, body = next(iter(entry.items()))
+        kind = str(kind).replace("-", "_")  # push-ros-namespace, set-parameter
+        if kind not in _KINDS:
+            raise LaunchError(f"unsupported launch entry '{kind}'", f"{where}.{i}", source)
+        key, short = f"{where}.{i}.{kind}", isinstance(body, list)  # group: [...] is group: {children: [...]}
+        typed = parse(_KINDS[kind], {"children": body} if short else body or {}, source, prefix=key, error=LaunchError)
+        if kind == "group":
+            typed.children = _entries(typed.children, source, key if short else key + ".children")
+        out.append((kind, typed))
+    return out
 
 
 _SUBST = re.compile(r"\$\(([^()$]*)\)")  # innermost $(...) first, so substitutions can nest
@@ -82,11 +183,10 @@ class LaunchDescription:
                  declarations_only: bool = False):
         self.path = Path(path).resolve()
         self.arguments = dict(arguments or {})
-        self.declared: list[ArgDecl] = []
         self.processes: list[ProcessSpec] = []
         self.params_dir: Path | None = None  # generated parameter files of inline values
         entries = self._load(self.path)
-        self._declare_all(entries)
+        self.declared: list[ArgDecl] = [body for kind, body in entries if kind == "arg"]
         if declarations_only:  # e.g. --show-args: no argument needs a value yet
             return
         unknown = sorted(set(self.arguments) - {a.name for a in self.declared})
@@ -101,37 +201,11 @@ class LaunchDescription:
 
     # -- file handling -----------------------------------------------------------------------------
     @staticmethod
-    def _load(path: Path) -> list:
-        if not path.is_file():
-            raise LaunchError(f"launch file not found: {path}")
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise LaunchError(f"{path.name}: not valid YAML: {exc}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("launch"), list):
+    def _load(path: Path) -> list[tuple[str, Any]]:
+        doc = load_yaml(path, "launch file", error=LaunchError)
+        if not isinstance(doc, dict) or set(doc) != {"launch"} or not isinstance(doc["launch"], list):
             raise LaunchError(f"{path.name}: a YAML launch file is a mapping with a 'launch:' list")
-        return doc["launch"]
-
-    def _declare_all(self, entries: list) -> None:
-        for entry in entries:
-            kind, body = self._split(entry, self.path)
-            if kind == "arg":
-                choices = body.get("choices")
-                self.declared.append(
-                    ArgDecl(
-                        name=str(body["name"]),
-                        default=None if "default" not in body else str(body["default"]),
-                        description=str(body.get("description", "")),
-                        choices=[str(c) for c in choices] if choices else None,
-                    )
-                )
-
-    @staticmethod
-    def _split(entry, path: Path) -> tuple[str, dict | list]:
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise LaunchError(f"{path.name}: each launch entry is a one-key mapping, got {entry!r}")
-        kind, body = next(iter(entry.items()))
-        return kind, body if body is not None else {}
+        return _entries(doc["launch"], path.name, "launch")
 
     # -- substitutions -----------------------------------------------------------------------------
     def _subst(self, value, scope: _Scope, path: Path) -> str:
@@ -141,7 +215,6 @@ class LaunchDescription:
             if not match:
                 return text
             text = text[: match.start()] + self._eval(match.group(1), scope, path) + text[match.end() :]
-
     def _eval(self, expr: str, scope: _Scope, path: Path) -> str:
         parts = expr.split()
         if not parts:
@@ -169,10 +242,10 @@ class LaunchDescription:
             return str(_package_prefix(args[0]))
         raise LaunchError(f"{path.name}: unsupported substitution $({expr})")
 
-    def _condition(self, body: dict, scope: _Scope, path: Path) -> bool:
-        for key, want in (("if", True), ("unless", False)):
-            if key in body:
-                raw = self._subst(body[key], scope, path).strip().lower()
+    def _condition(self, body: _Entry, scope: _Scope, path: Path) -> bool:
+        for key, text, want in (("if", body.if_, True), ("unless", body.unless, False)):
+            if text is not None:
+                raw = self._subst(text, scope, path).strip().lower()
                 if raw not in _TRUE | _FALSE:
                     raise LaunchError(f"{path.name}: '{key}: {raw}' is not a boolean")
                 if (raw in _TRUE) != want:
@@ -180,115 +253,105 @@ class LaunchDescription:
         return True
 
     # -- actions -----------------------------------------------------------------------------------
-    def _run(self, entries: list, scope: _Scope, path: Path, top_level: bool = False,
+    def _run(self, entries: list[tuple[str, Any]], scope: _Scope, path: Path, top_level: bool = False,
              include_args: dict[str, str] | None = None) -> None:
-        for entry in entries:
-            kind, body = self._split(entry, path)
-            if isinstance(body, dict) and not self._condition(body, scope, path):
+        for kind, body in entries:
+            if not self._condition(body, scope, path):
                 continue
             if kind == "arg":
                 self._arg(body, scope, path, self.arguments if top_level else (include_args or {}))
             elif kind == "let":
-                scope.variables[str(body["name"])] = self._subst(body["value"], scope, path)
-            elif kind in ("set_parameter", "set-parameter"):
-                scope.params[str(body["name"])] = self._param_value(body["value"], scope, path)
+                scope.variables[body.name] = self._subst(body.value, scope, path)
+            elif kind == "set_parameter":
+                scope.params[body.name] = self._param_value(body.value, scope, path)
             elif kind == "set_env":
-                scope.env[str(body["name"])] = self._subst(body["value"], scope, path)
-            elif kind in ("push_ros_namespace", "push-ros-namespace"):
-                scope.namespace = _join_ns(scope.namespace, self._subst(body["namespace"], scope, path))
+                scope.env[body.name] = self._subst(body.value, scope, path)
+            elif kind == "push_ros_namespace":
+                scope.namespace = _join_ns(scope.namespace, self._subst(body.namespace, scope, path))
             elif kind == "group":
-                children = body if isinstance(body, list) else body.get("children", [])
-                self._run(children, scope.child(), path)
+                self._run(body.children, scope.child(), path)
             elif kind == "include":
                 self._include(body, scope, path)
             elif kind == "node":
                 self.processes.append(self._node(body, scope, path))
-            elif kind == "executable":
-                self.processes.append(self._executable(body, scope, path))
             else:
-                raise LaunchError(f"{path.name}: unsupported launch entry '{kind}'")
+                self.processes.append(self._executable(body, scope, path))
 
-    def _arg(self, body: dict, scope: _Scope, path: Path, given: dict[str, str]) -> None:
-        name = str(body["name"])
+    def _arg(self, body: ArgDecl, scope: _Scope, path: Path, given: dict[str, str]) -> None:
+        name = body.name
         if name in given:
             value = given[name]
-        elif "default" in body:
-            value = self._subst(body["default"], scope, path)
+        elif body.default is not None:
+            value = self._subst(body.default, scope, path)
         else:
             raise LaunchError(f"{path.name}: launch argument '{name}' is required (pass {name}:=VALUE)")
-        choices = body.get("choices")
-        if choices and value not in [str(c) for c in choices]:
-            raise LaunchError(f"{path.name}: launch argument '{name}' is '{value}'; choose one of {choices}")
+        if body.choices and value not in body.choices:
+            raise LaunchError(f"{path.name}: launch argument '{name}' is '{value}'; choose one of {body.choices}")
         scope.variables[name] = value
 
-    def _include(self, body: dict, scope: _Scope, path: Path) -> None:
-        target = Path(self._subst(body["file"], scope, path))
+    def _include(self, body: _Include, scope: _Scope, path: Path) -> None:
+        target = Path(self._subst(body.file, scope, path))
         if not target.is_absolute():
             target = path.parent / target
         if not target.name.endswith((".yaml", ".yml")):
             raise LaunchError(f"{path.name}: lda-launch includes YAML launch files only, not {target.name}")
-        given = {str(a["name"]): self._subst(a["value"], scope, path) for a in body.get("arg", [])}
+        given = {a.name: self._subst(a.value, scope, path) for a in body.arg}
         inner = scope.child()
         inner.variables = {}  # an included file sees only the arguments passed to it
         self._run(self._load(target.resolve()), inner, target.resolve(), include_args=given)
 
-    def _node(self, body: dict, scope: _Scope, path: Path) -> ProcessSpec:
-        for key in ("pkg", "exec"):
-            if key not in body:
-                raise LaunchError(f"{path.name}: node entry without '{key}': {body}")
-        pkg, exe = self._subst(body["pkg"], scope, path), self._subst(body["exec"], scope, path)
+    def _node(self, body: _Node, scope: _Scope, path: Path) -> ProcessSpec:
+        pkg, exe = self._subst(body.pkg, scope, path), self._subst(body.exec, scope, path)
         executable = _package_prefix(pkg) / "lib" / pkg / exe
         if not os.access(executable, os.X_OK):
             available = sorted(p.name for p in executable.parent.glob("*")) if executable.parent.is_dir() else []
             raise LaunchError(f"{path.name}: package '{pkg}' has no executable '{exe}' (has: {available})")
         cmd = [str(executable), *self._args(body, scope, path), "--ros-args"]
-        name = self._subst(body["name"], scope, path) if "name" in body else exe
-        if "name" in body:
+        name = self._subst(body.name, scope, path) if body.name is not None else exe
+        if body.name is not None:
             cmd += ["-r", f"__node:={name}"]
-        namespace = _join_ns(scope.namespace, self._subst(body.get("namespace", ""), scope, path))
+        namespace = _join_ns(scope.namespace, self._subst(body.namespace, scope, path))
         if namespace != "/":
             cmd += ["-r", f"__ns:={namespace}"]
         # Like ros2 launch, inline values go through a generated parameter file (so empty strings,
         # lists and spaces survive), in order with the `from:` files: later entries win.
         inline: dict[str, object] = dict(scope.params)  # set_parameter values first: the node's own win
-        for param in [*body.get("param", []), None]:
-            if (param is None or "from" in param) and inline:
+        for param in [*body.param, None]:
+            if (param is None or param.from_ is not None) and inline:
                 cmd += ["--params-file", self._params_file(inline)]
                 inline = {}
             if param is None:
                 break
-            if "from" in param:
-                file = Path(self._subst(param["from"], scope, path))
+            if param.from_ is not None:
+                file = Path(self._subst(param.from_, scope, path))
                 if not file.is_file():
                     raise LaunchError(f"{path.name}: parameter file not found: {file}")
                 cmd += ["--params-file", str(file)]
             else:
-                inline[str(param["name"])] = self._param_value(param["value"], scope, path)
-        for remap in body.get("remap", []):
-            cmd += ["-r", f"{self._subst(remap['from'], scope, path)}:={self._subst(remap['to'], scope, path)}"]
+                inline[param.name] = self._param_value(param.value, scope, path)
+        for remap in body.remap:
+            cmd += ["-r", f"{self._subst(remap.from_, scope, path)}:={self._subst(remap.to, scope, path)}"]
         return self._spec(name, cmd, body, scope, path)
 
-    def _executable(self, body: dict, scope: _Scope, path: Path) -> ProcessSpec:
-        cmd = self._subst(body["cmd"], scope, path).split() + self._args(body, scope, path)
-        return self._spec(self._subst(body.get("name", cmd[0]), scope, path), cmd, body, scope, path)
+    def _executable(self, body: _Executable, scope: _Scope, path: Path) -> ProcessSpec:
+        cmd = self._subst(body.cmd, scope, path).split() + self._args(body, scope, path)
+        name = self._subst(body.name, scope, path) if body.name is not None else cmd[0]
+        return self._spec(name, cmd, body, scope, path)
 
-    def _spec(self, name: str, cmd: list[str], body: dict, scope: _Scope, path: Path) -> ProcessSpec:
+    def _spec(self, name: str, cmd: list[str], body: _Process, scope: _Scope, path: Path) -> ProcessSpec:
         env = dict(scope.env)
-        env.update({str(e["name"]): self._subst(e["value"], scope, path) for e in body.get("env", [])})
-        on_exit = str(body.get("on_exit", "")).strip()
-        if on_exit not in ("", "shutdown"):
-            raise LaunchError(f"{path.name}: on_exit '{on_exit}' unsupported (only 'shutdown')")
+        env.update({e.name: self._subst(e.value, scope, path) for e in body.env})
         return ProcessSpec(
             name=name,
             cmd=cmd,
             env=env,
-            required=on_exit == "shutdown",
-            respawn=self._subst(body.get("respawn", "false"), scope, path).lower() in _TRUE,
-            respawn_delay=float(self._subst(body.get("respawn_delay", 1.0), scope, path)),
+            required=body.on_exit == "shutdown",
+            respawn=self._subst(body.respawn, scope, path).lower() in _TRUE,
+            respawn_delay=float(self._subst(body.respawn_delay, scope, path)),
         )
 
-    def _args(self, body: dict, scope: _Scope, path: Path) -> list[str]:
-        return self._subst(body["args"], scope, path).split() if "args" in body else []
+    def _args(self, body: _Process, scope: _Scope, path: Path) -> list[str]:
+        return self._subst(body.args, scope, path).split() if body.args is not None else []
 
     def _param_value(self, value, scope: _Scope, path: Path):
         """Typed value: lists element-wise, strings after substitution read as YAML scalars

@@ -56,28 +56,29 @@ def _with(path, value):
 
 
 @pytest.mark.parametrize(("path", "value", "message"), [
-    (["robot"], KeyError, "bot.yaml: robot: missing"),
+    (["robot"], KeyError, "bot.yaml: robot: required key is missing"),
     (["robto"], "x", "bot.yaml: robto: unknown key"),
-    (["fps"], 0, "bot.yaml: fps: expected a positive finite number, got 0"),
+    (["fps"], 0, "bot.yaml: fps: must be > 0, got 0"),
     (["fps"], 10.5, "bot.yaml: fps: expected an integer"),
     (["tolerance_s"], 0.2, "bot.yaml: tolerance_s: 0.2 s must be below one step"),
     (["cameras"], [], "bot.yaml: cameras: expected a non-empty list"),
-    (["cameras", 0, "width"], KeyError, "bot.yaml: cameras[0].width: missing"),
-    (["cameras", 0, "type"], "depth", "bot.yaml: cameras[0].type: 'depth' is not one of ['raw', 'compressed']"),
-    (["cameras", 0, "name"], "Head.Cam", "bot.yaml: cameras[0].name: 'Head.Cam' must be lower-case"),
-    (["cameras", 0, "topic"], "not a topic", "bot.yaml: cameras[0].topic: 'not a topic' is not a valid ROS topic"),
-    (["hands", 0, "fingers", "type"], "claw", "bot.yaml: hands[0].fingers.type: 'claw' is not one of"),
-    (["hands", 0, "fingers", "joints"], [], "bot.yaml: hands[0].fingers.joints: type 'width' needs"),
+    (["cameras", 0, "width"], KeyError, "bot.yaml: cameras.0.width: required key is missing"),
+    (["cameras", 0, "type"], "depth", "bot.yaml: cameras.0.type: expected one of ['raw', 'compressed'], got 'depth'"),
+    (["cameras", 0, "name"], "Head.Cam", "bot.yaml: cameras.0.name: 'Head.Cam' must be lower-case"),
+    (["cameras", 0, "topic"], "not a topic", "bot.yaml: cameras.0.topic: 'not a topic' is not a valid ROS topic"),
+    (["hands", 0, "fingers", "type"], "claw",
+     "bot.yaml: hands.0.fingers.type: expected one of ['width', 'joints', 'keypoints'], got 'claw'"),
+    (["hands", 0, "fingers", "joints"], [], "bot.yaml: hands.0.fingers.joints: type 'width' needs"),
     (["hands", 0, "canonical_offset"], {"quat_xyzw": [0, 0, 0, 2]},
-     "bot.yaml: hands[0].canonical_offset.quat_xyzw: not a unit quaternion"),
-    (["hands", 0, "canonical_offset"], {"xyz": [0, 0]}, "hands[0].canonical_offset.xyz: expected a list of 3"),
+     "bot.yaml: hands.0.canonical_offset.quat_xyzw: not a unit quaternion"),
+    (["hands", 0, "canonical_offset"], {"xyz": [0, 0]}, "hands.0.canonical_offset.xyz: expected 3 values, got 2"),
     (["hands", 0, "pose_topic"], "/camera/head/image_raw", "bot.yaml: topics: '/camera/head/image_raw' is used"),
-    (["hands", 0, "speed"], 3, "bot.yaml: hands[0].speed: unknown key"),
+    (["hands", 0, "speed"], 3, "bot.yaml: hands.0.speed: unknown key"),
     (["hands", 0, "gripper_command_topic"], "/robot/right/gripper_state",
      "bot.yaml: topics: '/robot/right/gripper_state' is used for two streams"),
-    (["hands", 0, "gripper_command_topic"], "bad topic", "hands[0].gripper_command_topic: 'bad topic' is not a valid"),
+    (["hands", 0, "gripper_command_topic"], "bad topic", "hands.0.gripper_command_topic: 'bad topic' is not a valid"),
     (["hands", 0, "fingers"], {"type": "keypoints", "count": 5},
-     "hands[0].gripper_command_topic: finger keypoints are observed, not commanded"),
+     "hands.0.gripper_command_topic: finger keypoints are observed, not commanded"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, path, value, message):
     file = tmp_path / "bot.yaml"
@@ -94,5 +95,5 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_robot_config(tmp_path / "bad.yaml")
     (tmp_path / "list.yaml").write_text("- robot: x")
-    with pytest.raises(ConfigError, match="list.yaml: a robot config is a mapping"):
+    with pytest.raises(ConfigError, match="list.yaml: expected a mapping"):
         load_robot_config(tmp_path / "list.yaml")

@@ -33,7 +33,6 @@ from std_srvs.srv import Trigger
 from lda_common import topics
 from lda_msgs.msg import ActionChunk, SafetyStatus
 from lda_policy.deploy.monitor import MonitorSettings, SafetyMonitorCore
-from lda_policy.deploy.robot import ImageError
 from lda_policy.deploy.ros_io import (
     COMMAND_QOS,
     LATCHED_QOS,
@@ -94,15 +93,13 @@ class SafetyMonitorNode(ModelNode, Node):
         self._busy_seq = 0
         self._fd_times: deque[float] = deque(maxlen=50)
         self._dropped_queue = 0
-        self._bad_images = 0
         self._last_published: tuple[int, str] | None = None
         self._status_lock = threading.Lock()
 
     def start(self) -> None:
         """Load everything; raises with a clear message on any bad path or value."""
         p = self.p
-        limits = SafetyLimits(**{k: tuple(p[k]) if isinstance(v, tuple) else p[k]
-                                 for k, v in vars(SafetyLimits()).items()})
+        limits = SafetyLimits.from_params(p, source=f"{self.get_name()} parameters")
         robot, runtime = self.load_model(p)
         cal_path = Path(p["calibration_path"] or Path(p["checkpoint"]) / CALIBRATION_FILE)
         calibration = None
@@ -150,34 +147,26 @@ class SafetyMonitorNode(ModelNode, Node):
 
     # ------------------------------------------------------------------ callbacks (cheap)
 
-    def _now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
-
     def _on_image(self, msg) -> None:
-        try:
-            rgb = self.robot.image_to_rgb(msg)
-        except ImageError as err:
-            self._bad_images += 1
-            self.get_logger().warning(f"dropping camera frame: {err}", throttle_duration_sec=5.0)
-            return
-        self.core.on_frame(stamp_to_sec(msg.header.stamp), rgb)
-        self._wake.set()
+        frame = self.camera_frame(msg)
+        if frame is not None:
+            self.core.on_frame(*frame)
+            self._wake.set()
 
     def _on_pose(self, hand: str, msg: PoseStamped) -> None:
-        pos, quat = pose_arrays(msg)
-        self.core.on_pose(hand, stamp_to_sec(msg.header.stamp), pos, quat)
+        self.core.on_pose(hand, stamp_to_sec(msg.header.stamp), *pose_arrays(msg))
         self._publish_if_changed()
 
     def _on_fingers(self, hand: str, msg: JointState) -> None:
-        values = self.robot.fingers_from_joint_state(hand, msg.name, msg.position)
-        if values is not None:
-            self.core.on_fingers(hand, stamp_to_sec(msg.header.stamp), values)
+        sample = self.finger_sample(hand, msg)
+        if sample is not None:
+            self.core.on_fingers(hand, *sample)
             self._publish_if_changed()
 
     def _on_command(self, hand: str, msg: JointState) -> None:
-        values = self.robot.fingers_from_joint_state(hand, msg.name, msg.position)
-        if values is not None:
-            self.core.on_command(hand, stamp_to_sec(msg.header.stamp), values)
+        sample = self.finger_sample(hand, msg)
+        if sample is not None:
+            self.core.on_command(hand, *sample)
             self._publish_if_changed()
 
     def _on_proposed(self, msg: ActionChunk) -> None:
@@ -286,7 +275,7 @@ class SafetyMonitorNode(ModelNode, Node):
             "pending_predictions": core.pending, "unscored_frames": core.unscored,
             "fd_time_last_s": times[-1] if times else float("nan"),
             "fd_time_mean_s": float(np.mean(times)) if times else float("nan"),
-            "frames_encoded": core.frames.encoded, "bad_images": self._bad_images, "stops": core.state.stops,
+            "frames_encoded": core.frames.encoded, "bad_images": self.bad_images, "stops": core.state.stops,
         }
         msg = DiagnosticArray()
         msg.header.stamp = sec_to_stamp(self._now())

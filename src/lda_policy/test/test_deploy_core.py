@@ -1,10 +1,14 @@
 """ROS-free deployment core: chunk hand-over, latency compensation, hold-still, hard limits, latching, surprise."""
 
 import json
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from lda_common.config import ConfigError
 from lda_common.geometry import HandState
 from lda_policy.deploy.chunk_executor import (
     STATUS_OK,
@@ -21,6 +25,7 @@ from lda_policy.deploy.safety import CalibrationError, SafetyCalibration, Safety
 from lda_testing import deploy as T
 
 Q = np.array([1.0, 0.0, 0.0, 0.0])
+DEPLOY = Path(__file__).resolve().parents[3] / "config" / "deploy"
 
 
 def straight_plan(seq, stamp, start, velocity, rows=16, dt=0.1, finger=0.04):
@@ -190,6 +195,9 @@ def test_calibration_round_trip_and_clear_errors(tmp_path):
     path.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(CalibrationError, match="is not a safety calibration"):
         SafetyCalibration.load(path)
+    path.write_text(json.dumps({"format": "lda-safety-calibration", "format_version": 1, **cal.__dict__, "mean": 1}))
+    with pytest.raises(CalibrationError, match=r"safety_calibration.json: mean: expected a list, got 1"):
+        SafetyCalibration.load(path)
 
 
 def test_frames_are_encoded_once_and_history_pads_at_start_up():
@@ -324,3 +332,56 @@ def test_monitor_refuses_before_the_first_frame_without_latching_but_stops_on_a_
     assert np.allclose(core.states.command_at("right", 101.2), [0.0])
     core.on_command("right", 101.2, [float("nan")])
     assert core.state.latched and "NaN/inf in the right gripper command" in core.state.reason
+
+
+def _params(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
+
+
+def _node_from_files(module: str, cls: str, files: list[Path]):
+    """The node built as a launch file starts it: parameter files in order (later ones win), in its own context."""
+    import importlib
+
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    args = ["--ros-args"] + [a for f in files for a in ("--params-file", str(f))]
+    args += [a for name in ("robot_config", "checkpoint", "dino_path", "bag") for a in ("-p", f"{name}:=/x")]
+    try:
+        node = getattr(importlib.import_module(module), cls)(context=context, cli_args=args)
+        node.destroy_node()
+        return node
+    finally:
+        rclpy.shutdown(context=context)
+
+
+@pytest.mark.parametrize(("module", "cls", "file"), [
+    ("lda_policy.policy_node", "PolicyNode", "policy.yaml"),
+    ("lda_policy.dynamics_replay_node", "DynamicsReplayNode", "replay.yaml"),
+    ("lda_policy.safety_monitor_node", "SafetyMonitorNode", "safety_monitor.yaml"),
+])
+def test_shipped_deploy_configs_load_in_their_nodes(module, cls, file):
+    """Every key of a shipped parameter file is one the node declares (rclpy silently ignores others) and
+    passes the declaration's checks."""
+    values = _params(DEPLOY / file)
+    node = _node_from_files(module, cls, [DEPLOY / file])
+    assert not sorted(set(values) - set(node.p)), f"{file} sets parameters {cls} does not declare"
+    assert {k: node.p[k] for k in values} == values
+
+
+@pytest.mark.parametrize("robot", sorted(p.stem for p in (DEPLOY / "limits").glob("*.yaml")))
+def test_shipped_limits_load_as_the_monitor_gets_them(robot):
+    """config/deploy/safety_monitor.yaml then limits/<robot>.yaml, as launch/policy.launch.yaml passes them."""
+    files = [DEPLOY / "safety_monitor.yaml", DEPLOY / "limits" / f"{robot}.yaml"]
+    robot_limits = _params(files[1])
+    names = {f.name for f in fields(SafetyLimits)}
+    assert set(robot_limits) <= names, f"limits/{robot}.yaml sets keys that are no hard limit"
+    node = _node_from_files("lda_policy.safety_monitor_node", "SafetyMonitorNode", files)
+    limits = SafetyLimits.from_params(node.p, robot)
+    expected = {k: v for k, v in {**_params(files[0]), **robot_limits}.items() if k in names}
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in vars(limits).items() if k in expected} == expected
+    with pytest.raises(ConfigError, match=f"{robot}: workspace_min: expected 3 values, got 2"):
+        SafetyLimits.from_params({**node.p, "workspace_min": [0.0, 0.0]}, robot)
+    with pytest.raises(ConfigError, match="finger_min: 1.0 exceeds finger_max"):
+        SafetyLimits.from_params({**node.p, "finger_min": 1.0, "finger_max": 0.5})

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from lda_common.config import parse
 from lda_common.quality import Quality
 from lda_policy.model import (
     PRESETS,
@@ -55,11 +56,11 @@ def test_lda_1b_preset_matches_the_paper_and_counts_parameters_on_meta():
 
 def test_config_round_trips_through_dict_and_rejects_unknown_fields():
     cfg = PRESETS["lda-small"]
-    assert LDAConfig.from_dict(cfg.to_dict()) == cfg
+    assert parse(LDAConfig, cfg.to_dict()) == cfg
     data = cfg.to_dict()
     data["hiden_size"] = 3
-    with pytest.raises(ValueError, match="hiden_size"):
-        LDAConfig.from_dict(data)
+    with pytest.raises(ValueError, match="hiden_size: unknown key; did you mean 'hidden_size'"):
+        parse(LDAConfig, data)
     with pytest.raises(ValueError, match="max_action_dim"):
         LDAConfig(name="x", hidden_size=64, num_layers=1, num_heads=2,
                   embodiments=(EmbodimentSpec("huge", 99, 4),))

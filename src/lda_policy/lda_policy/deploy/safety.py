@@ -20,15 +20,15 @@ Surprise
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from lda_common.config import ConfigError, check, parse, read_versioned_json, write_versioned_json
 from lda_common.geometry import HandsState, rotation_angle
 
 from .chunk_executor import STATUS_OK, STATUS_STOP, STATUS_WARN, HandTrajectory
@@ -39,7 +39,7 @@ CALIBRATION_VERSION = 1
 LEVEL_NAMES = {STATUS_OK: "OK", STATUS_WARN: "WARN", STATUS_STOP: "STOP"}
 
 
-class CalibrationError(ValueError):
+class CalibrationError(ConfigError):
     """The safety calibration file is missing, malformed or does not fit the checkpoint."""
 
 
@@ -77,21 +77,23 @@ class SafetyLimits:
     max_chunk_age_s: float = 1.0
 
     def __post_init__(self) -> None:
+        # Checked here, not by types alone: the monitor node builds the limits from its ROS parameters.
         for name, value in asdict(self).items():
             values = value if isinstance(value, tuple) else (value,)
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-                raise ValueError(f"safety limit {name} must be finite, got {value!r}")
-        for name in ("max_step_translation_m", "max_step_rotation_rad", "max_linear_speed_m_s",
-                     "max_angular_speed_rad_s", "max_chunk_translation_m", "max_chunk_rotation_rad",
-                     "max_observation_age_s", "max_chunk_age_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"safety limit {name} must be > 0, got {getattr(self, name)}")
-        if len(self.workspace_min) != 3 or len(self.workspace_max) != 3 or any(
-                lo >= hi for lo, hi in zip(self.workspace_min, self.workspace_max, strict=True)):
-            raise ValueError(f"workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max} "
-                             "in x, y and z")
-        if self.finger_min > self.finger_max:
-            raise ValueError("finger_min must not exceed finger_max")
+            check(all(isinstance(v, (int, float)) and math.isfinite(v) for v in values), name,
+                  f"must be finite, got {value!r}")
+            if name.startswith("max_"):  # steps, speeds, reaches and ages
+                check(value > 0, name, f"must be > 0, got {value!r}")
+        check(len(self.workspace_min) == 3 and len(self.workspace_max) == 3 and all(
+            lo < hi for lo, hi in zip(self.workspace_min, self.workspace_max, strict=True)), "workspace_min",
+            f"{self.workspace_min} must be below workspace_max {self.workspace_max} in x, y and z")
+        check(self.finger_min <= self.finger_max, "finger_min", f"{self.finger_min} exceeds finger_max")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], source: str = "parameters") -> SafetyLimits:
+        """The limits among a node's parameters (other keys are ignored), type-checked; ConfigError names the key."""
+        names = {f.name for f in fields(cls)}
+        return parse(cls, {k: v for k, v in params.items() if k in names}, source)
 
 
 def find_non_finite(name: str, values: np.ndarray, column_names: list[str] | None = None) -> str:
@@ -220,15 +222,10 @@ class SafetyCalibration:
                    tuple(float(v) for v in std), int(counts.min()), int(num_steps), int(num_samples), int(seed),
                    source)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": CALIBRATION_FORMAT, "format_version": CALIBRATION_VERSION, **asdict(self)}
-
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        if path.is_dir():
-            path = path / CALIBRATION_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return write_versioned_json(path / CALIBRATION_FILE if path.is_dir() else path, CALIBRATION_FORMAT,
+                                    CALIBRATION_VERSION, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> SafetyCalibration:
@@ -239,20 +236,9 @@ class SafetyCalibration:
             raise CalibrationError(
                 f"safety calibration {path} not found; compute it from training bags with "
                 "'lda-calibrate-safety --checkpoint DIR --dino-path DINO --robot-config ROBOT.yaml --bag BAG ...'")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CalibrationError(f"{path} is not valid JSON: {err}") from None
-        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
-            raise CalibrationError(f"{path} is not a safety calibration (missing \"format\": \"{CALIBRATION_FORMAT}\")")
-        if data.get("format_version") != CALIBRATION_VERSION:
-            raise CalibrationError(f"{path} has format_version {data.get('format_version')!r}; "
-                                   f"this code reads version {CALIBRATION_VERSION}")
-        body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
-        try:
-            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in body.items()})
-        except TypeError as err:
-            raise CalibrationError(f"{path}: {err}") from None
+        body = read_versioned_json(path, CALIBRATION_FORMAT, CALIBRATION_VERSION, "a safety calibration",
+                                   CalibrationError)
+        return parse(cls, body, path, error=CalibrationError)
 
     def check_fits(self, future_offsets_s, num_steps: int, num_samples: int, seed: int) -> None:
         """Raise :class:`CalibrationError` if the model/monitor settings differ from the calibration's."""

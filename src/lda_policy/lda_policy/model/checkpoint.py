@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from lda_common.config import ConfigError, parse, read_versioned_json, write_versioned_json
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -35,7 +36,7 @@ FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConfigError):
     """A checkpoint directory is missing a file, holds pickle, is malformed or does not fit the model."""
 
 
@@ -43,8 +44,7 @@ def save_checkpoint(model: LDAModel, directory: str | Path) -> Path:
     """Writes the three checkpoint files into ``directory`` (created if needed) and returns it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict()}
-    (directory / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
+    write_versioned_json(directory / CONFIG_FILE, FORMAT, FORMAT_VERSION, {"config": model.config.to_dict()})
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
     (directory / NORMALIZATION_FILE).write_text(json.dumps(model.normalizer.to_dict(), indent=2) + "\n")
@@ -54,19 +54,8 @@ def save_checkpoint(model: LDAModel, directory: str | Path) -> Path:
 def read_config(directory: str | Path) -> LDAConfig:
     """The :class:`LDAConfig` stored in a checkpoint directory (no weights are read)."""
     path = _existing(Path(directory), CONFIG_FILE)
-    try:
-        header = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an LDA checkpoint config (missing \"format\": \"{FORMAT}\")")
-    if header.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {header.get('format_version')!r}; "
-                              f"this code reads version {FORMAT_VERSION}")
-    try:
-        return LDAConfig.from_dict(header["config"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: invalid config: {err}") from None
+    body = read_versioned_json(path, FORMAT, FORMAT_VERSION, "an LDA checkpoint config", CheckpointError)
+    return parse(LDAConfig, body.get("config"), path, prefix="config", error=CheckpointError)
 
 
 def load_checkpoint(cls: type[LDAModel], directory: str | Path, device: torch.device | str = "cpu",

@@ -209,33 +209,9 @@ class LDAConfig:
         return arch
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready nested dict (tuples become lists)."""
+        """JSON-ready nested dict; ``lda_common.config.parse(LDAConfig, d)`` reads it back, validated."""
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LDAConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        data = dict(data)
-        _reject_unknown(cls, data, "LDAConfig")
-        _reject_unknown(TimeLayout, data.get("time", {}), "LDAConfig.time")
-        _reject_unknown(FlowConfig, data.get("flow", {}), "LDAConfig.flow")
-        for e in data.get("embodiments", []):
-            _reject_unknown(EmbodimentSpec, e, "EmbodimentSpec")
-        time = data.pop("time", {})
-        time = TimeLayout(**{k: tuple(v) if isinstance(v, list) else v for k, v in time.items()})
-        return cls(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
-               if k not in ("embodiments", "flow")},
-            embodiments=tuple(EmbodimentSpec(**e) for e in data.get("embodiments", [])),
-            time=time,
-            flow=FlowConfig(**data.get("flow", {})),
-        )
-
-
-def _reject_unknown(cls: type, data: dict[str, Any], where: str) -> None:
-    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ValueError(f"{where} has unknown field(s) {sorted(unknown)}")
 
 
 #: Example hand-centric embodiments every preset starts with; pass ``embodiments=`` to
