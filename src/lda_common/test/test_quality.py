@@ -1,7 +1,7 @@
 """The one quality vocabulary: the service constants, the CLI choices and the training roles agree with it."""
 
 import pytest
-from lda_common.quality import QUALITIES, Quality
+from lda_common.schema import QUALITIES, Quality
 
 from lda_msgs.srv import StopEpisode
 

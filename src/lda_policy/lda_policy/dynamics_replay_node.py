@@ -31,24 +31,23 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from geometry_msgs.msg import Point
+from lda_common.messages import Topics
 from rclpy.node import Node
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA, Float32
 from visualization_msgs.msg import Marker, MarkerArray
 
-from lda_common import topics
 from lda_policy.deploy.replay import DynamicsReplay, LatentPCA, ReplayError, heatmap, panel, read_episode
-from lda_policy.deploy.ros_io import COMMAND_QOS, ParameterError, declare, rgb_to_image, sec_to_stamp
 from lda_policy.deploy.safety import CALIBRATION_FILE, SafetyCalibration
-from lda_policy.model_node import ModelNode, node_main
+from lda_policy.ros_io import COMMAND_QOS, ModelNode, ParameterError, declare, node_main, rgb_to_image, sec_to_stamp
 
 TOPICS = {
-    "camera": (topics.REPLAY_CAMERA, Image, "sensor_msgs/msg/Image"),
-    "latents": (topics.REPLAY_LATENTS, Image, "sensor_msgs/msg/Image"),
-    "trajectories": (topics.REPLAY_TRAJECTORIES, MarkerArray, "visualization_msgs/msg/MarkerArray"),
-    "surprise": (topics.REPLAY_SURPRISE, Float32, "std_msgs/msg/Float32"),
-    "distance": (topics.REPLAY_DISTANCE, Float32, "std_msgs/msg/Float32"),
+    "camera": (Topics.REPLAY_CAMERA, Image, "sensor_msgs/msg/Image"),
+    "latents": (Topics.REPLAY_LATENTS, Image, "sensor_msgs/msg/Image"),
+    "trajectories": (Topics.REPLAY_TRAJECTORIES, MarkerArray, "visualization_msgs/msg/MarkerArray"),
+    "surprise": (Topics.REPLAY_SURPRISE, Float32, "std_msgs/msg/Float32"),
+    "distance": (Topics.REPLAY_DISTANCE, Float32, "std_msgs/msg/Float32"),
 }
 
 

@@ -26,32 +26,33 @@ from collections import deque
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
+from lda_common.messages import Topics
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
-from lda_common import topics
 from lda_msgs.msg import ActionChunk, SafetyStatus
 from lda_policy.deploy.chunk_executor import ChunkExecutor, ExecutorConfig
 from lda_policy.deploy.policy import PolicyCore, PolicySettings
 from lda_policy.deploy.robot import ConfigError
-from lda_policy.deploy.ros_io import (
+from lda_policy.deploy.runtime import RuntimeLoadError
+from lda_policy.ros_io import (
     COMMAND_QOS,
     LATCHED_QOS,
     SENSOR_QOS,
+    ModelNode,
     chunk_to_msg,
     declare,
     diagnostic_status,
     msg_to_chunk,
+    node_main,
     pose_arrays,
     pose_stamped,
     sec_to_stamp,
     stamp_to_sec,
 )
-from lda_policy.deploy.runtime import RuntimeLoadError
-from lda_policy.model_node import ModelNode, node_main
 
-PROPOSED_TOPIC, APPROVED_TOPIC, STATUS_TOPIC = topics.PROPOSED_CHUNK, topics.ACTION_CHUNK, topics.SAFETY_STATUS
+PROPOSED_TOPIC, APPROVED_TOPIC, STATUS_TOPIC = Topics.PROPOSED_CHUNK, Topics.ACTION_CHUNK, Topics.SAFETY_STATUS
 
 
 class PolicyNode(ModelNode, LifecycleNode):

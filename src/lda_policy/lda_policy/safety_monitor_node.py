@@ -25,30 +25,31 @@ from pathlib import Path
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
+from lda_common.messages import Topics
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from lda_common import topics
 from lda_msgs.msg import ActionChunk, SafetyStatus
 from lda_policy.deploy.monitor import MonitorSettings, SafetyMonitorCore
-from lda_policy.deploy.ros_io import (
+from lda_policy.deploy.safety import CALIBRATION_FILE, LEVEL_NAMES, CalibrationError, SafetyCalibration, SafetyLimits
+from lda_policy.ros_io import (
     COMMAND_QOS,
     LATCHED_QOS,
     SENSOR_QOS,
+    ModelNode,
     declare,
     diagnostic_status,
     msg_to_chunk,
+    node_main,
     pose_arrays,
     sec_to_stamp,
     stamp_to_sec,
 )
-from lda_policy.deploy.safety import CALIBRATION_FILE, LEVEL_NAMES, CalibrationError, SafetyCalibration, SafetyLimits
-from lda_policy.model_node import ModelNode, node_main
 
-PROPOSED_TOPIC, APPROVED_TOPIC, STATUS_TOPIC = topics.PROPOSED_CHUNK, topics.ACTION_CHUNK, topics.SAFETY_STATUS
-RESET_SERVICE = topics.SAFETY_RESET
+PROPOSED_TOPIC, APPROVED_TOPIC, STATUS_TOPIC = Topics.PROPOSED_CHUNK, Topics.ACTION_CHUNK, Topics.SAFETY_STATUS
+RESET_SERVICE = Topics.SAFETY_RESET
 
 
 class SafetyMonitorNode(ModelNode, Node):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from lda_policy.deploy.ros_io import sec_to_stamp
+from lda_policy.ros_io import sec_to_stamp
 from lda_testing.ros import NodeProcess, ros_node, wait_for
 from std_srvs.srv import Trigger
 

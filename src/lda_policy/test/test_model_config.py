@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from lda_common.config import parse
-from lda_common.quality import Quality
+from lda_common.schema import Quality
 from lda_policy.model import (
     PRESETS,
     EmbodimentSpec,

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from lda_common.quality import Quality
+from lda_common.schema import Quality
 from lda_policy.model import EmbodimentSpec, InputError, LDAModel, Task
 
 POINT = EmbodimentSpec("point", action_dim=2, state_dim=2, description="2-D velocity of a point")

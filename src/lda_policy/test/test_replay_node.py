@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 from lda_common.bag_io import BagWriter
-from lda_policy.deploy.ros_io import pose_stamped, rgb_to_image, sec_to_stamp
+from lda_policy.ros_io import pose_stamped, rgb_to_image, sec_to_stamp
 from lda_testing.ros import NodeProcess, ros_node, wait_for
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState

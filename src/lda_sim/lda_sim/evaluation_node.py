@@ -20,6 +20,7 @@ from pathlib import Path
 
 import rclpy
 from geometry_msgs.msg import PoseStamped
+from lda_common.messages import Topics
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -27,7 +28,6 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
-from lda_common import topics
 from lda_msgs.msg import SafetyStatus
 from lda_msgs.srv import ResetSim
 
@@ -39,7 +39,7 @@ PARAMETERS = {
     "max_steps": (150, "control steps (sim eef_pose messages) before an episode counts as a failure"),
     "instruction": ("lift the red cube", "instruction published on /lda/instruction"),
     "reset_service": ("sim/reset", "simulator's ResetSim service"),
-    "reset_services": ([topics.SAFETY_RESET], "std_srvs/Trigger services called after each sim reset"),
+    "reset_services": ([Topics.SAFETY_RESET], "std_srvs/Trigger services called after each sim reset"),
     "settle_s": (0.5, "wait after the resets before the episode's steps count [s]"),
     "results_path": ("", "write the results JSON here (empty: only log them)"),
     "label": ("policy", "name of what drives the robot, stored in the results (e.g. policy, frozen)"),
@@ -62,8 +62,8 @@ class EvaluationNode(Node):
         self._absent: set[str] = set()  # optional services not found when last called
         self.create_subscription(PoseStamped, "robot/right/eef_pose", self._on_step, qos_profile_sensor_data)
         self.create_subscription(Bool, "lda/task_success", self._on_success, qos_profile_sensor_data)
-        self.create_subscription(SafetyStatus, topics.SAFETY_STATUS, self._on_status, 10)
-        self._instruction = self.create_publisher(String, topics.INSTRUCTION, LATCHED)
+        self.create_subscription(SafetyStatus, Topics.SAFETY_STATUS, self._on_status, 10)
+        self._instruction = self.create_publisher(String, Topics.INSTRUCTION, LATCHED)
         self._reset = self.create_client(ResetSim, self.cfg["reset_service"])
         self._triggers = [self.create_client(Trigger, name) for name in self.cfg["reset_services"] if name]
 

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from lda_common.quality import QUALITIES
+from lda_common.schema import QUALITIES
 
 os.environ.setdefault("SVT_LOG", "1")
 

@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lda_common.quality import QUALITIES, Quality
 from lda_common.robot_config import RobotConfig
 from lda_common.schema import (
     EMBODIMENT_FILE,
     EPISODES_FILE,
+    QUALITIES,
+    Quality,
     dataset_features,
     embodiment_record,
     fsync_dir,

@@ -30,6 +30,7 @@ from lda_common.action_space import HandCentricActionSpace
 from lda_common.alignment import BadSample, CommandLog, FrameSync, Tick
 from lda_common.bag_io import EVENTS_MSGTYPE, BagWriter, serialize, typestore
 from lda_common.messages import (
+    Topics,
     check_raw_image,
     compressed_to_rgb,
     deserialize,
@@ -39,14 +40,12 @@ from lda_common.messages import (
     raw_image_to_rgb,
     stamp_ns,
 )
-from lda_common.quality import QUALITIES
 from lda_common.robot_config import CameraConfig, HandConfig, RobotConfig
-
-from lda_common import topics
+from lda_common.schema import QUALITIES
 
 from .episode_writer import DatasetError, DatasetStore, EpisodeWriter, SaveError
 
-DEFAULT_EVENTS_TOPIC = topics.EPISODE_EVENTS
+DEFAULT_EVENTS_TOPIC = Topics.EPISODE_EVENTS
 
 
 class RecorderError(RuntimeError):

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
-from lda_common import topics
+from lda_common.messages import Topics
 
 TEST_ROBOT = "test_arm"
 IMAGE_W, IMAGE_H = 64, 48
@@ -200,7 +199,7 @@ class SyntheticRobot:
                  instruction: str = "pick up the red block") -> None:
         from geometry_msgs.msg import PoseStamped
         from lda_policy.deploy.robot import RobotInterface
-        from lda_policy.deploy.ros_io import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
+        from lda_policy.ros_io import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import String
 
@@ -228,15 +227,15 @@ class SyntheticRobot:
         self.pub_pose = node.create_publisher(PoseStamped, hand.pose_topic, SENSOR_QOS)
         self.pub_joints = node.create_publisher(JointState, hand.gripper_topic, SENSOR_QOS)
         self.pub_instruction = node.create_publisher(String, self.robot.config.instruction_topic, LATCHED_QOS)
-        self.pub_proposed = node.create_publisher(ActionChunk, topics.PROPOSED_CHUNK, COMMAND_QOS)
+        self.pub_proposed = node.create_publisher(ActionChunk, Topics.PROPOSED_CHUNK, COMMAND_QOS)
         node.create_subscription(PoseStamped, "/robot/right/eef_target", self._on_target, COMMAND_QOS)
         node.create_subscription(JointState, "/robot/right/gripper_command",
                                  lambda m: self.gripper_commands.append(m.position[0]), COMMAND_QOS)
-        node.create_subscription(SafetyStatus, topics.SAFETY_STATUS, lambda m: self._record(self.statuses, m),
+        node.create_subscription(SafetyStatus, Topics.SAFETY_STATUS, lambda m: self._record(self.statuses, m),
                                  COMMAND_QOS)
-        node.create_subscription(ActionChunk, topics.ACTION_CHUNK, lambda m: self._record(self.approved, m),
+        node.create_subscription(ActionChunk, Topics.ACTION_CHUNK, lambda m: self._record(self.approved, m),
                                  COMMAND_QOS)
-        node.create_subscription(ActionChunk, topics.PROPOSED_CHUNK, lambda m: self._record(self.proposed, m),
+        node.create_subscription(ActionChunk, Topics.PROPOSED_CHUNK, lambda m: self._record(self.proposed, m),
                                  COMMAND_QOS)
         self.pub_instruction.publish(String(data=instruction))
         self._stop = threading.Event()
@@ -251,7 +250,7 @@ class SyntheticRobot:
             store.append((self.now(), msg))
 
     def _on_target(self, msg) -> None:
-        from lda_policy.deploy.ros_io import pose_arrays
+        from lda_policy.ros_io import pose_arrays
 
         pos, quat = pose_arrays(msg)
         with self.lock:
@@ -260,7 +259,7 @@ class SyntheticRobot:
                 self.position, self.quaternion = pos, quat
 
     def _run(self) -> None:
-        from lda_policy.deploy.ros_io import rgb_to_image, sec_to_stamp
+        from lda_policy.ros_io import rgb_to_image, sec_to_stamp
 
         period = 1.0 / self.rate_hz
         while not self._stop.wait(period):

@@ -42,10 +42,10 @@ def _setup_logging() -> None:
 def _errors():
     from lda_policy.model import CheckpointError
 
+    from .build import TrainError
     from .config import ConfigError
     from .data import DataError
     from .latent_cache import CacheError
-    from .trainer import TrainError
 
     return ConfigError, (DataError, TrainError, CacheError, CheckpointError)
 
@@ -111,9 +111,9 @@ def build_caches(cfg, verify_only: bool = False, progress: bool | None = None) -
     import torch
     from lda_policy.model import PRESETS, read_config
 
+    from .build import TrainError
     from .data import open_sources
     from .latent_cache import CacheSpec, default_cache_root, ensure_cache
-    from .trainer import TrainError
 
     if cfg.encoders.dino_path is None:
         raise TrainError("encoders.dino_path is not set: name the local DINOv3 checkpoint directory")

@@ -34,8 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from lda_common.quality import Quality
-from lda_common.schema import EMBODIMENT_FILE, EPISODES_FILE, read_episode_labels
+from lda_common.schema import EMBODIMENT_FILE, EPISODES_FILE, Quality, read_episode_labels
 from lda_policy.model import LDAConfig, Task, TimeLayout, allowed_tasks
 
 from .config import DatasetConfig, TaskWeights

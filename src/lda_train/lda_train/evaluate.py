@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lda_common.quality import Quality
+from lda_common.schema import Quality
 from lda_policy.model import LDAModel, Observation
 
 from .config import EvalConfig

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from lda_common.quality import Quality
+from lda_common.schema import Quality
 from lda_policy.model import RobustStats
 
 from .data import SourceDataset

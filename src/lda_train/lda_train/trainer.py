@@ -9,11 +9,7 @@ of the global batch. Hence one process with 2 accumulation steps and two process
 micro-batch each compute the same update, and a resumed run replays exactly the batches and noise
 the interrupted one would have seen.
 
-Checkpoints (``<output_dir>/checkpoints/step_NNNNNN/``) are written into a temporary directory and
-renamed into place: ``model/`` (``LDAModel.save_pretrained``: config, safetensors weights,
-normalisation statistics; loadable by the policy node), ``ema/`` (the EMA weights when enabled),
-``optimizer.safetensors`` + ``training_state.json`` (AdamW moments, step, param groups), and
-``rng.safetensors``. Nothing is pickled.
+Checkpoints and resume: :mod:`.checkpoints`; processes, model and optimiser: :mod:`.build`.
 """
 
 from __future__ import annotations
@@ -23,9 +19,7 @@ import dataclasses
 import datetime
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -36,11 +30,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from lda_policy.model import PRESETS, EmbodimentSpec, LDAModel, Task
-from safetensors.torch import load_file, save_file
+from lda_policy.model import PRESETS, LDAModel, Task
 
+from .build import (
+    DistEnv,
+    TrainError,
+    build_model,
+    ema_decay_at,
+    lr_at,
+    make_optimizer,
+    setup_distributed,
+    teardown_distributed,
+)
+from .checkpoints import TrainingCheckpoints, list_checkpoints
 from .config import TrainingRunConfig, dump_config
-from .data import DataError, TaskSampler, open_sources
+from .data import TaskSampler, open_sources
 from .evaluate import EvalSet, evaluate, flat_metrics, plot_curves, write_eval
 from .latent_cache import (
     CachedLatents,
@@ -56,208 +60,13 @@ from .stats import embodiment_stats, install_stats, latent_stats
 
 log = logging.getLogger("lda_train")
 
-STATE_FORMAT = "lda-train-state"
-STATE_VERSION = 1
-#: Config sections a resumed run must share with the run it continues (else data order / shapes differ).
-RESUME_CRITICAL = ("seed", "data.datasets", "data.heldout_fraction", "data.task_weights", "model.preset",
-                   "model.checkpoint", "train.batch_size", "encoders.dino_path", "encoders.language",
-                   "encoders.language_path", "cache.dtype")
 
-
-class TrainError(RuntimeError):
-    """Training cannot start or continue; the message says why and what to do."""
-
-
-# ---------------------------------------------------------------------------------------------- processes
-
-
-@dataclasses.dataclass
-class DistEnv:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-
-def setup_distributed(device: str = "auto") -> DistEnv:
-    """Reads torchrun's environment; initialises the process group (nccl on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise TrainError(f"device {device!r} requested but CUDA is not available")
-    if use_cuda:
-        dev = torch.device(device if device.startswith("cuda:") and world == 1 else f"cuda:{local}")
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
-    return DistEnv(rank, world, local, dev)
-
-
-def teardown_distributed() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------------------------- model
-
-
-def build_model(cfg: TrainingRunConfig, sources: list, language_dim: int) -> tuple[LDAModel, bool]:
-    """The model to train and whether it came from a checkpoint. Embodiments the datasets use and
-    the starting config lacks are appended to the free embodiment slots."""
-    from_ckpt = cfg.model.checkpoint is not None
-    if from_ckpt:
-        base = LDAModel.from_pretrained(cfg.model.checkpoint)
-        config = base.config
-    else:
-        base = None
-        config = PRESETS[cfg.model.preset]
-    specs = list(config.embodiments)
-    names = [s.name for s in specs]
-    for src in sources:
-        if src.embodiment in names:
-            spec = specs[names.index(src.embodiment)]
-            if (src.has_action and src.action_dim != spec.action_dim) or \
-                    (src.has_state and src.state_dim != spec.state_dim):
-                raise DataError(f"{src.where}: embodiment {src.embodiment!r} has {spec.action_dim}-d actions and "
-                                f"{spec.state_dim}-d states in the model, the dataset has {src.action_dim} / "
-                                f"{src.state_dim}")
-            continue
-        a = src.action_dim or _record_dim(src.embodiment_record, "action")
-        s = src.state_dim or _record_dim(src.embodiment_record, "state")
-        if not (a and s):
-            raise DataError(f"{src.where}: embodiment {src.embodiment!r} is new to the model, and neither the "
-                            "dataset's features nor its meta/lda_embodiment.json size its actions and states; "
-                            f"use a known embodiment ({names}) for actionless data")
-        specs.append(EmbodimentSpec(src.embodiment, a, s, "added by lda-train from the dataset"))
-        names.append(src.embodiment)
-    if len(specs) > config.max_embodiments:
-        raise DataError(f"{len(specs)} embodiments ({names}) exceed the model's {config.max_embodiments} slots")
-    if language_dim != config.lang_dim:
-        raise TrainError(f"the language encoder gives {language_dim}-d tokens, the model "
-                         f"({config.name}) expects lang_dim={config.lang_dim}; for lda-1b / lda-0.5b use "
-                         "encoders.language=qwen3vl with the Qwen3-VL-4B checkpoint, or a CPU preset with minilm")
-    config = dataclasses.replace(config, embodiments=tuple(specs))
-    model = LDAModel(config)
-    if base is not None:
-        model.load_state_dict(base.state_dict(), strict=True)
-        model.normalizer.load_dict(base.normalizer.to_dict())
-    if cfg.model.gradient_checkpointing:
-        model.set_gradient_checkpointing(True)
-    if cfg.model.compile:
-        model.compile_denoiser()
-    return model, from_ckpt
-
-
-def _record_dim(record: dict[str, Any], key: str) -> int:
-    """Width of ``key`` (action/state) in a recorder embodiment record: ``{key: {"names": [...]}}``."""
-    entry = record.get(key)
-    if isinstance(entry, dict) and isinstance(entry.get("names"), list):
-        return len(entry["names"])
-    return int(record.get(f"{key}_dim") or 0)
-
-
-def lr_at(step: int, cfg: TrainingRunConfig) -> float:
-    """Linear warm-up to ``optim.lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at the last step."""
-    o, total = cfg.optim, cfg.train.steps
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    span = max(1, total - 1 - o.warmup_steps)
-    progress = min(1.0, (step - o.warmup_steps) / span)
-    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def ema_decay_at(step: int, decay: float) -> float:
-    """EMA decay with a warm-up, ``min(decay, (1 + step) / (10 + step))``: early averages do not drag
-    the random initial weights along (at decay 0.999 they would still weigh 37 % after 1000 steps)."""
-    return min(decay, (1.0 + step) / (10.0 + step))
-
-
-_NO_DECAY = ("action_pos", "frame_embed", "registers", "standin", "null_language", "task_embed")
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainingRunConfig) -> torch.optim.AdamW:
-    """AdamW (Table V: betas 0.9/0.95); no weight decay on biases, norms, embeddings and learned tokens."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or any(k in name for k in _NO_DECAY) else decay).append(p)
-    o = cfg.optim
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # foreach kernels on one device (also on CPU, where torch would pick the per-tensor loop)
-    foreach = None if cfg.train.strategy == "fsdp" else True
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, foreach=foreach)
-
-
-# ---------------------------------------------------------------------------------------------- checkpoints
-
-
-def _flatten_optim(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    tensors = {}
-    for fqn, entry in state["state"].items():
-        for k, v in entry.items():
-            t = v if isinstance(v, torch.Tensor) else torch.tensor(v)
-            tensors[f"{fqn}::{k}"] = t.detach().contiguous().cpu()
-    groups = []
-    for g in state["param_groups"]:
-        groups.append({k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()})
-    return tensors, groups
-
-
-def _unflatten_optim(tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> dict[str, Any]:
-    state: dict[str, dict[str, torch.Tensor]] = {}
-    for key, t in tensors.items():
-        fqn, k = key.rsplit("::", 1)
-        state.setdefault(fqn, {})[k] = t
-    pg = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
-    return {"state": state, "param_groups": pg}
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run (temporary directories of a killed save are ignored), oldest first."""
-    ckpt_dir = run_dir / "checkpoints"
-    out = []
-    if ckpt_dir.is_dir():
-        for p in ckpt_dir.iterdir():
-            m = re.fullmatch(r"step_(\d+)", p.name)
-            if m and (p / "training_state.json").is_file():
-                out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _config_value(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
 
 
 # ---------------------------------------------------------------------------------------------- trainer
 
 
-class Trainer:
+class Trainer(TrainingCheckpoints):
     """Builds data, model and optimiser from a config and runs (or resumes) training."""
 
     def __init__(self, cfg: TrainingRunConfig, resume: bool = False, env: DistEnv | None = None,
@@ -278,16 +87,6 @@ class Trainer:
         self._build()
 
     # -------------------------------------------------------------- set-up
-
-    def _check_run_dir(self) -> None:
-        existing = list_checkpoints(self.run_dir)
-        if existing and not self.resume:
-            raise TrainError(f"{self.run_dir} already holds checkpoints (newest step {existing[-1][0]}); pass "
-                             "--resume to continue that run, or choose another output_dir")
-        if self.resume and not existing:
-            raise TrainError(f"--resume: no complete checkpoint in {self.run_dir / 'checkpoints'}")
-        if self.resume:
-            self._check_resume_config(existing[-1][1])
 
     def _build(self) -> None:
         cfg, env = self.cfg, self.env
@@ -483,131 +282,6 @@ class Trainer:
             with torch.no_grad():
                 for p, b in zip(params, backup, strict=True):
                     p.copy_(b)
-
-    def save(self, step: int, optimizer: torch.optim.Optimizer) -> Path | None:
-        """Atomic checkpoint of everything needed to continue; returns its directory (rank 0)."""
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-        env = self.env
-        optim_state = (get_optimizer_state_dict(self.model, optimizer, options=self._state_options()) if self.fsdp
-                       else get_optimizer_state_dict(self.model, optimizer) if env.main else None)
-        ema_state = self._ema_state()
-        ckpt_root = self.run_dir / "checkpoints"
-        final = ckpt_root / f"step_{step:06d}"
-        tmp = ckpt_root / f".tmp-step_{step:06d}-{os.getpid()}"
-        if env.main:
-            ckpt_root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-        try:
-            with self.plain_model(ema=False) as model:
-                if model is not None:
-                    model.save_pretrained(tmp / "model")
-            if ema_state is not None:
-                with self.plain_model(ema=True) as model:
-                    if model is not None:
-                        model.save_pretrained(tmp / "ema")
-            if env.main:
-                if ema_state is not None:
-                    save_file({k: v.contiguous() for k, v in ema_state.items()}, str(tmp / "ema_state.safetensors"))
-                tensors, groups = _flatten_optim(optim_state)
-                save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": STATE_FORMAT})
-                rng = {"torch_cpu": torch.get_rng_state()}
-                if torch.cuda.is_available():
-                    for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                        rng[f"torch_cuda_{i}"] = s
-                save_file(rng, str(tmp / "rng.safetensors"))
-                state = {
-                    "format": STATE_FORMAT, "format_version": STATE_VERSION, "step": step,
-                    "world_size": env.world, "micro_batch_size": self.micro, "accumulation": self.accum,
-                    "param_groups": groups, "lr_last_step": lr_at(step - 1, self.cfg) if step else 0.0,
-                    "samples_seen": step * self.cfg.train.batch_size, "elapsed_s": self.elapsed + self._since(),
-                    "cache_fingerprints": self._fingerprints(), "saved_unix": time.time(),
-                }
-                (tmp / "training_state.json").write_text(json.dumps(state, indent=2) + "\n")
-                (tmp / "config.yaml").write_text(dump_config(self.cfg))
-                for p in tmp.rglob("*"):
-                    if p.is_file():
-                        with p.open("rb") as f:
-                            os.fsync(f.fileno())
-                if final.exists():
-                    shutil.rmtree(final)
-                os.rename(tmp, final)
-        except BaseException:
-            if env.main:
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if env.main:
-            _atomic_write_text(ckpt_root / "latest.json", json.dumps({"step": step, "path": final.name}) + "\n")
-            keep = self.cfg.train.keep_checkpoints
-            if keep:
-                for _, old in list_checkpoints(self.run_dir)[:-keep]:
-                    shutil.rmtree(old, ignore_errors=True)
-        env.barrier()
-        return final if env.main else None
-
-    def _fingerprints(self) -> dict[str, str]:
-        if not self.data.cached:
-            return {}
-        return {s.name: c.fingerprint for s, c in zip(self.sources, self.data.latents.caches, strict=True)}
-
-    def _since(self) -> float:
-        return time.monotonic() - self._t0 if hasattr(self, "_t0") else 0.0
-
-    def load(self, optimizer: torch.optim.Optimizer) -> int:
-        """Restores the newest checkpoint into model, optimiser and EMA; returns its step."""
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
-        step, path = list_checkpoints(self.run_dir)[-1]
-        state = json.loads((path / "training_state.json").read_text())
-        if state.get("format") != STATE_FORMAT or state.get("format_version") != STATE_VERSION:
-            raise TrainError(f"{path}/training_state.json is not a version-{STATE_VERSION} {STATE_FORMAT} file")
-        if state.get("micro_batch_size") != self.micro:
-            self._log(f"note: micro-batch size {self.micro} differs from the checkpoint's "
-                      f"{state.get('micro_batch_size')}: same batches, different noise draws from here on")
-        weights = load_file(str(path / "model" / "model.safetensors"))
-        fsdp = self.cfg.train.strategy == "fsdp" and self.env.distributed
-        tensors = load_file(str(path / "optimizer.safetensors"))
-        optim_state = _unflatten_optim(tensors, state["param_groups"])
-        if fsdp:
-            set_model_state_dict(self.model, weights, options=self._state_options())
-            set_optimizer_state_dict(self.model, optimizer, optim_state, options=self._state_options())
-        else:
-            self.model.load_state_dict({k: v.to(self.env.device) for k, v in weights.items()}, strict=True)
-            set_optimizer_state_dict(self.model, optimizer, optim_state)
-        saved_norm = json.loads((path / "model" / "normalization.json").read_text())
-        self.model.normalizer.load_dict(saved_norm)  # statistics travel with the run, not the data
-        if self.ema is not None:
-            ema_file = path / "ema_state.safetensors"
-            if not ema_file.is_file():
-                raise TrainError(f"{path}: optim.ema is on but the checkpoint has no EMA state")
-            ema = load_file(str(ema_file))
-            for (n, p), e in zip(self.model.named_parameters(), self.ema, strict=True):
-                src = ema[n].to(e.device if not hasattr(e, "full_tensor") else "cpu")
-                if hasattr(e, "full_tensor"):
-                    from torch.distributed.tensor import distribute_tensor
-
-                    e.copy_(distribute_tensor(src.to(p.full_tensor().device), e.device_mesh, e.placements))
-                else:
-                    e.copy_(src)
-        rng = load_file(str(path / "rng.safetensors"))
-        torch.set_rng_state(rng["torch_cpu"])
-        self.elapsed = float(state.get("elapsed_s", 0.0))
-        self._log(f"resumed from {path} (step {step})")
-        return step
-
-    def _check_resume_config(self, path: Path) -> None:
-        import yaml
-
-        try:
-            saved = yaml.safe_load((path / "config.yaml").read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise TrainError(f"--resume: cannot read {path / 'config.yaml'}: {err}") from None
-        now = self.cfg.to_dict()
-        diff = [k for k in RESUME_CRITICAL if _config_value(saved, k) != _config_value(now, k)]
-        if diff:
-            raise TrainError(f"--resume: the config differs from the run being continued in {diff} (the data "
-                             "order and model would change); use the original config or a new output_dir")
 
     # -------------------------------------------------------------- loop
 

@@ -4,8 +4,8 @@ import math
 from pathlib import Path
 
 import pytest
+from lda_train.build import lr_at
 from lda_train.config import ConfigError, load_config
-from lda_train.trainer import lr_at
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -73,7 +73,7 @@ def test_learning_rate_schedule(tmp_path):
 
 
 def test_ema_decay_warms_up():
-    from lda_train.trainer import ema_decay_at
+    from lda_train.build import ema_decay_at
 
     decays = [ema_decay_at(s, 0.999) for s in range(20000)]
     assert decays[0] == pytest.approx(0.1) and max(decays) == 0.999

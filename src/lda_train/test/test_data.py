@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import MIXED
-from lda_common.quality import Quality
+from lda_common.schema import Quality
 from lda_policy.model import PRESETS, Task, allowed_tasks
 from lda_testing.datasets import record_dataset
 from lda_train.config import DatasetConfig, TaskWeights
@@ -125,8 +125,8 @@ def test_batches_never_carry_actions_where_the_role_forbids_them(mixed_dataset):
 
 
 def test_two_embodiments_train_together(mixed_dataset, session_dir):
+    from lda_train.build import build_model
     from lda_train.config import load_config
-    from lda_train.trainer import build_model
 
     bimanual = record_dataset(session_dir / "bimanual", ["high", "low", "high"], length=20, seed=2,
                               robot="test_bimanual", hands=2)

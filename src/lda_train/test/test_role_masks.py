@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import MIXED, make_config
-from lda_common.quality import Quality
+from lda_common.schema import Quality
 from lda_policy.model import Task
 from lda_testing.datasets import record_dataset
 from lda_train.trainer import Trainer

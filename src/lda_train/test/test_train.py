@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, make_config
-from lda_train.trainer import Trainer, TrainError, run_training
+from lda_train.build import TrainError
+from lda_train.trainer import Trainer, run_training
 from safetensors.torch import load_file
 
 

@@ -1,4 +1,4 @@
-"""Deployment core of the LDA suite, ROS-free (except :mod:`.ros_io`, the nodes' message helpers).
+"""Deployment core of the LDA suite, ROS-free (the nodes' ROS helpers are in :mod:`lda_policy.ros_io`).
 
 - :mod:`.runtime`: the checkpoint and its encoders (``ModelRuntime``);
 - :mod:`.observations`: lazily encoded camera frames (``FrameLatents``), timestamped hand states
@@ -8,5 +8,5 @@
 - :mod:`.chunk_executor`: smooth execution of approved chunks, latency compensation, hold-still;
 - :mod:`.safety`: hard limits, surprise calibration, the latching OK/WARN/STOP state;
 - :mod:`.monitor`: the forward-dynamics safety monitor (``SafetyMonitorCore``);
-- :mod:`.replay` / :mod:`.calibrate`: bags through forward dynamics, pictures, surprise calibration.
+- :mod:`.replay`: bags through forward dynamics, pictures, surprise calibration (``calibrate_safety``).
 """

@@ -30,11 +30,13 @@ from .encoders import (
                      MiniLMEncoder,
                      Qwen3VLEncoder,
                      load_language_encoder,
+                     pool_latents,
                      write_random_dinov3_checkpoint,
                      write_random_qwen3vl_checkpoint,
 )
-from .lda import InputError, LDAModel, Observation, pool_latents
+from .lda import LDAModel
 from .normalization import Normalizer, RobustStats
+from .observation import InputError, Observation
 
 __all__ = [
     "CheckpointError", "DEFAULT_EMBODIMENTS", "DINO_DIM", "DINO_GRID", "DinoV3Encoder",

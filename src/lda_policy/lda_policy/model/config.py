@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from lda_common.quality import Quality
+from lda_common.schema import Quality
 
 #: Patch grid of DINOv3 ViT-S/16 at 224x224 px (224 / 16 = 14 patches per side).
 DINO_GRID: tuple[int, int] = (14, 14)

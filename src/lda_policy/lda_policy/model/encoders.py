@@ -19,7 +19,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .lda import pool_latents
+
+def pool_latents(latents: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Average-pools DINO patch grids (..., H, W, C) to (..., grid[0], grid[1], C).
+
+    Uses adaptive average pooling, so 14x14 -> 7x7 averages 2x2 patches and 14x14 -> 4x4 uses
+    overlapping bins. A latent cache may store the full 14x14 grid and pool on read, or store the
+    pooled grid; the model accepts either.
+    """
+    *lead, h, w, c = latents.shape
+    if (h, w) == tuple(grid):
+        return latents
+    x = latents.reshape(-1, h, w, c).permute(0, 3, 1, 2)
+    x = F.adaptive_avg_pool2d(x, grid).permute(0, 2, 3, 1)
+    return x.reshape(*lead, grid[0], grid[1], c)
+
+
 
 
 @dataclass

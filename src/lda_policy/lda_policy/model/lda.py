@@ -40,104 +40,30 @@ D           hidden size, ``config.hidden_size``
 from __future__ import annotations
 
 import contextlib
-import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lda_common.quality import Quality
+from lda_common.schema import Quality
 from torch import nn
 
 from .config import DINO_GRID, PRESETS, EmbodimentSpec, LDAConfig, Task, allowed_tasks
+from .encoders import pool_latents
 from .flow import euler_sample, interpolate, sample_time
-from .mmdit import MMDiT
+from .mmdit import EmbodimentLinear, MMDiT, TimestepEmbedder, sincos_2d
 from .normalization import Normalizer
-
-
-def pool_latents(latents: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Average-pools DINO patch grids (..., H, W, C) to (..., grid[0], grid[1], C).
-
-    Uses adaptive average pooling, so 14x14 -> 7x7 averages 2x2 patches and 14x14 -> 4x4 uses
-    overlapping bins. A latent cache may store the full 14x14 grid and pool on read, or store the
-    pooled grid; the model accepts either.
-    """
-    *lead, h, w, c = latents.shape
-    if (h, w) == tuple(grid):
-        return latents
-    x = latents.reshape(-1, h, w, c).permute(0, 3, 1, 2)
-    x = F.adaptive_avg_pool2d(x, grid).permute(0, 2, 3, 1)
-    return x.reshape(*lead, grid[0], grid[1], c)
-
-
-@dataclass
-class Observation:
-    """Inputs shared by the four inference calls, batched, in physical units.
-
-    ``history_latents``: (B, num_obs_frames, gh, gw, latent_dim) DINO patch tokens of the frames at
-    ``config.time.obs_offsets_s`` (oldest first), on the model grid or the full 14x14 grid.
-    ``language``: (B, L, lang_dim) language/VLM tokens; ``language_mask``: (B, L) bool, True = real
-    token (None = all real). ``state``: (B, state_dim) proprio state; ``history_actions``:
-    (B, history_action_steps, action_dim), the actions sent at ``config.time.history_action_offsets_s``.
-    ``state`` / ``history_actions`` may be None (e.g. forecasting from a video without a robot); the
-    model then uses its stand-in tokens, exactly as for actionless training data.
-    """
-
-    embodiment: str
-    history_latents: torch.Tensor
-    language: torch.Tensor
-    language_mask: torch.Tensor | None = None
-    state: torch.Tensor | None = None
-    history_actions: torch.Tensor | None = None
-
-
-class EmbodimentLinear(nn.Module):
-    """A linear layer with one weight set per embodiment slot, picked per sample."""
-
-    def __init__(self, num_slots: int, in_dim: int, out_dim: int, zero_init: bool = False) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_slots, in_dim, out_dim))
-        self.bias = nn.Parameter(torch.zeros(num_slots, out_dim))
-        bound = 0.0 if zero_init else math.sqrt(6.0 / (in_dim + out_dim))
-        nn.init.uniform_(self.weight, -bound, bound)
-
-    def forward(self, x: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """x: (B, N, in_dim), slot: (B,) -> (B, N, out_dim)."""
-        return torch.baddbmm(self.bias[slot].unsqueeze(1), x, self.weight[slot].to(x.dtype))
-
-
-class TimestepEmbedder(nn.Module):
-    """Sinusoidal embedding of the flow time followed by an MLP (DiT)."""
-
-    def __init__(self, hidden: int, scale: float, freq_dim: int = 256) -> None:
-        super().__init__()
-        self.scale = scale
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
-        args = (t.float() * self.scale)[:, None] * freqs[None]
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
-
-
-def _sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos positions (gh * gw, dim): half the channels encode the row, half the column."""
-    def one_axis(n: int, d: int) -> torch.Tensor:
-        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d // 2))
-        args = torch.arange(n, dtype=torch.float64)[:, None] * omega[None]
-        return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
-
-    rows = one_axis(grid[0], dim // 2)[:, None, :].expand(grid[0], grid[1], dim // 2)
-    cols = one_axis(grid[1], dim // 2)[None, :, :].expand(grid[0], grid[1], dim // 2)
-    return torch.cat([rows, cols], dim=-1).reshape(grid[0] * grid[1], dim).float()
-
-
-class InputError(ValueError):
-    """An input tensor has the wrong key, shape, dtype or non-finite values; the message names it."""
-
+from .observation import (
+    InputError,
+    Observation,
+    bool_tensor,
+    check_finite,
+    check_range,
+    check_tensor,
+    float_tensor,
+    int_tensor,
+)
 
 _ACTION_TASKS = (Task.POLICY, Task.INVERSE_DYNAMICS)  # tasks whose noisy modality is the action chunk
 
@@ -178,7 +104,7 @@ class LDAModel(nn.Module):
         n_action_tokens = c.time.history_action_steps + 1 + c.time.chunk_size
         self.action_pos = nn.Parameter(torch.randn(1, n_action_tokens, h) * 0.02)
         self.frame_embed = nn.Parameter(torch.randn(1, c.num_obs_frames + c.num_future_frames, 1, h) * 0.02)
-        self.register_buffer("spatial_pos", _sincos_2d(c.latent_grid, h), persistent=False)
+        self.register_buffer("spatial_pos", sincos_2d(c.latent_grid, h), persistent=False)
         self.registers = nn.Parameter(torch.randn(1, c.num_registers, h) * 0.02)
         # Stand-ins for absent or invalid inputs (paper: "register tokens ... as placeholders").
         self.action_standin = nn.Parameter(torch.randn(h) * 0.02)
@@ -450,20 +376,20 @@ class LDAModel(nn.Module):
                    if k not in batch]
         if missing:
             raise InputError(f"batch is missing key(s) {missing}")
-        task = _int_tensor(batch, "task", dev)
+        task = int_tensor(batch, "task", dev)
         if task.dim() != 1:
             raise InputError(f"batch['task'] must have shape (B,), got {tuple(task.shape)}")
         b = task.shape[0]
-        eid = _int_tensor(batch, "embodiment_id", dev, (b,), 0, len(c.embodiments) - 1)
-        role = _int_tensor(batch, "role", dev, (b,), 0, len(Quality) - 1)
-        _check_range("task", task, 0, len(Task) - 1)
+        eid = int_tensor(batch, "embodiment_id", dev, (b,), 0, len(c.embodiments) - 1)
+        role = int_tensor(batch, "role", dev, (b,), 0, len(Quality) - 1)
+        check_range("task", task, 0, len(Task) - 1)
         opt_bool = {"future_latents_is_pad": (b, c.num_future_frames), "state_valid": (b,),
                     "action_is_pad": (b, c.time.chunk_size)}
         defaults = {"future_latents_is_pad": False, "state_valid": True, "action_is_pad": False}
         out: dict[str, torch.Tensor] = {"task": task, "embodiment_id": eid, "role": role}
-        out["action_valid"] = _bool_tensor(batch, "action_valid", dev, (b,))
+        out["action_valid"] = bool_tensor(batch, "action_valid", dev, (b,))
         for key, shape in opt_bool.items():
-            out[key] = (_bool_tensor(batch, key, dev, shape) if key in batch
+            out[key] = (bool_tensor(batch, key, dev, shape) if key in batch
                         else torch.full(shape, defaults[key], dtype=torch.bool, device=dev))
 
         out["obs_latents"] = self._latents(batch["obs_latents"], "obs_latents", b, c.num_obs_frames, None)
@@ -482,12 +408,12 @@ class LDAModel(nn.Module):
             "state": ((b,), state_need, c.max_state_dim, smask & out["state_valid"][:, None]),
         }
         for key, (lead, need, width, mask) in layout.items():
-            x = _float_tensor(batch, key, dev)
+            x = float_tensor(batch, key, dev)
             if x.dim() != len(lead) + 1 or tuple(x.shape[:-1]) != lead or not need <= x.shape[-1] <= width:
                 raise InputError(f"batch[{key!r}] must have shape {lead + ('W',)} with {need} <= W <= {width}, "
                                  f"got {tuple(x.shape)}")
             x = F.pad(x, (0, width - x.shape[-1]))
-            _check_finite(key, x, mask)
+            check_finite(key, x, mask)
             x = torch.where(mask, x, 0.0)  # invalid or padded entries become exactly 0, never NaN
             x = (self.normalizer.normalize_state(x, eid) if key == "state"
                  else self.normalizer.normalize_action(x, eid))
@@ -548,7 +474,7 @@ class LDAModel(nn.Module):
         clean_a = torch.zeros(act_shape, device=dev)
         clean_v = torch.zeros(fut_shape, device=dev)
         if task == Task.FORWARD_DYNAMICS:
-            a = _check_tensor("actions", actions, (b, c.time.chunk_size, spec.action_dim), dev)
+            a = check_tensor("actions", actions, (b, c.time.chunk_size, spec.action_dim), dev)
             a = F.pad(a, (0, c.max_action_dim - spec.action_dim))
             clean_a = torch.where(self.action_dim_mask[eid][:, None], self.normalizer.normalize_action(a, eid), 0.0)
         if task == Task.INVERSE_DYNAMICS:
@@ -620,7 +546,7 @@ class LDAModel(nn.Module):
             out["state"] = torch.zeros(b, c.max_state_dim, device=dev)
             out["state_present"] = torch.zeros(b, dtype=torch.bool, device=dev)
         else:
-            s = _check_tensor("state", obs.state, (b, spec.state_dim), dev)
+            s = check_tensor("state", obs.state, (b, spec.state_dim), dev)
             s = F.pad(s, (0, c.max_state_dim - spec.state_dim))
             out["state"] = torch.where(self.state_dim_mask[eid], self.normalizer.normalize_state(s, eid), 0.0)
             out["state_present"] = torch.ones(b, dtype=torch.bool, device=dev)
@@ -629,7 +555,7 @@ class LDAModel(nn.Module):
             out["history_actions"] = torch.zeros(b, n_hist, c.max_action_dim, device=dev)
             out["history_present"] = torch.zeros(b, dtype=torch.bool, device=dev)
         else:
-            a = _check_tensor("history_actions", obs.history_actions, (b, n_hist, spec.action_dim), dev)
+            a = check_tensor("history_actions", obs.history_actions, (b, n_hist, spec.action_dim), dev)
             a = F.pad(a, (0, c.max_action_dim - spec.action_dim))
             out["history_actions"] = torch.where(self.action_dim_mask[eid][:, None],
                                                  self.normalizer.normalize_action(a, eid), 0.0)
@@ -649,7 +575,7 @@ class LDAModel(nn.Module):
             raise InputError(f"{name} must be a float tensor, got {x.dtype}")
         x = x.to(self.action_pos.device, torch.float32)
         mask = None if valid is None else valid[:, :, None, None, None]
-        _check_finite(name, x, mask)
+        check_finite(name, x, mask)
         if mask is not None:
             x = torch.where(mask, x, 0.0)
         x = pool_latents(x, c.latent_grid)
@@ -666,61 +592,5 @@ class LDAModel(nn.Module):
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(lang.shape[:2]):
             raise InputError(f"language_mask must be a bool tensor of shape {tuple(lang.shape[:2])}")
         lang, mask = lang.to(dev, torch.float32), mask.to(dev)
-        _check_finite("language", lang, mask[..., None])
+        check_finite("language", lang, mask[..., None])
         return torch.where(mask[..., None], lang, 0.0), mask
-
-
-def _check_finite(name: str, x: torch.Tensor, mask: torch.Tensor | None) -> None:
-    if x.is_meta:
-        return
-    bad = ~torch.isfinite(x)
-    if mask is not None:
-        bad = bad & mask
-    if bool(bad.any()):
-        raise InputError(f"{name} contains NaN or inf in entries that are used")
-
-
-def _check_range(name: str, x: torch.Tensor, lo: int, hi: int) -> None:
-    if not x.is_meta and x.numel() and (int(x.min()) < lo or int(x.max()) > hi):
-        raise InputError(f"batch[{name!r}] values must lie in [{lo}, {hi}]")
-
-
-def _int_tensor(batch: dict[str, Any], key: str, dev: torch.device, shape: tuple[int, ...] | None = None,
-                lo: int | None = None, hi: int | None = None) -> torch.Tensor:
-    x = batch[key]
-    if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
-        raise InputError(f"batch[{key!r}] must be an integer tensor")
-    if shape is not None and tuple(x.shape) != shape:
-        raise InputError(f"batch[{key!r}] must have shape {shape}, got {tuple(x.shape)}")
-    if lo is not None:
-        _check_range(key, x, lo, hi)
-    return x.to(dev, torch.long)
-
-
-def _bool_tensor(batch: dict[str, Any], key: str, dev: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
-    x = batch[key]
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.bool:
-        raise InputError(f"batch[{key!r}] must be a bool tensor")
-    if tuple(x.shape) != shape:
-        raise InputError(f"batch[{key!r}] must have shape {shape}, got {tuple(x.shape)}")
-    return x.to(dev)
-
-
-def _float_tensor(batch: dict[str, Any], key: str, dev: torch.device) -> torch.Tensor:
-    x = batch[key]
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise InputError(f"batch[{key!r}] must be a float tensor")
-    return x.to(dev, torch.float32)
-
-
-def _check_tensor(name: str, x: Any, shape: tuple[int, ...], dev: torch.device) -> torch.Tensor:
-    """Float tensor of exactly ``shape``, all finite; returned as float32 on ``dev``."""
-    if not isinstance(x, torch.Tensor):
-        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if tuple(x.shape) != shape:
-        raise InputError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise InputError(f"{name} must be a float tensor, got {x.dtype}")
-    x = x.to(dev, torch.float32)
-    _check_finite(name, x, None)
-    return x

@@ -11,9 +11,13 @@ Shapes in the comments: B batch; T_i tokens of stream i (in LDAModel T_a action 
 visual tokens) and T = sum_i T_i, all streams together; L context tokens (in LDAModel 1 + L: a null
 token plus the language tokens); D hidden size; H heads; D_h = D / H head width; M = mlp_ratio * D
 FFN width.
+
+Also the input layers around it: per-embodiment linear maps, the flow-time embedder, 2-D sin-cos positions.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -151,3 +155,49 @@ class MMDiT(nn.Module):
             shift, scale = ada(c).chunk(2, dim=-1)  # 2 x (B, D)
             out.append(modulate(self.final_norm(x), shift, scale))  # (B, T_i, D)
         return out
+
+
+# ---------------------------------------------------------------------------------------------- input layers
+
+
+class EmbodimentLinear(nn.Module):
+    """A linear layer with one weight set per embodiment slot, picked per sample."""
+
+    def __init__(self, num_slots: int, in_dim: int, out_dim: int, zero_init: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_slots, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(num_slots, out_dim))
+        bound = 0.0 if zero_init else math.sqrt(6.0 / (in_dim + out_dim))
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, in_dim), slot: (B,) -> (B, N, out_dim)."""
+        return torch.baddbmm(self.bias[slot].unsqueeze(1), x, self.weight[slot].to(x.dtype))
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal embedding of the flow time followed by an MLP (DiT)."""
+
+    def __init__(self, hidden: int, scale: float, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.scale = scale
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+        args = (t.float() * self.scale)[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos positions (gh * gw, dim): half the channels encode the row, half the column."""
+    def one_axis(n: int, d: int) -> torch.Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d // 2))
+        args = torch.arange(n, dtype=torch.float64)[:, None] * omega[None]
+        return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+    rows = one_axis(grid[0], dim // 2)[:, None, :].expand(grid[0], grid[1], dim // 2)
+    cols = one_axis(grid[1], dim // 2)[None, :, :].expand(grid[0], grid[1], dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(grid[0] * grid[1], dim).float()
