@@ -45,7 +45,7 @@ from lda_common.schema import (
     Quality,
     dataset_features,
     embodiment_record,
-    fsync_dir,
+    fsync_path,
     write_json_atomic,
 )
 
@@ -151,7 +151,7 @@ class DatasetStore:
         write_json_atomic(staging / "ds" / EMBODIMENT_FILE, embodiment_record(self.config))
         write_json_atomic(staging / "ds" / EPISODES_FILE, {"format": 1, "episodes": []})
         os.rename(staging / "ds" / "meta", self.root / "meta")  # the dataset exists from here on
-        fsync_dir(self.root)
+        fsync_path(self.root)
         shutil.rmtree(staging, ignore_errors=True)
         self._note(f"created LeRobot dataset {self.root} (robot '{self.config.robot}', "
                    f"state {self.config.state_dim}-d, action {self.config.action_dim}-d)")
@@ -234,23 +234,23 @@ class DatasetStore:
             if src.is_file():
                 dst = tmp / "snap" / rel.replace("/", "__")
                 shutil.copy2(src, dst)
-                _fsync_file(dst)
+                fsync_path(dst)
                 saved.append(rel)
         files = self._files()
         with open(tmp / "manifest.json", "w") as f:
             json.dump({"files": files, "snapshot": saved}, f)
             f.flush()
             os.fsync(f.fileno())
-        fsync_dir(tmp / "snap")
-        fsync_dir(tmp)
+        fsync_path(tmp / "snap")
+        fsync_path(tmp)
         os.rename(tmp, lda / "txn")
-        fsync_dir(lda)
+        fsync_path(lda)
         return files
 
     def _commit(self) -> None:
         lda = self.root / ".lda"
         os.rename(lda / "txn", lda / "txn.done")  # the commit point
-        fsync_dir(lda)
+        fsync_path(lda)
         shutil.rmtree(lda / "txn.done", ignore_errors=True)
 
     def _rollback(self) -> int:
@@ -271,11 +271,11 @@ class DatasetStore:
             if rel in manifest["snapshot"]:
                 tmp = target.with_name(f".{target.name}.restore")
                 shutil.copy2(lda / "txn" / "snap" / rel.replace("/", "__"), tmp)
-                _fsync_file(tmp)
+                fsync_path(tmp)
                 os.replace(tmp, target)
             else:
                 target.unlink(missing_ok=True)
-        fsync_dir(self.root / "meta")
+        fsync_path(self.root / "meta")
         self._clean_staging()
         os.rename(lda / "txn", lda / "txn.done")
         shutil.rmtree(lda / "txn.done", ignore_errors=True)
@@ -320,13 +320,13 @@ class DatasetStore:
             raise SaveError(f"LeRobot modified already saved file(s) {changed[:3]}; refusing to commit")
         for rel in now:
             if rel not in before:
-                _fsync_file(self.root / rel)
+                fsync_path(self.root / rel)
         for rel in MUTABLE_FILES[:3]:
             if (self.root / rel).is_file():
-                _fsync_file(self.root / rel)
+                fsync_path(self.root / rel)
         dirs = {(self.root / rel).parent for rel in now if rel not in before}
         for d in sorted(dirs) + [self.root / "meta"]:
-            fsync_dir(d)
+            fsync_path(d)
 
 
 class EpisodeWriter:
@@ -491,14 +491,6 @@ def _disk_error(exc: OSError, what: str) -> DatasetError:
         return DiskFullError(f"disk full: could not {what} ({exc.strerror}); "
                              "the dataset was rolled back to its last saved episode")
     return SaveError(f"could not {what}: {exc}; the dataset was rolled back to its last saved episode")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_empty_dirs(base: Path) -> None:
