@@ -4,6 +4,7 @@
     source scripts/env.sh
     python benchmarks/encoder_probe.py                                   # the demo's random-weight encoder
     python benchmarks/encoder_probe.py --dino-path ~/models/dinov3-vits16 # real DINOv3 weights
+    python benchmarks/encoder_probe.py --smoke --out /tmp/encoder_probe.json  # seconds: 8 scenes, own 1-layer encoder
 
 The policy localises the object only through the DINO latents it is given (pooled to the preset's grid,
 2x2 for ``lda-tiny``). This benchmark renders ``--scenes`` simulator scenes (a new seed each, so the
@@ -14,6 +15,10 @@ object's (x, y) in the robot base frame. It is scored on the last ``--test`` sce
 for several numbers of training scenes: the number of distinct object placements an expert dataset
 covers. Writes ``benchmarks/results/encoder_probe.json`` and prints a table of mean absolute errors
 [mm] next to predict-the-mean.
+
+``--smoke`` (run by ``tests/test_benchmarks_smoke.py``) goes through the same steps with 8 scenes, training
+sizes 5 and 6, grids 1 and 2 and, unless ``--dino-path`` is given, a one-layer random-weight DINOv3 of the
+ViT-S/16 shape (224 px, 14 x 14 patches) written to a temporary directory: no ``make demo`` needed.
 """
 
 from __future__ import annotations
@@ -22,12 +27,16 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+# --smoke: every step at the smallest sizes the probe accepts; arguments given on the command line still win.
+SMOKE = {"scenes": 8, "test": 2, "train_sizes": [5, 6], "grids": [1, 2]}
 
 
 def render_scenes(robot: str, image_size: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +101,22 @@ def main(argv=None) -> int:
     ap.add_argument("--train-sizes", type=int, nargs="+", default=[14, 28, 60, 120])
     ap.add_argument("--grids", type=int, nargs="+", default=[1, 2, 4, 14], help="pooled grid sides")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/encoder_probe.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "encoder_probe.json")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds-long check of every step (own random encoder); needs --out outside "
+                         "benchmarks/results")
     a = ap.parse_args(argv)
+    if a.smoke:
+        scratch = tempfile.TemporaryDirectory(prefix="lda_probe_smoke_")
+        own_dino = Path(scratch.name) / "dinov3-random"
+        ap.set_defaults(**SMOKE, dino_path=own_dino)
+        a = ap.parse_args(argv)
+        if a.out.resolve().is_relative_to(RESULTS):
+            ap.error("--smoke must not overwrite the committed figures: pass --out outside benchmarks/results")
+        if a.dino_path == own_dino:
+            from lda_policy.model import write_random_dinov3_checkpoint
+
+            write_random_dinov3_checkpoint(own_dino, num_layers=1)  # ViT-S/16 width and patch grid
     if not (a.dino_path / "config.json").is_file():
         raise SystemExit(f"encoder_probe: no DINOv3 checkpoint at {a.dino_path}; run `make demo` or pass --dino-path")
     if not all(1 <= g <= 14 for g in a.grids):

@@ -2,6 +2,7 @@
 
     python benchmarks/mixed_quality.py                         # on the demo's recording (run `make demo` first)
     python benchmarks/mixed_quality.py --seeds 0 1 2 --steps 1200 --episodes 10 --jobs 2
+    python benchmarks/mixed_quality.py --smoke --out /tmp/mixed_quality.json   # ~2 min: own tiny recording, 2 steps
 
 Same data, same compute (optimiser steps x batch), three trainings per seed:
 
@@ -17,6 +18,13 @@ a table with the mean and spread over seeds. It reuses the demo's dataset, laten
 trains with the demo's settings (``lda_bringup.demo.TRAIN_SETTINGS``). ``--jobs N`` runs N trainings and
 closed loops at once, each on its own ROS_DOMAIN_ID. A finished run is not repeated (delete its folder
 under ``--work`` to redo it).
+
+``--smoke`` (run by ``tests/test_benchmarks_smoke.py``) needs no ``make demo``: in a temporary directory it
+writes a one-layer random DINOv3, records 3 high + 1 low + 1 actionless simulator episodes with
+``launch/sim_record.launch.yaml`` (the demo's ``encoder`` and ``record`` phases; the first training builds
+the latent cache, or ``lda-cache-latents`` does with ``--jobs`` above 1), then runs all three
+variants for one seed: 2 training steps, a calibration from every 25th control tick and one 5-step
+closed-loop episode each (about 2 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ import itertools
 import json
 import os
 import queue
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +46,12 @@ from pathlib import Path
 from lda_bringup.demo import EVAL_SETTINGS, FULL, TRAIN_SETTINGS, calibration_command
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+# --smoke: every phase of every variant at the smallest sizes; arguments given on the command line still win.
+SMOKE = {"seeds": [0], "steps": 2, "episodes": 1, "max_steps": 5, "jobs": 1, "calibrate_every": 25}
+# The smoke's own recording: 3 expert episodes (2 are held out, as in every run), one low, one actionless.
+# From seed 1 the low-quality operator's episode (sim seed 4) takes ~45 steps; from seed 0 it took ~140.
+SMOKE_RECORDING = ("n_high:=3", "n_low:=1", "n_actionless:=1", "seed:=1")
 
 VARIANTS = {
     "policy_high": ["data.datasets.0.role=quality", "data.task_weights.policy=1.0",
@@ -54,7 +70,9 @@ def run(cmd: list[str], log: Path, domain_id: int) -> None:
     with log.open("a") as f:
         rc = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
     if rc != 0:
-        raise SystemExit(f"mixed_quality: '{' '.join(map(str, cmd[:3]))} ...' failed (exit {rc}); see {log}")
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        raise SystemExit(f"mixed_quality: '{' '.join(map(str, cmd[:3]))} ...' failed (exit {rc}); see {log}; "
+                         f"it ends:\n{tail}")
 
 
 def heldout_episodes(dataset: Path, count: int = 2) -> list[int]:
@@ -85,7 +103,8 @@ def one_run(variant: str, seed: int, args: argparse.Namespace, domain_id: int) -
     checkpoint = run_dir / "train" / "model"
     if not (checkpoint / "safety_calibration.json").is_file():  # on every bag, as the demo does
         bags = args.dataset.parent / f"{args.dataset.name}_bags"
-        run(calibration_command(checkpoint, args.dino_path, bags), log, domain_id)
+        every = ["--every", str(args.calibrate_every)] if args.calibrate_every else []
+        run([*calibration_command(checkpoint, args.dino_path, bags), *every], log, domain_id)
     results = run_dir / "closed_loop.json"
     if not results.is_file() and args.episodes > 0:
         run(["lda-launch", "launch/sim_demo.launch.yaml", f"checkpoint:={checkpoint}",
@@ -112,7 +131,26 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def main() -> int:
+def smoke_inputs(args: argparse.Namespace, scratch: Path, domain_id: int) -> None:
+    """What ``make demo`` leaves for the benchmark, in ``scratch``: an encoder, a recording with its bags and,
+    for runs at once, the latent cache."""
+    log = scratch / "inputs.log"
+    start = time.monotonic()
+    if args.dino_path == scratch / "dinov3-random":
+        from lda_policy.model import write_random_dinov3_checkpoint
+
+        write_random_dinov3_checkpoint(args.dino_path, num_layers=1)  # ViT-S/16 width and patch grid
+    if args.dataset == scratch / "dataset":
+        run(["lda-launch", "launch/sim_record.launch.yaml", f"dataset:={args.dataset}", *SMOKE_RECORDING], log,
+            domain_id)
+    if args.jobs > 1:  # as the demo does, before the runs: runs at once must not build one cache side by side
+        run(["lda-cache-latents", "--config", "config/train/demo_cpu.yaml", f"output_dir={scratch / 'cache_run'}",
+             f"data.datasets.0.root={args.dataset}", f"cache.dir={args.cache_dir}",
+             f"encoders.dino_path={args.dino_path}", *TRAIN_SETTINGS], log, domain_id)
+    print(f"[smoke] inputs in {scratch} ready ({time.monotonic() - start:.0f} s)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", type=Path, default=REPO / "out/demo/dataset")
     ap.add_argument("--dino-path", type=Path, default=REPO / "out/demo/dinov3-random")
@@ -125,8 +163,32 @@ def main() -> int:
                     help="control steps per closed-loop episode (the demo's)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each trains on one CPU thread)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/mixed_quality.json")
-    args = ap.parse_args()
+    ap.add_argument("--calibrate-every", type=int, default=None,
+                    help="calibrate_safety --every: predict from every n-th control tick (default: its own)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "mixed_quality.json")
+    ap.add_argument("--smoke", action="store_true",
+                    help="minutes-long check of every phase on its own tiny recording; needs --out outside "
+                         "benchmarks/results")
+    args = ap.parse_args(argv)
+    scratch = None
+    if args.smoke:
+        scratch = Path(tempfile.mkdtemp(prefix="lda_mixed_quality_smoke_"))
+        ap.set_defaults(**SMOKE, dataset=scratch / "dataset", dino_path=scratch / "dinov3-random",
+                        cache_dir=scratch / "latent_cache", work=scratch / "runs")
+        args = ap.parse_args(argv)
+        if args.out.resolve().is_relative_to(RESULTS):
+            shutil.rmtree(scratch)
+            ap.error("--smoke must not overwrite the committed figures: pass --out outside benchmarks/results")
+    try:
+        return benchmark(args, scratch)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def benchmark(args: argparse.Namespace, scratch: Path | None) -> int:
+    if scratch is not None:
+        smoke_inputs(args, scratch, domain_id=50 + os.getpid() % 50)
     if not (args.dataset / "meta" / "info.json").is_file():
         print(f"mixed_quality: no dataset at {args.dataset}; run `make demo` first or pass --dataset",
               file=sys.stderr)

@@ -11,6 +11,7 @@ Usage:
     PYTHONPATH=src/lda_policy python benchmarks/model_latency.py                       # CPU, small presets
     PYTHONPATH=src/lda_policy python benchmarks/model_latency.py --device cuda --dtype bf16 \\
         --presets lda-tiny lda-small lda-0.5b lda-1b
+    python benchmarks/model_latency.py --smoke --out /tmp/model_latency.json  # seconds: lda-tiny, 2 steps, 2 iters
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdp
 def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
     """torch counts the CUDA attention kernels but not the CPU one; count it the same way."""
     return sdpa_flop_count(query, key, value)
+
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+# --smoke: the same code paths at the smallest sizes (tests/test_benchmarks_smoke.py runs it); arguments given
+# on the command line still win.
+SMOKE = {"presets": ["lda-tiny"], "steps": [2], "iters": 2, "warmup": 1}
 
 
 def sync(device: torch.device) -> None:
@@ -122,7 +130,7 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device, dino
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["lda-tiny", "lda-small"])
     parser.add_argument("--steps", nargs="+", type=int, default=[4, 10], help="Euler steps per chunk")
@@ -133,8 +141,15 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_latency.json"))
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=RESULTS / "model_latency.json")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"seconds-long check of every code path ({SMOKE}); needs --out outside benchmarks/results")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
+        if args.out.resolve().is_relative_to(RESULTS):
+            parser.error("--smoke must not overwrite the committed figures: pass --out outside benchmarks/results")
 
     if args.threads:
         torch.set_num_threads(args.threads)

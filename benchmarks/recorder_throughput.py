@@ -3,6 +3,7 @@
     source scripts/env.sh
     python benchmarks/recorder_throughput.py                 # 60 s, writes benchmarks/results/recorder_throughput.json
     python benchmarks/recorder_throughput.py --duration 20 --codec h264
+    python benchmarks/recorder_throughput.py --smoke --out /tmp/recorder_throughput.json  # seconds: 2 s, 160x120
 
 A real ``teleop_recorder`` process records one episode while a separate publisher process plays the
 topics in real time (stamps = wall clock) over loopback DDS. Measured:
@@ -12,6 +13,10 @@ topics in real time (stamps = wall clock) over loopback DDS. Measured:
 * recorder CPU share: user+system CPU of the recorder process over the recording window, in % of one core
   (and of the whole machine);
 * seconds to save: StopEpisode call to its answer (the episode committed), scaled to one minute of data.
+
+DDS stays on this machine (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` unless set) and, when no
+``ROS_DOMAIN_ID`` is set, runs on a domain of its own. ``--smoke`` (run by ``tests/test_benchmarks_smoke.py``)
+records 2 s of 160x120 frames through the same recorder, publisher and checks, in a temporary directory.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import argparse
 import json
 import os
 import platform
+import random
+import shutil
 import struct
 import subprocess
 import sys
@@ -29,6 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
+RESULTS = ROOT / "benchmarks" / "results"
+# --smoke: the same processes and checks on a short, small recording; arguments given on the command line still win.
+SMOKE = {"duration": 2.0, "width": 160, "height": 120}
 
 
 # -- publisher process ---------------------------------------------------------------------------------
@@ -276,7 +286,7 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=60.0, help="seconds of recording")
     p.add_argument("--width", type=int, default=640)
@@ -285,17 +295,34 @@ def main() -> int:
     p.add_argument("--pose-hz", type=float, default=100.0)
     p.add_argument("--codec", default="libsvtav1", help="video codec of the dataset (LeRobot default libsvtav1)")
     p.add_argument("--work", default=None, help="directory for the dataset (default: a new temporary one)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "recorder_throughput.json"))
+    p.add_argument("--out", default=str(RESULTS / "recorder_throughput.json"))
     p.add_argument("--shared", action="store_true", help="note in the result that the machine was shared")
     p.add_argument("--dds-profile", default="large_data",
                    help="'large_data': both processes use lda_teleop_record's fastdds_large_data.xml (shared "
                         "memory big enough for images); 'default': Fast DDS defaults; or a profile XML path")
+    p.add_argument("--smoke", action="store_true",
+                   help="seconds-long check of every code path; needs --out outside benchmarks/results")
     p.add_argument("--publisher", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.publisher:
         publisher(args)
         return 0
-    result = run(args)
+    if args.smoke:
+        p.set_defaults(**SMOKE)
+        args = p.parse_args(argv)
+        if Path(args.out).resolve().is_relative_to(RESULTS):
+            p.error("--smoke must not overwrite the committed figures: pass --out outside benchmarks/results")
+    # Loopback DDS on a domain of its own (unless the caller chose one): no other node hears the benchmark.
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+    scratch = None
+    if args.smoke and args.work is None:
+        scratch = args.work = tempfile.mkdtemp(prefix="lda_recbench_smoke_")
+    try:
+        result = run(args)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     width = max(len(k) for k in result)

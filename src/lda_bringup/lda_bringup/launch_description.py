@@ -120,6 +120,7 @@ class _Node(_Process):
     namespace: Text = ""
     param: list[_Param] = field(default_factory=list)
     remap: list[_Remap] = field(default_factory=list)
+    ros_args: Text | None = None  # extra ROS arguments, e.g. "--enclave /lda/safety_gate"
 
 
 _KINDS = {"arg": ArgDecl, "let": _Set, "set_parameter": _Set, "set_env": _Set,
@@ -331,6 +332,8 @@ class LaunchDescription:
                 inline[param.name] = self._param_value(param.value, scope, path)
         for remap in body.remap:
             cmd += ["-r", f"{self._subst(remap.from_, scope, path)}:={self._subst(remap.to, scope, path)}"]
+        if body.ros_args is not None:
+            cmd += self._subst(body.ros_args, scope, path).split()
         return self._spec(name, cmd, body, scope, path)
 
     def _executable(self, body: _Executable, scope: _Scope, path: Path) -> ProcessSpec:

@@ -21,11 +21,13 @@ class Topics:
     Robot-side topics (cameras, EEF poses, fingers, targets) come from the robot config and node parameters.
     """
 
-    # Deployment: the policy proposes, the safety monitor approves (or refuses) and reports.
-    PROPOSED_CHUNK = "/lda/proposed_chunk"  # lda_msgs/ActionChunk, policy -> monitor
-    ACTION_CHUNK = "/lda/action_chunk"  # lda_msgs/ActionChunk, approved chunks, monitor -> policy
-    SAFETY_STATUS = "/lda/safety_status"  # lda_msgs/SafetyStatus, the monitor's heartbeat and verdict
-    SAFETY_RESET = "/lda/safety_reset"  # std_srvs/Trigger, clears a latched STOP
+    # Deployment: the model host proposes; the safety gate approves (or refuses), commands the robot, reports.
+    PROPOSED_CHUNK = "/lda/proposed_chunk"  # lda_msgs/ActionChunk, model host -> gate
+    ACTION_CHUNK = "/lda/action_chunk"  # lda_msgs/ActionChunk, approvals (sequence + digest), gate -> host
+    HOST_STATUS = "/lda/host_status"  # lda_msgs/SafetyStatus, the model host's heartbeat (policy, encoders)
+    JUDGE_STATUS = "/lda/judge_status"  # lda_msgs/SafetyStatus, the forward-dynamics judge's heartbeat
+    SAFETY_STATUS = "/lda/safety_status"  # lda_msgs/SafetyStatus, the gate's latched verdict and heartbeat
+    SAFETY_RESET = "/lda/safety_reset"  # lda_msgs/srv/SafetyReset, clears a latched STOP (while holding)
 
     # The task, as an operator (or the evaluation node) states it; transient-local.
     INSTRUCTION = "/lda/instruction"  # std_msgs/String

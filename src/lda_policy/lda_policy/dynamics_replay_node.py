@@ -40,7 +40,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from lda_policy.deploy.replay import DynamicsReplay, LatentPCA, ReplayError, heatmap, panel, read_episode
 from lda_policy.deploy.safety import CALIBRATION_FILE, SafetyCalibration
-from lda_policy.ros_io import COMMAND_QOS, ModelNode, ParameterError, declare, node_main, rgb_to_image, sec_to_stamp
+from lda_policy.model_node import MODEL_STARTUP_ERRORS, ModelNode
+from lda_policy.ros_io import COMMAND_QOS, ParameterError, declare, node_main, rgb_to_image, sec_to_stamp
 
 TOPICS = {
     "camera": (Topics.REPLAY_CAMERA, Image, "sensor_msgs/msg/Image"),
@@ -123,8 +124,10 @@ class DynamicsReplayNode(ModelNode, Node):
                               "set the 'instruction' parameter")
         cal_path = Path(p["calibration_path"] or Path(p["checkpoint"]) / CALIBRATION_FILE)
         calibration = SafetyCalibration.load(cal_path) if (p["calibration_path"] or cal_path.is_file()) else None
+        # the surprise is only meaningful with the Euler steps it was calibrated with (the judge's)
+        steps = p["num_inference_steps"] or (calibration.num_steps if calibration else None)
         self.replay = DynamicsReplay(self.runtime, self.robot, self.episode, instruction, calibration,
-                                     p["num_samples"], p["seed"])
+                                     p["num_samples"], p["seed"], steps)
         self.frame_id = self.robot.config.base_frame or "base"
         self.pubs = {k: self.create_publisher(cls, topic, COMMAND_QOS) for k, (topic, cls, _) in TOPICS.items()}
         self.sink = McapSink(p["mcap_path"]) if p["mcap_path"] else None
@@ -237,7 +240,7 @@ class DynamicsReplayNode(ModelNode, Node):
             worker.join(timeout=30)
 
 
-main = node_main("dynamics_replay_node", DynamicsReplayNode)
+main = node_main("dynamics_replay_node", DynamicsReplayNode, MODEL_STARTUP_ERRORS)
 
 
 if __name__ == "__main__":

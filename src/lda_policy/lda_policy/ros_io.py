@@ -1,11 +1,11 @@
-"""What the nodes share, and the only ROS-dependent module of ``lda_policy`` besides the nodes themselves:
-QoS profiles, message conversions, parameter declaration, and :class:`ModelNode` (the model parameters,
-loading the robot and the model, decoding the robot's streams) with :func:`node_main`.
+"""What the nodes share, torch-free (the safety gate imports it): QoS profiles, message conversions,
+parameter declaration, :class:`RobotNode` (decoding the robot's streams) and :func:`node_main`.
 
 :mod:`lda_policy.deploy` and :mod:`lda_policy.model` are ROS-free; the nodes use these helpers to go
 between messages and the NumPy values the cores take. Camera messages are converted by
 :meth:`lda_policy.deploy.robot.RobotInterface.image_to_rgb` (the recorder's NumPy conversion, no
-``cv_bridge``), so deployment sees images exactly as the training data was recorded.
+``cv_bridge``), so deployment sees images exactly as the training data was recorded. The nodes that
+load the model add :class:`lda_policy.model_node.ModelNode`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ from lda_common.robot_config import ConfigError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
-from .deploy.policy import ProposedChunk
-from .deploy.replay import ReplayError
-from .deploy.robot import ImageError, RobotInterface
-from .deploy.runtime import ModelRuntime, RuntimeLoadError, set_torch_threads
-from .deploy.safety import CalibrationError
+from .deploy.chunks import ProposedChunk
+from .deploy.robot import ImageError
 
 #: Camera, EEF poses, finger states: best-effort, keep the newest few (a late frame is a useless frame).
 SENSOR_QOS = qos_profile_sensor_data
@@ -42,8 +39,11 @@ def stamp_to_sec(stamp) -> float:
 
 
 def sec_to_stamp(t: float) -> Time:
-    sec = int(np.floor(t))
-    return Time(sec=sec, nanosec=min(int(round((t - sec) * 1e9)), 999_999_999))
+    return ns_to_stamp(int(round(t * 1e9)))
+
+
+def ns_to_stamp(ns: int) -> Time:
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str = ""):
@@ -81,7 +81,7 @@ def chunk_to_msg(chunk: ProposedChunk, frame_id: str = ""):
 
     a = np.asarray(chunk.actions, dtype=np.float32)
     msg = ActionChunk()
-    msg.header.stamp = sec_to_stamp(chunk.stamp)
+    msg.header.stamp = ns_to_stamp(chunk.stamp_ns)
     msg.header.frame_id = frame_id
     msg.embodiment = chunk.embodiment
     msg.horizon, msg.action_dim = int(a.shape[0]), int(a.shape[1])
@@ -90,6 +90,7 @@ def chunk_to_msg(chunk: ProposedChunk, frame_id: str = ""):
     msg.actions = a.reshape(-1).tolist()
     msg.sequence = int(chunk.sequence)
     msg.inference_time = float(chunk.inference_time)
+    msg.digest = chunk.digest
     return msg
 
 
@@ -99,8 +100,9 @@ def msg_to_chunk(msg) -> ProposedChunk:
     h, a = int(msg.horizon), int(msg.action_dim)
     flat = np.asarray(msg.actions, dtype=np.float64)
     actions = flat.reshape(h, a) if flat.size == h * a and h * a > 0 else np.full((max(h, 1), max(a, 1)), np.nan)
+    stamp_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
     return ProposedChunk(int(msg.sequence), stamp_to_sec(msg.header.stamp), float(msg.dt), msg.embodiment,
-                         list(msg.dimension_names), actions, float(msg.inference_time))
+                         list(msg.dimension_names), actions, float(msg.inference_time), msg.digest, stamp_ns)
 
 
 # ---------------------------------------------------------------------------------------------- parameters
@@ -187,54 +189,31 @@ def diagnostic_status(name: str, hardware_id: str, level: int, message: str, val
     return status
 
 
-# ---------------------------------------------------------------------------------------------- model nodes
-
-#: Errors that mean "this node cannot start with what it was given": printed, exit status 1.
-STARTUP_ERRORS = (RuntimeLoadError, ConfigError, CalibrationError, ReplayError, ValueError, OSError)
+# ---------------------------------------------------------------------------------------------- robot nodes
 
 
-class ModelNode:
-    """Mixin for rclpy nodes that host the LDA model."""
+class RobotNode:
+    """Mixin for the deployment nodes: the robot's streams decoded the same way in each, and the process
+    protocol of :func:`node_main` (``start``, ``spin``, ``shutdown``). Needs ``self.robot``."""
 
-    def model_parameters(self) -> dict[str, Any]:
-        """Declare the parameters every model node takes and return their values."""
-        d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
-        return {
-            "robot_config": d("robot_config", "", "robot description YAML (config/robots/<robot>.yaml)", required=True),
-            "camera": d("camera", "", "camera name in the robot config the model sees ('' = the first)"),
-            "checkpoint": d("checkpoint", "", "LDA checkpoint directory (save_pretrained format)", required=True),
-            "dino_path": d("dino_path", "", "local DINOv3 ViT directory (from_pretrained format)", required=True),
-            "language_encoder": d("language_encoder", "minilm", "language encoder", choices=["minilm", "qwen3vl"]),
-            "language_encoder_path": d("language_encoder_path", "", "local language encoder directory ('' = bundled "
-                                       "MiniLM)"),
-            "device": d("device", "cpu", "torch device, e.g. cpu or cuda:0"),
-            "torch_threads": d("torch_threads", 0, "torch intra-op threads (0 = torch default)", low=0, high=256),
-            "num_inference_steps": d("num_inference_steps", 0, "Euler steps (0 = the checkpoint's default); the "
-                                     "monitor's must match its calibration", low=0, high=100),
-        }
-
-    def load_model(self, p: dict[str, Any]) -> tuple[RobotInterface, ModelRuntime]:
-        """The robot description and the model runtime named by the model parameters ``p``."""
-        robot = RobotInterface(p["robot_config"], p["camera"])
-        set_torch_threads(p["torch_threads"])
-        runtime = ModelRuntime(p["checkpoint"], p["dino_path"], p["language_encoder"],
-                               p["language_encoder_path"] or None, p["device"], p["num_inference_steps"] or None)
-        return robot, runtime
-
-    # -- the robot's streams, decoded the same way in every model node ---------------------------------
     bad_images = 0  # camera frames that could not be decoded (diagnostics)
+    last_image_error = ""
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
     def camera_frame(self, msg) -> tuple[float, np.ndarray] | None:
         """(stamp [s], RGB image) of a camera message; None for a frame that cannot be decoded (counted, logged)."""
+        first = getattr(self, "_first_image", None)
         try:
-            rgb = self.robot.image_to_rgb(msg)
+            rgb = self.robot.image_to_rgb(msg, first)
         except ImageError as err:
             self.bad_images += 1
-            self.get_logger().warning(f"dropping camera frame: {err}", throttle_duration_sec=5.0)
+            self.last_image_error = str(err)
+            self.get_logger().error(f"dropping camera frame: {err}", throttle_duration_sec=5.0)
             return None
+        if first is None and hasattr(msg, "encoding"):  # raw images: later ones must match the first
+            self._first_image = (msg.encoding, msg.width, msg.height)
         return stamp_to_sec(msg.header.stamp), rgb
 
     def finger_sample(self, hand: str, msg) -> tuple[float, np.ndarray] | None:
@@ -243,19 +222,24 @@ class ModelNode:
         return None if values is None else (stamp_to_sec(msg.header.stamp), values)
 
     def start(self) -> None:
-        """Load and connect everything; raise one of :data:`STARTUP_ERRORS` with a clear message otherwise."""
+        """Load and connect everything; raise one of the start-up errors with a clear message otherwise."""
         raise NotImplementedError
 
     def shutdown(self) -> None:
         """Stop worker threads and leave the robot safe (called once on the way out)."""
 
-    def spin(self, executor: SingleThreadedExecutor) -> int:
+    def spin(self, executor) -> int:
         """Run until shut down; the process exit status."""
         executor.spin()
         return 0
 
 
-def node_main(program: str, make_node: Callable[[], ModelNode]) -> Callable[[list[str] | None], int]:
+#: Errors that mean "this node cannot start with what it was given": printed, exit status 1.
+STARTUP_ERRORS: tuple[type[Exception], ...] = (ConfigError, ValueError, OSError)
+
+
+def node_main(program: str, make_node: Callable[[], RobotNode],
+              startup_errors: tuple[type[Exception], ...] = STARTUP_ERRORS) -> Callable[[list[str] | None], int]:
     """A console-script ``main``: exit status 2 for a bad parameter, 1 for anything else that stops start-up."""
 
     def main(args: list[str] | None = None) -> int:
@@ -265,7 +249,7 @@ def node_main(program: str, make_node: Callable[[], ModelNode]) -> Callable[[lis
             try:
                 node = make_node()
                 node.start()
-            except (ParameterError, *STARTUP_ERRORS) as err:
+            except (ParameterError, *startup_errors) as err:
                 print(f"{program}: error: {err}", file=sys.stderr, flush=True)
                 return 2 if isinstance(err, ParameterError) else 1
             executor = SingleThreadedExecutor()

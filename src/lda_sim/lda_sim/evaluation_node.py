@@ -2,8 +2,9 @@
 
     ros2 run lda_sim evaluation_node --ros-args -p episodes:=10 -p results_path:=/tmp/eval.json
 
-Per episode: reset the sim with seed + i, call the configured reset services (std_srvs/Trigger, e.g. the
-safety monitor's latch reset), publish the instruction (transient-local, as a real operator would), then
+Per episode: reset the sim with seed + i, ask the safety gate to clear a STOP latched in the episode before
+(lda_msgs/srv/SafetyReset, with the episode as the reason; the gate accepts it only while holding), publish
+the instruction (transient-local, as a real operator would), then
 watch ``lda/task_success`` for up to ``max_steps`` control steps while whatever drives the robot (the
 policy node, or nothing for the frozen baseline) acts. Writes per-episode results and the success rate
 as JSON and exits 0 (so a launch file can mark it ``on_exit: shutdown``); 1 when the sim is missing.
@@ -26,10 +27,9 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from std_msgs.msg import Bool, String
-from std_srvs.srv import Trigger
 
 from lda_msgs.msg import SafetyStatus
-from lda_msgs.srv import ResetSim
+from lda_msgs.srv import ResetSim, SafetyReset
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -39,7 +39,7 @@ PARAMETERS = {
     "max_steps": (150, "control steps (sim eef_pose messages) before an episode counts as a failure"),
     "instruction": ("lift the red cube", "instruction published on /lda/instruction"),
     "reset_service": ("sim/reset", "simulator's ResetSim service"),
-    "reset_services": ([Topics.SAFETY_RESET], "std_srvs/Trigger services called after each sim reset"),
+    "safety_reset_service": (Topics.SAFETY_RESET, "the safety gate's reset, called after each sim reset ('' = none)"),
     "settle_s": (0.5, "wait after the resets before the episode's steps count [s]"),
     "results_path": ("", "write the results JSON here (empty: only log them)"),
     "label": ("policy", "name of what drives the robot, stored in the results (e.g. policy, frozen)"),
@@ -65,7 +65,8 @@ class EvaluationNode(Node):
         self.create_subscription(SafetyStatus, Topics.SAFETY_STATUS, self._on_status, 10)
         self._instruction = self.create_publisher(String, Topics.INSTRUCTION, LATCHED)
         self._reset = self.create_client(ResetSim, self.cfg["reset_service"])
-        self._triggers = [self.create_client(Trigger, name) for name in self.cfg["reset_services"] if name]
+        name = self.cfg["safety_reset_service"]
+        self._safety_reset = self.create_client(SafetyReset, name) if name else None
 
     def _on_step(self, _msg) -> None:
         with self._lock:
@@ -82,7 +83,7 @@ class EvaluationNode(Node):
     def _call(self, client, request, optional: bool = False):
         timeout = self.cfg["service_timeout_s"]
         name = self.resolve_service_name(client.srv_name)
-        # An optional service (the monitor's reset) gets 10 s the first time, for discovery on a loaded
+        # An optional service (the gate's reset) gets 10 s the first time, for discovery on a loaded
         # machine; one found absent then gets 2 s per episode (a baseline run has no monitor at all).
         wait = timeout if not optional else (2.0 if name in self._absent else 10.0)
         if not client.wait_for_service(timeout_sec=wait):
@@ -104,8 +105,12 @@ class EvaluationNode(Node):
         reply = self._call(self._reset, ResetSim.Request(seed=seed))
         if not reply.success:
             raise RuntimeError(f"sim reset refused: {reply.message}")
-        for client in self._triggers:
-            self._call(client, Trigger.Request(), optional=True)
+        if self._safety_reset is not None:
+            request = SafetyReset.Request(reason=f"evaluation episode {index}: the sim was reset (seed {seed})",
+                                          requested_by=self.get_name())
+            answer = self._call(self._safety_reset, request, optional=True)
+            if answer is not None and not answer.success:
+                self.get_logger().info(f"safety reset not needed: {answer.message}")
         self._instruction.publish(String(data=self.cfg["instruction"]))
         time.sleep(self.cfg["settle_s"])
         with self._lock:

@@ -7,7 +7,8 @@ from ament_index_python.packages import get_package_prefix
 from lda_testing.ros import NodeProcess, ros_node, wait_for
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
-from std_srvs.srv import Trigger
+
+from lda_msgs.srv import SafetyReset
 
 BIN = os.path.join(get_package_prefix("lda_sim"), "lib", "lda_sim")
 NS = f"/evaltest{os.getpid()}"
@@ -19,11 +20,11 @@ def test_frozen_robot_fails_every_episode_and_resets_are_called(tmp_path):
     sim_cmd = [f"{BIN}/sim_node", "--ros-args", "-r", f"__ns:={NS}", "-p", "image_size:=32", "-p", "realtime:=false"]
     evaluation_cmd = [f"{BIN}/evaluation_node", "--ros-args", "-r", f"__ns:={NS}", "-p", "episodes:=2",
                   "-p", "max_steps:=15", "-p", "seed:=40", "-p", "settle_s:=0.2", "-p", "label:=frozen",
-                  "-p", f"reset_services:=['{NS}/probe_reset']", "-p", f"results_path:={results}"]
+                  "-p", f"safety_reset_service:={NS}/probe_reset", "-p", f"results_path:={results}"]
     with ros_node("evaluation_probe") as node, NodeProcess(sim_cmd) as sim:
         resets, instructions = [], []
-        node.create_service(Trigger, f"{NS}/probe_reset",
-                            lambda req, resp: (resets.append(1), setattr(resp, "success", True), resp)[-1])
+        node.create_service(SafetyReset, f"{NS}/probe_reset",
+                            lambda req, resp: (resets.append(req), setattr(resp, "success", True), resp)[-1])
         node.create_subscription(String, "/lda/instruction", instructions.append, LATCHED)
         assert sim.wait_for_output("sim_node ready", timeout=60), sim.output
         with NodeProcess(evaluation_cmd) as runner:
@@ -35,7 +36,8 @@ def test_frozen_robot_fails_every_episode_and_resets_are_called(tmp_path):
     assert summary["successes"] == 0 and summary["success_rate"] == 0.0  # nothing lifts the cube
     assert [e["seed"] for e in summary["per_episode"]] == [40, 41]
     assert all(e["steps"] >= 15 and not e["success"] for e in summary["per_episode"])
-    assert len(resets) == 2, runner.output  # the monitor-style reset service is called once per episode
+    assert len(resets) == 2, runner.output  # the gate's reset is asked once per episode, with a reason
+    assert "episode 1" in resets[1].reason and resets[1].requested_by == "evaluation"
     assert instructions[-1].data == "lift the red cube"
 
 

@@ -163,7 +163,7 @@ def synthetic_episode(robot, steps: int = 60, seed: int = 0, scene: str = "a", d
 
 
 def calibrate_on_scene(checkpoint, dino_path, robot_config, instruction: str, seed: int = 0, episodes: int = 3,
-                       num_samples: int = 1, fd_seed: int = 0) -> Path:
+                       num_samples: int = 1, fd_seed: int = 0, num_steps: int = 1) -> Path:
     """Calibrate the surprise on synthetic scene-A episodes (what "training data" is for the test model)."""
     from lda_policy.deploy.replay import DynamicsReplay, calibration_distances
     from lda_policy.deploy.robot import RobotInterface
@@ -173,9 +173,9 @@ def calibrate_on_scene(checkpoint, dino_path, robot_config, instruction: str, se
     robot = RobotInterface(robot_config)
     runtime = ModelRuntime(checkpoint, dino_path)
     replays = [DynamicsReplay(runtime, robot, synthetic_episode(robot, 40, seed + e), instruction, None, num_samples,
-                              fd_seed) for e in range(episodes)]
+                              fd_seed, num_steps) for e in range(episodes)]
     d = calibration_distances(replays, every=3)
-    cal = SafetyCalibration.from_distances(d, runtime.config.time.future_offsets_s, runtime.num_steps, num_samples,
+    cal = SafetyCalibration.from_distances(d, runtime.config.time.future_offsets_s, num_steps, num_samples,
                                            fd_seed, source="synthetic scene-A episodes (deploy tests)")
     return cal.save(Path(checkpoint))
 
@@ -187,12 +187,30 @@ def write_params(path: str | Path, params: dict) -> Path:
     return path
 
 
+def camera_image(rgb: np.ndarray, encoding: str, stamp):
+    """sensor_msgs/Image of an RGB image in ``encoding`` (rgb8, bgr8 or mono8)."""
+    from lda_policy.ros_io import rgb_to_image
+
+    msg = rgb_to_image(rgb, stamp, "head")
+    if encoding == "bgr8":
+        msg.data = np.ascontiguousarray(rgb[..., ::-1]).tobytes()
+    elif encoding == "mono8":
+        msg.data = np.ascontiguousarray(rgb.mean(axis=2).astype(np.uint8)).tobytes()
+        msg.step = rgb.shape[1]
+    elif encoding != "rgb8":
+        raise ValueError(f"unknown encoding {encoding!r}")
+    msg.encoding = encoding
+    return msg
+
+
 class SyntheticRobot:
     """A robot made of real rclpy publishers/subscribers, driven from a background thread.
 
-    Publishes the head camera (scene "a" or "b"), the EEF pose and the gripper JointState at ``rate_hz``
-    and the instruction (transient-local); follows ``/robot/right/eef_target`` like a perfect position
-    controller (the measured pose becomes the last target). Records what it receives.
+    Publishes the head camera (scene "a" or "b"; ``image_encoding`` / ``image_size`` change what the camera
+    sends), the EEF pose and the gripper JointState at ``rate_hz`` (``pose_on`` / ``fingers_on`` silence
+    them) and the instruction (transient-local); follows ``/robot/right/eef_target`` like a perfect position
+    controller (the measured pose becomes the last target). Records what it receives, the gate's and the
+    host's statuses included.
     """
 
     def __init__(self, node, robot_config: str | Path, rate_hz: float = 10.0,
@@ -210,13 +228,18 @@ class SyntheticRobot:
         self.rate_hz = rate_hz
         self.scene = "a"
         self.camera_on = True
+        self.pose_on = True
+        self.fingers_on = True
+        self.image_encoding = "rgb8"  # rgb8, bgr8 or mono8
+        self.image_size: tuple[int, int] | None = None  # (width, height) instead of the configured size
         self.pose_override: tuple | None = None  # (position, quaternion) published instead of the true pose
         self.position, self.quaternion = HOME[0].copy(), HOME[1].copy()
         self.gripper = 0.04
         self.lock = threading.Lock()
         self.targets: list[tuple[float, np.ndarray, np.ndarray]] = []  # (receive time, position, quaternion)
         self.gripper_commands: list[float] = []
-        self.statuses: list[tuple[float, object]] = []
+        self.statuses: list[tuple[float, object]] = []  # the gate's /lda/safety_status
+        self.host_statuses: list[tuple[float, object]] = []  # /lda/host_status and /lda/judge_status
         self.approved: list[tuple[float, object]] = []
         self.proposed: list[tuple[float, object]] = []
         self.image_times: list[float] = []
@@ -233,6 +256,8 @@ class SyntheticRobot:
                                  lambda m: self.gripper_commands.append(m.position[0]), COMMAND_QOS)
         node.create_subscription(SafetyStatus, Topics.SAFETY_STATUS, lambda m: self._record(self.statuses, m),
                                  COMMAND_QOS)
+        for topic in (Topics.HOST_STATUS, Topics.JUDGE_STATUS):
+            node.create_subscription(SafetyStatus, topic, lambda m: self._record(self.host_statuses, m), COMMAND_QOS)
         node.create_subscription(ActionChunk, Topics.ACTION_CHUNK, lambda m: self._record(self.approved, m),
                                  COMMAND_QOS)
         node.create_subscription(ActionChunk, Topics.PROPOSED_CHUNK, lambda m: self._record(self.proposed, m),
@@ -259,7 +284,7 @@ class SyntheticRobot:
                 self.position, self.quaternion = pos, quat
 
     def _run(self) -> None:
-        from lda_policy.ros_io import rgb_to_image, sec_to_stamp
+        from lda_policy.ros_io import sec_to_stamp
 
         period = 1.0 / self.rate_hz
         while not self._stop.wait(period):
@@ -268,22 +293,25 @@ class SyntheticRobot:
             with self.lock:
                 pos, quat = self.position.copy(), self.quaternion.copy()
                 scene, camera_on, override = self.scene, self.camera_on, self.pose_override
+                pose_on, fingers_on, encoding, size = self.pose_on, self.fingers_on, self.image_encoding, self.image_size
             if camera_on:
                 cam = self.robot.camera
-                self.pub_image.publish(rgb_to_image(scene_image(scene, pos, t, (cam.width, cam.height)), stamp,
-                                                    "head"))
+                rgb = scene_image(scene, pos, t, size or (cam.width, cam.height))
+                self.pub_image.publish(camera_image(rgb, encoding, stamp))
                 self.image_times.append(t)
-            pose = self._PoseStamped()
-            pose.header.stamp, pose.header.frame_id = stamp, "base"
-            p, q = override if override is not None else (pos, quat)
-            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in p)
-            (pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z,
-             pose.pose.orientation.w) = (float(v) for v in q)
-            self.pub_pose.publish(pose)
-            js = self._JointState(name=["finger_joint1", "finger_joint2"],
-                                  position=[self.gripper / 2, self.gripper / 2])
-            js.header.stamp = stamp
-            self.pub_joints.publish(js)
+            if pose_on:
+                pose = self._PoseStamped()
+                pose.header.stamp, pose.header.frame_id = stamp, "base"
+                p, q = override if override is not None else (pos, quat)
+                pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in p)
+                (pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z,
+                 pose.pose.orientation.w) = (float(v) for v in q)
+                self.pub_pose.publish(pose)
+            if fingers_on:
+                js = self._JointState(name=["finger_joint1", "finger_joint2"],
+                                      position=[self.gripper / 2, self.gripper / 2])
+                js.header.stamp = stamp
+                self.pub_joints.publish(js)
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,15 +1,15 @@
 """Executes approved action chunks as a smooth stream of per-hand EEF targets, and holds still otherwise.
 
-ROS-free: the policy node calls :meth:`ChunkExecutor.add_chunk` when an approved chunk arrives,
-:meth:`ChunkExecutor.on_status` for every ``SafetyStatus`` (verdicts and heartbeats), and
-:meth:`ChunkExecutor.step` from its 10 Hz control timer; ``step`` returns the targets to publish.
+ROS-free and torch-free: the safety gate (:mod:`.gate`) calls :meth:`ChunkExecutor.add_chunk` when it
+approves a chunk, :meth:`ChunkExecutor.on_status` with its own verdict on every tick, and
+:meth:`ChunkExecutor.step` from its control timer; ``step`` returns the targets to send.
 
 Timing (all times in seconds on one clock, the node's ROS clock):
 
 - A chunk is a trajectory of absolute targets: row ``k`` is the command for time ``stamp + k*dt``,
   where ``stamp`` is the stamp of the observation it was predicted from. ``step(now)`` samples each
   chunk at ``now + command_lead_s`` (linear/slerp interpolation between rows), so the rows whose
-  time passed while the model and the monitor were thinking are skipped: **latency compensation**
+  time passed while the model host and the gate were busy are skipped: **latency compensation**
   by the observation stamp, not by the arrival time.
 - **Hand-over**: a new chunk does not replace the old one at once. Its weight rises linearly from 0
   to 1 over ``blend_time_s`` after it arrives (a cross-fade of the two trajectories, each sampled at
@@ -20,10 +20,9 @@ Timing (all times in seconds on one clock, the node's ROS clock):
   (so a grasped object is not released: commanding the measured width of a closed gripper would
   relax its grip) - whenever any of these holds:
 
-  * no ``SafetyStatus`` was ever received, or none for ``heartbeat_timeout_s`` (monitor dead, hung
-    or disconnected: the fail-safe for a dead monitor),
-  * the newest status is ``STOP``,
-  * no approved chunk arrived for ``approval_deadline_s`` (monitor or policy fell behind),
+  * no verdict was ever given, or none for ``heartbeat_timeout_s`` (the gate's own tick stalled),
+  * the newest verdict is ``STOP``,
+  * no approved chunk arrived for ``approval_deadline_s`` (the model host fell behind),
   * every active chunk has run past its last row.
 
   On entering a hold all active chunks are discarded; only chunks approved later are executed, and
@@ -39,7 +38,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from lda_common.geometry import HandsState, HandState, blend_states
 
-STATUS_OK, STATUS_WARN, STATUS_STOP = 0, 1, 2  # lda_msgs/SafetyStatus levels
+from .chunks import ChunkPlan
+from .safety import STATUS_STOP
+
 
 
 @dataclass(frozen=True)
@@ -61,58 +62,6 @@ class ExecutorConfig:
                 raise ValueError(f"{name} must be > 0")
         if self.blend_time_s < 0 or self.command_lead_s < 0:
             raise ValueError("blend_time_s and command_lead_s must be >= 0")
-
-
-@dataclass(frozen=True)
-class HandTrajectory:
-    """Absolute targets of one hand, one row per chunk step (rows at stamp + k*dt)."""
-
-    positions: np.ndarray  # (N, 3) metres, robot base frame
-    quaternions: np.ndarray  # (N, 4) x, y, z, w
-    fingers: np.ndarray  # (N, F) gripper width / finger joint targets
-
-    def __post_init__(self) -> None:
-        n = len(self.positions)
-        if (n < 1 or self.positions.shape != (n, 3) or self.quaternions.shape != (n, 4) or self.fingers.ndim != 2
-                or len(self.fingers) != n):
-            raise ValueError("HandTrajectory needs (N, 3) positions, (N, 4) quaternions and (N, F) fingers, N >= 1")
-
-    def row(self, i: int) -> HandState:
-        return HandState(self.positions[i], self.quaternions[i], self.fingers[i])
-
-    def is_finite(self) -> bool:
-        return bool(np.isfinite(self.positions).all() and np.isfinite(self.quaternions).all()
-                    and np.isfinite(self.fingers).all())
-
-
-@dataclass(frozen=True)
-class ChunkPlan:
-    """An approved chunk turned into per-hand absolute targets."""
-
-    sequence: int
-    stamp: float  # observation stamp the chunk was predicted from [s]
-    dt: float  # time between rows [s]
-    hands: dict[str, HandTrajectory]
-
-    @property
-    def rows(self) -> int:
-        return len(next(iter(self.hands.values())).positions)
-
-    @property
-    def end(self) -> float:
-        """Time after which the chunk has no row left (its last row is valid until then)."""
-        return self.stamp + self.rows * self.dt
-
-    def sample(self, t: float) -> HandsState:
-        """Targets at time ``t``, interpolated between rows; clamped to the first/last row."""
-        u = min(max((t - self.stamp) / self.dt, 0.0), float(self.rows - 1))
-        i = int(np.floor(u))
-        frac = u - i
-        out = {}
-        for hand, traj in self.hands.items():
-            a = traj.row(i)
-            out[hand] = a if frac <= 1e-9 or i + 1 >= self.rows else blend_states(a, traj.row(i + 1), frac)
-        return out
 
 
 @dataclass
@@ -167,6 +116,10 @@ class ChunkExecutor:
         self._hold = None
         self._last_output = None
 
+    def restart_sequence(self) -> None:
+        """Accept chunk sequences from 1 again (after an operator reset: a restarted model host counts anew)."""
+        self._last_sequence = -1
+
     # ------------------------------------------------------------------ inputs
 
     def on_status(self, level: int, reason: str, now: float) -> None:
@@ -219,6 +172,11 @@ class ChunkExecutor:
     @property
     def hold_reason(self) -> str:
         return self._hold_reason if self._holding else ""
+
+    @property
+    def last_sequence(self) -> int:
+        """Sequence of the newest accepted chunk (-1: none)."""
+        return self._last_sequence
 
     @property
     def queue_depth(self) -> int:

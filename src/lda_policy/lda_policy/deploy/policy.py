@@ -1,40 +1,26 @@
-"""The policy side of deployment, ROS-free: observations in, proposed chunks out, approved chunks -> plans.
+"""The policy side of the model host, ROS-free: observations in, proposed chunks out.
 
-:class:`PolicyCore` is what ``policy_node`` wraps. Callbacks feed it camera frames, EEF poses,
-finger states and the instruction (cheap: they only store); a worker thread calls :meth:`propose`
-(DINO-encodes the newest frame, runs the policy objective) and publishes the result; approved chunks
-come back through :meth:`plan_approved`, which checks they are the chunks this core proposed
-(same sequence, same actions) and chains them into per-hand targets from the states measured at
-their observation.
+:class:`PolicyCore` is the policy half of the model host. Callbacks feed it camera frames, EEF poses,
+finger states and the instruction (cheap: they only store); the host's inference thread calls
+:meth:`propose` (DINO-encodes the newest frame, runs the policy objective), which returns the chunk with
+its digest and the observation it was predicted from (the judge predicts from the same one). Chaining a
+chunk into targets and executing it is the safety gate's business (:mod:`.gate`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-from lda_common.geometry import HandsState
+from lda_policy.model import Observation
 
-from .chunk_executor import ChunkPlan
-from .observations import FrameLatents, HandStateBuffer
+from .chunks import ProposedChunk
+from .hand_states import HandStateBuffer
+from .observations import FrameLatents
 from .robot import RobotInterface
 from .runtime import ModelRuntime
-
-
-@dataclass
-class ProposedChunk:
-    """A chunk in physical units as it goes on /lda/proposed_chunk."""
-
-    sequence: int
-    stamp: float  # observation (camera) stamp [s]
-    dt: float
-    embodiment: str
-    dimension_names: list[str]
-    actions: np.ndarray  # (H, A) float64
-    inference_time: float  # [s], encoders included
 
 
 @dataclass(frozen=True)
@@ -44,11 +30,10 @@ class PolicySettings:
     frame_period_s: float = 0.05  # camera frames closer than this are not stored
     seed: int = -1  # flow-sampling seed (-1: a fresh sample per call)
     noise_scale: float = 1.0  # scale of the flow's starting noise (0: deterministic, from its mean)
-    anchors_kept: int = 64  # proposals remembered for matching approvals
 
 
 class PolicyCore:
-    """Assembles observations, runs the policy objective, turns approved chunks into plans (thread-safe)."""
+    """Assembles observations and runs the policy objective (thread-safe inputs, one proposing thread)."""
 
     def __init__(self, runtime: ModelRuntime, robot: RobotInterface, settings: PolicySettings | None = None) -> None:
         self.runtime = runtime
@@ -63,7 +48,6 @@ class PolicyCore:
         self.states = HandStateBuffer(robot.hands)
         self._instruction: str | None = None
         self._sequence = 0
-        self._proposals: OrderedDict[int, tuple[ProposedChunk, HandsState]] = OrderedDict()
         self._lock = threading.Lock()
         self.last_camera_stamp: float | None = None
         self.skipped = ""  # why the last propose() returned None
@@ -79,7 +63,6 @@ class PolicyCore:
         with self._lock:
             self.frames.clear()
             self.states.clear()
-            self._proposals.clear()
             self.set_instruction(text)
 
     @property
@@ -104,8 +87,9 @@ class PolicyCore:
             return "no EEF pose / finger state near the camera stamp"
         return ""
 
-    def propose(self, now: float) -> ProposedChunk | None:
-        """Predict a chunk from the newest frame (None when not ready: see :meth:`not_ready`)."""
+    def propose(self, now: float) -> tuple[ProposedChunk, Observation] | None:
+        """Predict a chunk from the newest frame: (chunk, the observation it came from), or None when not
+        ready (:attr:`skipped` says why). NaN latents raise :class:`~.observations.NonFiniteLatents`."""
         if self.not_ready(now):
             return None
         t0 = time.perf_counter()
@@ -132,21 +116,5 @@ class PolicyCore:
             self._sequence += 1
             chunk = ProposedChunk(self._sequence, stamp, self.robot.dt, self.robot.embodiment,
                                   self.robot.dimension_names, actions, time.perf_counter() - t0)
-            self._proposals[chunk.sequence] = (chunk, anchor)
-            while len(self._proposals) > self.settings.anchors_kept:
-                self._proposals.popitem(last=False)
-        return chunk
-
-    # -- approvals -----------------------------------------------------------------------------------
-    def plan_approved(self, sequence: int, actions: np.ndarray, embodiment: str) -> tuple[ChunkPlan | None, str]:
-        """The plan of an approved chunk, or (None, reason) when it is not one this core proposed."""
-        with self._lock:
-            entry = self._proposals.get(int(sequence))
-        if entry is None:
-            return None, f"unknown: chunk {sequence} was not proposed by this policy (or is too old)"
-        chunk, anchor = entry
-        a = np.asarray(actions, dtype=np.float64)
-        if embodiment != chunk.embodiment or a.shape != chunk.actions.shape or not np.isfinite(a).all() \
-                or not np.allclose(a, chunk.actions, rtol=1e-5, atol=1e-6):
-            return None, f"mismatch: approved chunk {sequence} differs from the proposal"
-        return self.robot.plan(chunk.actions, anchor, chunk.sequence, chunk.stamp, chunk.dt), ""
+        chunk.digest = chunk.computed_digest()
+        return chunk, obs

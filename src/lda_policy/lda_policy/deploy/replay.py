@@ -26,7 +26,8 @@ from lda_common.geometry import HandsState, HandState
 
 from .robot import ConfigError, RobotInterface
 from .runtime import ModelRuntime, RuntimeLoadError, set_torch_threads
-from .safety import CALIBRATION_FILE, CalibrationError, SafetyCalibration, latent_distance
+from .judge import latent_distance
+from .safety import CALIBRATION_FILE, CalibrationError, SafetyCalibration
 
 
 class ReplayError(RuntimeError):
@@ -154,8 +155,10 @@ class DynamicsReplay:
     """Runs forward dynamics over an episode with its recorded actions (see the module docstring)."""
 
     def __init__(self, runtime: ModelRuntime, robot: RobotInterface, episode: Episode, instruction: str,
-                 calibration: SafetyCalibration | None = None, num_samples: int = 1, seed: int = 0) -> None:
+                 calibration: SafetyCalibration | None = None, num_samples: int = 1, seed: int = 0,
+                 num_steps: int | None = None) -> None:
         robot.check_model(runtime.config)
+        self.num_steps = num_steps or runtime.num_steps
         self.runtime, self.robot, self.episode = runtime, robot, episode
         self.instruction = instruction
         self.calibration = calibration
@@ -211,8 +214,9 @@ class DynamicsReplay:
             hist_actions = np.zeros((0, self.robot.action_dim))
         actions = ep.actions[position:position + self.chunk]
         obs = rt.observation(self.robot.embodiment, history, self.instruction, ep.frames[position].state,
-                             hist_actions, batch=self.num_samples)
-        predicted = rt.forward_dynamics(obs, actions, seed=self.seed)
+                             hist_actions)
+        predicted = rt.forward_dynamics(obs, actions, seed=self.seed, num_steps=self.num_steps,
+                                        samples=self.num_samples)
         targets, observed, dists, patches, surprises = [], [], [], [], []
         for f, s in enumerate(self.future_steps):
             j = self._at(position, s)
@@ -306,7 +310,7 @@ def panel(camera: np.ndarray, observed_rgb: np.ndarray, predicted_rgb: np.ndarra
 
 # ---------------------------------------------------------------------------------------------- calibration CLI
 
-CALIBRATE_DOC = """Calibrate the safety monitor's surprise on training recordings: writes ``safety_calibration.json``.
+CALIBRATE_DOC = """Calibrate the forward-dynamics judge's surprise on training recordings: writes ``safety_calibration.json``.
 
     ros2 run lda_policy calibrate_safety --checkpoint CKPT --dino-path DINO \
         --robot-config config/robots/sim_panda.yaml --bag rec/ep0 --bag rec/ep1 ...
@@ -315,22 +319,22 @@ Each bag is replayed through the checkpoint's forward-dynamics objective with it
 (:mod:`lda_policy.deploy.replay`); the distance between predicted and real DINO latents of every
 future frame is collected over all windows, and its mean and standard deviation per future frame are
 stored next to the checkpoint (``<checkpoint>/safety_calibration.json`` unless ``--output``). Use
-bags of the data the checkpoint was trained (or fine-tuned) on, and the monitor's settings
-(``--num-steps``, ``--num-samples``, ``--seed`` must equal its ``num_inference_steps``,
-``num_samples`` and ``seed``; they are stored and checked at start-up)."""
+bags of the data the checkpoint was trained (or fine-tuned) on, and the judge's settings
+(``--num-steps``, ``--num-samples``, ``--seed`` must equal the model host's ``judge_num_steps``,
+``judge_num_samples`` and ``judge_seed``; they are stored and checked at start-up)."""
 
 
 def calibrate(runtime: ModelRuntime, robot: RobotInterface, bags: list[str | Path], instruction: str = "",
-              every: int = 2, num_samples: int = 1, seed: int = 0) -> SafetyCalibration:
+              every: int = 2, num_samples: int = 1, seed: int = 0, num_steps: int = 1) -> SafetyCalibration:
     replays = []
     for bag in bags:
         episode = read_episode(bag, robot)
         text = instruction or episode.instruction
         if not text:
             raise ReplayError(f"bag {bag} has no instruction on {robot.config.instruction_topic}; pass --instruction")
-        replays.append(DynamicsReplay(runtime, robot, episode, text, None, num_samples, seed))
+        replays.append(DynamicsReplay(runtime, robot, episode, text, None, num_samples, seed, num_steps))
     distances = calibration_distances(replays, every)
-    return SafetyCalibration.from_distances(distances, runtime.config.time.future_offsets_s, runtime.num_steps,
+    return SafetyCalibration.from_distances(distances, runtime.config.time.future_offsets_s, num_steps,
                                             num_samples, seed, source=", ".join(str(b) for b in bags))
 
 
@@ -345,7 +349,8 @@ def calibrate_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--language-encoder", default="minilm", choices=["minilm", "qwen3vl"])
     ap.add_argument("--language-encoder-path", default="")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--num-steps", type=int, default=0, help="Euler steps (0: the checkpoint's default)")
+    ap.add_argument("--num-steps", type=int, default=1, help="Euler steps of the judge's forward dynamics "
+                    "(the model host's judge_num_steps, default 1)")
     ap.add_argument("--num-samples", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--every", type=int, default=2, help="predict from every n-th control tick")
@@ -356,8 +361,8 @@ def calibrate_main(argv: list[str] | None = None) -> int:
         set_torch_threads(a.threads)
         robot = RobotInterface(a.robot_config, a.camera)
         runtime = ModelRuntime(a.checkpoint, a.dino_path, a.language_encoder, a.language_encoder_path or None,
-                               a.device, a.num_steps or None)
-        cal = calibrate(runtime, robot, a.bag, a.instruction, a.every, a.num_samples, a.seed)
+                               a.device)
+        cal = calibrate(runtime, robot, a.bag, a.instruction, a.every, a.num_samples, a.seed, a.num_steps)
     except (RuntimeLoadError, ConfigError, ReplayError, CalibrationError) as err:
         print(f"calibrate_safety: error: {err}", file=sys.stderr)
         return 1
@@ -365,5 +370,5 @@ def calibrate_main(argv: list[str] | None = None) -> int:
     table = "\n".join(f"  +{o:.2f} s: distance mean {m:.4f}, std {s:.4f}"
                       for o, m, s in zip(cal.future_offsets_s, cal.mean, cal.std, strict=True))
     print(f"wrote {out} from {cal.num_windows} windows of {len(a.bag)} bag(s):\n{table}")
-    print("the monitor's surprise is (distance - mean) / std per future frame")
+    print("the judge's surprise is (distance - mean) / std per future frame")
     return 0

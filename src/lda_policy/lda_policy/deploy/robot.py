@@ -20,8 +20,8 @@ from lda_common.action_space import HandCentricActionSpace
 from lda_common.geometry import HandsState
 from lda_common.robot_config import CameraConfig, ConfigError, RobotConfig, load_robot_config
 
-from .chunk_executor import ChunkPlan, HandTrajectory
-from .observations import HandStateBuffer
+from .chunks import ChunkPlan, HandTrajectory
+from .hand_states import HandStateBuffer
 
 __all__ = ["ConfigError", "ImageError", "RobotInterface"]
 
@@ -31,7 +31,7 @@ class ImageError(ValueError):
 
 
 class RobotInterface:
-    """Layouts and conversions of one robot for the policy node, the monitor and the replay."""
+    """Layouts and conversions of one robot for the model host, the safety gate and the replay."""
 
     def __init__(self, config: RobotConfig | str | Path, camera: str = "") -> None:
         self.config = config if isinstance(config, RobotConfig) else load_robot_config(config)
@@ -75,10 +75,11 @@ class RobotInterface:
                               f"at fps={self.config.fps}")
 
     # -- conversions ---------------------------------------------------------------------------------
-    def image_to_rgb(self, msg) -> np.ndarray:
+    def image_to_rgb(self, msg, first: tuple[str, int, int] | None = None) -> np.ndarray:
         """A camera message (sensor_msgs Image / CompressedImage, rclpy or rosbags) -> (H, W, 3) uint8 RGB,
         through the recorder's own conversion: same checks, same resize to the configured size as the
-        training data went through."""
+        training data went through. ``first``: (encoding, width, height) of the run's first raw image; an
+        encoding or size switch against it is refused."""
         from lda_common.alignment import BadSample
         from lda_common.messages import check_raw_image, compressed_to_rgb, raw_image_to_rgb
 
@@ -86,10 +87,10 @@ class RobotInterface:
             if self.camera.type == "compressed":
                 img = compressed_to_rgb(msg, self.camera)
             else:
-                check_raw_image(msg, self.camera, None)
+                check_raw_image(msg, self.camera, first)
                 img = raw_image_to_rgb(msg, self.camera)
         except BadSample as err:
-            raise ImageError(f"camera {self.camera.topic}: {err}") from None
+            raise ImageError(f"camera {self.camera.topic}: {str(err).replace('mid-episode', 'mid-run')}") from None
         img = np.ascontiguousarray(img)
         return img if img.flags.writeable and img.base is None else img.copy()
 

@@ -1,8 +1,8 @@
 """Model runtime for deployment: the checkpoint and its encoders, with validated physical-unit calls.
 
-ROS-free. The policy node and the safety monitor each own one :class:`ModelRuntime` (the model, the
-DINOv3 observation encoder, the language encoder); the observation buffers that feed it are in
-:mod:`.observations`.
+ROS-free. The model host owns the one :class:`ModelRuntime` of a robot (the model, the DINOv3
+observation encoder, the language encoder), shared by the policy and the forward-dynamics judge; the
+frame buffer that feeds it is in :mod:`.observations`.
 
 Loading errors are :class:`RuntimeLoadError` with a message that names the path and what is wrong,
 so a node can print it and exit non-zero at start-up.
@@ -10,6 +10,7 @@ so a node can print it and exit non-zero at start-up.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -87,17 +88,16 @@ class ModelRuntime:
 
     # -- model calls ---------------------------------------------------------------------------------
     def observation(self, embodiment: str, history_latents: torch.Tensor, instruction: str,
-                    state: np.ndarray | None, history_actions: np.ndarray | None, batch: int = 1) -> Observation:
+                    state: np.ndarray | None, history_actions: np.ndarray | None) -> Observation:
         tokens, mask = self.encode_instruction(instruction)
-        rep = (lambda x: x.expand(batch, *x.shape[1:]).contiguous()) if batch > 1 else (lambda x: x)
         return Observation(
             embodiment=embodiment,
-            history_latents=rep(history_latents),
-            language=rep(tokens),
-            language_mask=rep(mask),
-            state=None if state is None else rep(torch.as_tensor(state, dtype=torch.float32)[None]),
+            history_latents=history_latents,
+            language=tokens,
+            language_mask=mask,
+            state=None if state is None else torch.as_tensor(state, dtype=torch.float32)[None],
             history_actions=None if history_actions is None
-            else rep(torch.as_tensor(history_actions, dtype=torch.float32)[None]),
+            else torch.as_tensor(history_actions, dtype=torch.float32)[None],
         )
 
     def policy(self, obs: Observation, seed: int | None = None, noise_scale: float = 1.0) -> np.ndarray:
@@ -105,12 +105,15 @@ class ModelRuntime:
         out = self.model.policy(obs, num_steps=self.num_steps, seed=seed, noise_scale=noise_scale)
         return out[0].double().cpu().numpy()
 
-    def forward_dynamics(self, obs: Observation, actions: np.ndarray, seed: int = 0) -> torch.Tensor:
-        """Predicted future latents (num_future_frames, gh, gw, C), averaged over the batch of ``obs``
-        (one flow sample per batch row, rows seeded together by ``seed``)."""
-        b = obs.history_latents.shape[0]
-        a = torch.as_tensor(np.asarray(actions), dtype=torch.float32)[None].expand(b, -1, -1).contiguous()
-        out = self.model.forward_dynamics(obs, a, num_steps=self.num_steps, seed=seed)
+    def forward_dynamics(self, obs: Observation, actions: np.ndarray, seed: int = 0, num_steps: int | None = None,
+                         samples: int = 1) -> torch.Tensor:
+        """Predicted future latents (num_future_frames, gh, gw, C): the mean of ``samples`` flow samples
+        (seeded together by ``seed``) from the batch-1 observation ``obs``."""
+        if samples > 1:
+            obs = dataclasses.replace(obs, **{k: repeat_rows(v, samples) for k, v in vars(obs).items()
+                                              if isinstance(v, torch.Tensor)})
+        a = torch.as_tensor(np.asarray(actions), dtype=torch.float32)[None].expand(samples, -1, -1).contiguous()
+        out = self.model.forward_dynamics(obs, a, num_steps=num_steps or self.num_steps, seed=seed)
         return out.float().mean(dim=0).cpu()
 
     @property
@@ -120,6 +123,11 @@ class ModelRuntime:
     @property
     def latent_half(self) -> torch.Tensor:
         return self.model.normalizer.latent_half
+
+
+def repeat_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """A batch-1 tensor repeated to n rows."""
+    return x.expand(n, *x.shape[1:]).contiguous()
 
 
 def set_torch_threads(threads: int) -> None:

@@ -1,14 +1,20 @@
-"""Safety rules of the forward-dynamics monitor: hard limits, surprise scoring, the latching state machine.
+"""Safety rules shared by the safety gate and the judge: hard limits, surprise calibration, the latching state.
 
-Model-free and ROS-free (NumPy + torch tensors in, plain values out). The monitor core
-(:mod:`lda_policy.deploy.monitor`) calls these with the model's predictions.
+Model-free, ROS-free and torch-free: the safety gate (:mod:`.gate`, its own process) imports this module
+and must never load torch. The judge (:mod:`.judge`, in the model host) computes the latent distances.
+
+Hard limits
+    :class:`SafetyLimits` (``config/deploy/limits/<robot>.yaml``) bound every proposed chunk
+    (:func:`check_chunk`, on its rows) and every command the gate sends (:func:`check_command`, on the
+    step from the previous command). Values outside :data:`SANITY_BOUNDS` are refused at load: a limits
+    file that allows 20 m/s is a typo, not a robot.
 
 Surprise
-    For an approved chunk predicted from the observation at ``stamp``, the forward-dynamics objective
+    For an executed chunk predicted from the observation at ``stamp``, the forward-dynamics objective
     predicts the DINO latents of the frames at ``stamp + future_offsets_s``. When a real frame arrives
     its latents are compared with the prediction: the *distance* ``d`` is the root-mean-square over
     channels of the difference of the two latent grids after the checkpoint's per-channel latent
-    normalisation, averaged over patches (:func:`latent_distance`). ``d`` depends on the model and the
+    normalisation, averaged over patches (``judge.latent_distance``). ``d`` depends on the model and the
     scene, so it is standardised with statistics of ``d`` measured on training data
     (:class:`SafetyCalibration`, ``safety_calibration.json`` in the checkpoint directory)::
 
@@ -27,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from lda_common.config import ConfigError, check, parse, read_versioned_json, write_versioned_json
 from lda_common.geometry import HandsState, rotation_angle
 
-from .chunk_executor import STATUS_OK, STATUS_STOP, STATUS_WARN, HandTrajectory
+from .chunks import HandTrajectory
+
+STATUS_OK, STATUS_WARN, STATUS_STOP = 0, 1, 2  # lda_msgs/SafetyStatus levels
 
 CALIBRATION_FILE = "safety_calibration.json"
 CALIBRATION_FORMAT = "lda-safety-calibration"
@@ -44,6 +51,16 @@ class CalibrationError(ConfigError):
 
 
 # ---------------------------------------------------------------------------------------------- limits
+
+
+#: Largest magnitude a limit may have: steps per 0.1 s row, speeds, reaches, ages, the workspace box [m]
+#: and finger commands (a gripper width in metres or a finger joint in radians).
+SANITY_BOUNDS = {
+    "max_step_translation_m": 0.2, "max_step_rotation_rad": 1.0, "max_linear_speed_m_s": 2.0,
+    "max_angular_speed_rad_s": 2 * math.pi, "max_chunk_translation_m": 2.0, "max_chunk_rotation_rad": 2 * math.pi,
+    "workspace_min": 3.0, "workspace_max": 3.0, "finger_min": math.pi, "finger_max": math.pi,
+    "max_observation_age_s": 5.0, "max_chunk_age_s": 5.0,
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +105,11 @@ class SafetyLimits:
             lo < hi for lo, hi in zip(self.workspace_min, self.workspace_max, strict=True)), "workspace_min",
             f"{self.workspace_min} must be below workspace_max {self.workspace_max} in x, y and z")
         check(self.finger_min <= self.finger_max, "finger_min", f"{self.finger_min} exceeds finger_max")
+        for name, bound in SANITY_BOUNDS.items():  # plausible for any arm or hand this suite drives
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value,)
+            check(all(abs(v) <= bound for v in values), name,
+                  f"{value!r} is beyond the sanity bound {bound} (a typo or a unit mistake?)")
 
     @classmethod
     def from_params(cls, params: dict[str, Any], source: str = "parameters") -> SafetyLimits:
@@ -157,22 +179,42 @@ def check_chunk(actions: np.ndarray, dimension_names: list[str], dt: float, plan
     return out
 
 
-# ---------------------------------------------------------------------------------------------- surprise
+def check_command(targets: HandsState, previous: HandsState | None, elapsed_s: float,
+                  limits: SafetyLimits) -> list[str]:
+    """Violations of one command about to leave for the robot (empty list: it may be sent).
 
-
-def latent_distance(observed: torch.Tensor, predicted: torch.Tensor, latent_mid: torch.Tensor,
-                    latent_half: torch.Tensor) -> tuple[float, np.ndarray]:
-    """Distance between observed and predicted latent grids (gh, gw, C) in DINO units.
-
-    Both are normalised with the checkpoint's per-channel statistics (``(x - mid) / half``); returns
-    the mean over patches of the per-patch RMS over channels, and that per-patch map (gh, gw).
+    ``targets``: the per-hand targets; ``previous``: the command sent before it, ``elapsed_s`` ago (None:
+    the first command, checked against the box and the finger range only). A step is bounded by the
+    speed limits times the elapsed time and by the per-row step limits, whichever is smaller.
     """
-    if observed.shape != predicted.shape:
-        raise ValueError(f"observed {tuple(observed.shape)} and predicted {tuple(predicted.shape)} differ")
-    o = (observed.float().cpu() - latent_mid.cpu()) / latent_half.cpu()
-    p = (predicted.float().cpu() - latent_mid.cpu()) / latent_half.cpu()
-    per_patch = ((o - p) ** 2).mean(dim=-1).sqrt()
-    return float(per_patch.mean()), per_patch.numpy()
+    out = []
+    lo, hi = np.asarray(limits.workspace_min, dtype=float), np.asarray(limits.workspace_max, dtype=float)
+    for hand, t in targets.items():
+        if not t.is_finite():
+            out.append(f"NaN/inf in the {hand} command")
+            continue
+        if not ((t.position >= lo) & (t.position <= hi)).all():
+            out.append(f"{hand} command {np.round(t.position, 3).tolist()} leaves the workspace box "
+                       f"{lo.tolist()}..{hi.tolist()}")
+        if (t.fingers < limits.finger_min).any() or (t.fingers > limits.finger_max).any():
+            out.append(f"{hand} finger command {np.round(t.fingers, 3).tolist()} outside "
+                       f"[{limits.finger_min}, {limits.finger_max}]")
+        if previous is None or hand not in previous or elapsed_s <= 0:
+            continue
+        step = float(np.linalg.norm(t.position - previous[hand].position))
+        allowed = min(limits.max_step_translation_m, limits.max_linear_speed_m_s * elapsed_s)
+        if step > allowed + 1e-9:
+            out.append(f"{hand} command moves {step:.3f} m in {elapsed_s:.3f} s; limit {allowed:.3f} m "
+                       f"(max_linear_speed_m_s {limits.max_linear_speed_m_s}, max_step_translation_m "
+                       f"{limits.max_step_translation_m})")
+        turn = rotation_angle(previous[hand].quaternion, t.quaternion)
+        allowed = min(limits.max_step_rotation_rad, limits.max_angular_speed_rad_s * elapsed_s)
+        if turn > allowed + 1e-9:
+            out.append(f"{hand} command turns {turn:.3f} rad in {elapsed_s:.3f} s; limit {allowed:.3f} rad")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- surprise
 
 
 @dataclass(frozen=True)
@@ -251,83 +293,3 @@ class SafetyCalibration:
         if diffs:
             raise CalibrationError("the safety calibration was made with other forward-dynamics settings: "
                                    + "; ".join(diffs) + " (recalibrate, or set the monitor's parameters to match)")
-
-
-# ---------------------------------------------------------------------------------------------- state
-
-
-@dataclass
-class SafetyVerdict:
-    level: int
-    reason: str
-    surprise: float
-    chunk_sequence: int = 0
-
-
-class SafetyState:
-    """OK / WARN / STOP with a latching STOP.
-
-    ``stop(reason)`` latches: the level stays STOP (and chunks are refused) until :meth:`reset`.
-    Surprise updates move between OK and WARN freely; ``stop_consecutive`` surprises above
-    ``stop_surprise`` in a row latch a STOP.
-    """
-
-    def __init__(self, warn_surprise: float = 2.0, stop_surprise: float = 4.0, stop_consecutive: int = 1) -> None:
-        if not warn_surprise <= stop_surprise:
-            raise ValueError(f"warn_surprise {warn_surprise} must not exceed stop_surprise {stop_surprise}")
-        if stop_consecutive < 1:
-            raise ValueError("stop_consecutive must be >= 1")
-        self.warn_surprise = float(warn_surprise)
-        self.stop_surprise = float(stop_surprise)
-        self.stop_consecutive = int(stop_consecutive)
-        self.reset()
-
-    def reset(self) -> None:
-        self.level = STATUS_OK
-        self.reason = "ok"
-        self.surprise = 0.0
-        self.chunk_sequence = 0
-        self._over = 0
-        self.stops = 0
-
-    @property
-    def latched(self) -> bool:
-        return self.level == STATUS_STOP
-
-    def stop(self, reason: str, chunk_sequence: int = 0) -> bool:
-        """Latch a STOP; returns True if this call changed the level (the first reason is kept)."""
-        if self.level == STATUS_STOP:
-            return False
-        self.level, self.reason, self.chunk_sequence = STATUS_STOP, reason, chunk_sequence
-        self.stops += 1
-        return True
-
-    def warn(self, reason: str) -> None:
-        """A non-latching warning (kept until the next surprise update)."""
-        if self.level == STATUS_OK:
-            self.level, self.reason = STATUS_WARN, reason
-
-    def update_surprise(self, surprise: float, chunk_sequence: int, detail: str = "") -> bool:
-        """Record a new surprise score; returns True if it latched a STOP."""
-        if not math.isfinite(surprise):
-            return self.stop(f"NaN/inf surprise {detail}".strip(), chunk_sequence)
-        self.surprise = float(surprise)
-        if self.level == STATUS_STOP:
-            return False
-        self.chunk_sequence = chunk_sequence
-        if surprise > self.stop_surprise:
-            self._over += 1
-            if self._over >= self.stop_consecutive:
-                return self.stop(f"surprise {surprise:.2f} > {self.stop_surprise:g} {detail}".strip(), chunk_sequence)
-            self.level, self.reason = STATUS_WARN, f"surprise {surprise:.2f} > {self.stop_surprise:g} " \
-                                                   f"({self._over}/{self.stop_consecutive}) {detail}".strip()
-            return False
-        self._over = 0
-        if surprise > self.warn_surprise:
-            self.level, self.reason = STATUS_WARN, f"surprise {surprise:.2f} > {self.warn_surprise:g} {detail}".strip()
-        else:
-            self.level, self.reason = STATUS_OK, f"surprise {surprise:.2f} {detail}".strip()
-        return False
-
-    def verdict(self) -> SafetyVerdict:
-        return SafetyVerdict(self.level, self.reason, self.surprise, self.chunk_sequence)

@@ -9,7 +9,8 @@ A checkpoint is a directory with three files:
 
 Pickle is never loaded: a directory holding only pickle-based weights (``*.bin``, ``*.pt``, ``*.pth``,
 ``*.ckpt``, ``*.pkl``, ``*.pickle``), or a ``model.safetensors`` that is really a pickle/zip file, is
-refused with a :class:`CheckpointError` that names the file.
+refused with a :class:`CheckpointError` that names the file. So are missing, unexpected or mis-shaped
+keys, a truncated/corrupt weights file, a missing/malformed config, and NaN/Inf in any weight or buffer.
 """
 
 from __future__ import annotations
@@ -104,19 +105,35 @@ def _load_state(model: LDAModel, directory: Path) -> None:
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{weights} is not a valid safetensors file: {err}") from None
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    problems = []
+    missing = [k for k in expected if k not in state]
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), first {missing[0]!r}: {missing[:5]}")
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(f"{weights} does not match the model: missing {missing[:5]}, unexpected "
-                              f"{unexpected[:5]}, wrong shapes {wrong[:5]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), first {unexpected[0]!r}: {unexpected[:5]}")
+    problems += [f"{k!r} has shape {tuple(state[k].shape)}, the model expects {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        raise CheckpointError(f"{weights} does not match the model: " + "; ".join(problems))
+    _check_finite({k: state[k] for k in expected}, weights)
     model.load_state_dict(state, strict=True)
     norm = _existing(directory, NORMALIZATION_FILE)
     try:
         model.normalizer.load_dict(json.loads(norm.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{norm}: invalid normalisation statistics: {err}") from None
+    _check_finite(dict(model.named_buffers()), norm)
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuses NaN/Inf: one vectorised check per tensor and a single device sync for all of them."""
+    floats = {k: v for k, v in tensors.items() if v.is_floating_point() or v.is_complex()}
+    if not floats or bool(torch.stack([torch.isfinite(v).all() for v in floats.values()]).all()):
+        return
+    key, bad = next((k, int((~torch.isfinite(v)).sum())) for k, v in floats.items() if not torch.isfinite(v).all())
+    raise CheckpointError(f"{source}: tensor {key!r} holds {bad} non-finite (NaN/Inf) value(s) of "
+                          f"{floats[key].numel()}; refusing to load a diverged or corrupt checkpoint")
 
 
 def _existing(directory: Path, name: str) -> Path:

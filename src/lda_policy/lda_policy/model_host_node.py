@@ -1,0 +1,281 @@
+"""model_host_node: the one process per robot that holds the LDA model - policy and forward-dynamics judge.
+
+    ros2 run lda_policy model_host_node --ros-args -p robot_config:=config/robots/sim_panda.yaml \
+        -p checkpoint:=/path/to/ckpt -p dino_path:=/path/to/dinov3-vits16 --params-file config/deploy/model_host.yaml
+
+Inputs: head camera (robot config, best-effort), per-hand EEF pose (PoseStamped) and finger state
+(JointState), the gripper commands the gate sends (robots whose config names ``gripper_command_topic``),
+the instruction (std_msgs/String, transient-local), the gate's approvals on ``/lda/action_chunk`` and its
+verdict on ``/lda/safety_status``. Outputs: ``/lda/proposed_chunk`` (lda_msgs/ActionChunk with its
+digest), the heartbeats ``/lda/host_status`` and ``/lda/judge_status`` (lda_msgs/SafetyStatus) at
+``heartbeat_rate_hz`` and at once on a fault, ``/diagnostics``. It never commands the robot: the safety
+gate (``safety_gate_node``) does. The policy and the judge each run on their own thread; callbacks only
+store. The logic lives in :mod:`lda_policy.deploy.host`.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from lda_common.messages import Topics
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+
+from lda_msgs.msg import ActionChunk, SafetyStatus
+from lda_policy.deploy.host import HostSettings, ModelHost, Status
+from lda_policy.deploy.judge import JudgeSettings
+from lda_policy.deploy.policy import PolicySettings
+from lda_policy.deploy.safety import CALIBRATION_FILE, LEVEL_NAMES, STATUS_STOP, CalibrationError, SafetyCalibration
+from lda_policy.model_node import MODEL_STARTUP_ERRORS, ModelNode
+from lda_policy.ros_io import (
+    COMMAND_QOS,
+    LATCHED_QOS,
+    SENSOR_QOS,
+    chunk_to_msg,
+    declare,
+    diagnostic_status,
+    node_main,
+    pose_arrays,
+    sec_to_stamp,
+    stamp_to_sec,
+)
+
+
+class ModelHostNode(ModelNode, Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("model_host", **kwargs)
+        d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
+        self.p = {
+            **self.model_parameters(),
+            # policy
+            "seed": d("seed", -1, "policy flow-sampling seed (-1 = a fresh sample each call)", low=-1),
+            "noise_scale": d("noise_scale", 1.0, "scale of the policy flow's starting noise: 1 samples the learnt "
+                             "distribution, 0 is deterministic (its mean)", low=0.0, high=1.0),
+            "instruction": d("instruction", "", "instruction to use until one arrives on the instruction topic"),
+            "replan_period_s": d("replan_period_s", 0.5, "minimum time between proposals [s]", low=0.0, high=10.0),
+            "max_image_age_s": d("max_image_age_s", 0.5, "never predict from a camera frame older than this [s]",
+                                 low=0.01, high=10.0),
+            "state_tolerance_s": d("state_tolerance_s", 0.15, "EEF/finger samples may be this far from the camera "
+                                   "stamp [s]", low=0.0, high=1.0),
+            # judge
+            "calibration_path": d("calibration_path", "", f"surprise calibration JSON ('' = <checkpoint>/"
+                                  f"{CALIBRATION_FILE})"),
+            "require_calibration": d("require_calibration", True, "refuse to start without a calibration (false: "
+                                     "the judge reports WARN 'uncalibrated')"),
+            "warn_surprise": d("warn_surprise", 2.0, "surprise above which the judge reports WARN", low=0.0),
+            "stop_surprise": d("stop_surprise", 4.0, "surprise above which the judge reports a fault (STOP)",
+                               low=0.0),
+            "score_horizon_s": d("score_horizon_s", 0.6, "score predicted frames up to this far after the chunk's "
+                                 "observation [s]", low=0.01, high=10.0),
+            "judge_num_steps": d("judge_num_steps", 1, "Euler steps of the judge's forward dynamics; must match "
+                                 "the calibration", low=1, high=100),
+            "judge_num_samples": d("judge_num_samples", 1, "forward-dynamics samples averaged; must match the "
+                                   "calibration", low=1, high=64),
+            "judge_seed": d("judge_seed", 0, "forward-dynamics sampling seed; must match the calibration", low=0),
+            # heartbeats and faults
+            "heartbeat_rate_hz": d("heartbeat_rate_hz", 20.0, "rate of /lda/host_status and /lda/judge_status "
+                                   "[Hz]", low=1.0, high=1000.0),
+            "max_inference_time_s": d("max_inference_time_s", 2.0, "a policy call running longer is a stall "
+                                      "(STOP) [s]", low=0.01, high=60.0),
+            "max_judge_time_s": d("max_judge_time_s", 2.0, "a judge call running longer is judge lag (STOP) [s]",
+                                  low=0.001, high=60.0),
+            "camera_timeout_s": d("camera_timeout_s", 0.5, "a camera that was flowing and is silent this long is a "
+                                  "fault (STOP) [s]", low=0.01, high=60.0),
+            "diagnostics_period_s": d("diagnostics_period_s", 1.0, "diagnostics period [s]", low=0.05, high=60.0),
+        }
+        self.host: ModelHost | None = None
+        self._stop = threading.Event()
+        self._new_frame = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._published_faults = {"model_host": 0, "judge": 0}
+        self._status_lock = threading.Lock()
+        self._gate_level = 0
+        self._gate_resets = 0
+        self.proposed = 0
+
+    # ------------------------------------------------------------------ start-up
+
+    def start(self) -> None:
+        p = self.p
+        robot, runtime = self.load_model(p)
+        cal_path = Path(p["calibration_path"] or Path(p["checkpoint"]) / CALIBRATION_FILE)
+        calibration = None
+        try:
+            calibration = SafetyCalibration.load(cal_path)
+        except CalibrationError as err:
+            if p["require_calibration"]:
+                raise
+            self.get_logger().warning(f"{err}; the judge runs uncalibrated (surprise not scored)")
+        self.robot = robot
+        self.host = ModelHost(
+            runtime, robot, calibration,
+            PolicySettings(max_image_age_s=p["max_image_age_s"], state_tolerance_s=p["state_tolerance_s"],
+                           seed=p["seed"], noise_scale=p["noise_scale"]),
+            JudgeSettings(warn_surprise=p["warn_surprise"], stop_surprise=p["stop_surprise"],
+                          score_horizon_s=p["score_horizon_s"], num_steps=p["judge_num_steps"],
+                          num_samples=p["judge_num_samples"], seed=p["judge_seed"]),
+            HostSettings(max_inference_time_s=p["max_inference_time_s"], max_judge_time_s=p["max_judge_time_s"],
+                         camera_timeout_s=p["camera_timeout_s"]))
+        if p["instruction"]:
+            self.host.policy.set_instruction(p["instruction"])
+        cam = robot.camera
+        sub = self.create_subscription
+        sub(CompressedImage if cam.type == "compressed" else Image, cam.topic, self._on_image, SENSOR_QOS)
+        sub(String, robot.config.instruction_topic, self._on_instruction, LATCHED_QOS)
+        sub(ActionChunk, Topics.ACTION_CHUNK, self._on_approved, COMMAND_QOS)
+        sub(SafetyStatus, Topics.SAFETY_STATUS, self._on_gate_status, COMMAND_QOS)
+        states = self.host.policy.states
+        for h in robot.config.hands:
+            sub(PoseStamped, h.pose_topic,
+                lambda m, n=h.name: states.add_pose(n, stamp_to_sec(m.header.stamp), *pose_arrays(m)), SENSOR_QOS)
+            sub(JointState, h.gripper_topic, lambda m, n=h.name: self._on_fingers(n, m, states.add_fingers),
+                SENSOR_QOS)
+            if h.gripper_command_topic:  # the history actions' finger values are the commands sent
+                sub(JointState, h.gripper_command_topic, lambda m, n=h.name: self._on_fingers(n, m, states.add_command),
+                    COMMAND_QOS)
+        self.pub_proposed = self.create_publisher(ActionChunk, Topics.PROPOSED_CHUNK, COMMAND_QOS)
+        self.pub_status = {"model_host": self.create_publisher(SafetyStatus, Topics.HOST_STATUS, COMMAND_QOS),
+                           "judge": self.create_publisher(SafetyStatus, Topics.JUDGE_STATUS, COMMAND_QOS)}
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
+        self.create_timer(1.0 / p["heartbeat_rate_hz"], self._heartbeat)
+        self.create_timer(p["diagnostics_period_s"], self._diagnostics)
+        for name, target in (("lda-policy", self._inference_loop), ("lda-judge", self._judge_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        cal = f"calibration {cal_path} ({calibration.num_windows} windows)" if calibration else "NO calibration"
+        self.get_logger().info(
+            f"model host for '{robot.embodiment}' ({robot.action_dim}-d actions, hands {robot.hands}): checkpoint "
+            f"'{p['checkpoint']}' ({runtime.config.name}) on {runtime.device}; camera {cam.topic}; judge {cal}, "
+            f"stop_surprise {p['stop_surprise']}; proposing on {Topics.PROPOSED_CHUNK}")
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._new_frame.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    # ------------------------------------------------------------------ callbacks (cheap)
+
+    def _on_image(self, msg) -> None:
+        frame = self.camera_frame(msg)
+        if frame is not None:
+            self.host.policy.on_frame(*frame)
+            self._new_frame.set()
+
+    def _on_fingers(self, hand: str, msg: JointState, add) -> None:
+        sample = self.finger_sample(hand, msg)
+        if sample is not None:
+            add(hand, *sample)
+
+    def _on_instruction(self, msg: String) -> None:
+        self.host.policy.start_task(msg.data)
+        self.host.judge.drop_pending()
+        self.get_logger().info(f"instruction: '{msg.data}'")
+
+    def _on_approved(self, msg: ActionChunk) -> None:
+        if not self.host.judge.on_approved(msg.sequence, msg.digest):
+            self.get_logger().warning(f"approval of chunk {msg.sequence} does not match its proposal's digest; "
+                                      "not scored", throttle_duration_sec=2.0)
+
+    def _on_gate_status(self, msg: SafetyStatus) -> None:
+        # predictions of chunks that will not run as predicted (the gate holds) must not be scored later
+        if (msg.level == STATUS_STOP and self._gate_level != STATUS_STOP) or msg.resets != self._gate_resets:
+            self.host.judge.drop_pending()
+        self._gate_level, self._gate_resets = msg.level, msg.resets
+
+    # ------------------------------------------------------------------ threads
+
+    def _inference_loop(self) -> None:
+        host, last = self.host, -1e9
+        try:
+            while not self._stop.is_set():
+                self._new_frame.wait(timeout=0.1)
+                self._new_frame.clear()
+                now = self._now()
+                if self._stop.is_set() or now - last < self.p["replan_period_s"] or self._gate_level == STATUS_STOP:
+                    continue
+                chunk = host.propose(now)
+                self._publish_status_if_fault()
+                if chunk is None:
+                    continue
+                last = now
+                self.proposed += 1
+                self.pub_proposed.publish(chunk_to_msg(chunk, self.robot.config.base_frame))
+        except Exception as err:  # noqa: BLE001 - the heartbeat reports the dead thread as STOP
+            if not self._stop.is_set():
+                host.inference.dead = f"policy thread died: {type(err).__name__}: {err}"
+                self.get_logger().error(host.inference.dead)
+
+    def _judge_loop(self) -> None:
+        host = self.host
+        try:
+            while not self._stop.is_set():
+                host.judge_next(timeout_s=0.1)
+                self._publish_status_if_fault()
+        except Exception as err:  # noqa: BLE001
+            if not self._stop.is_set():
+                host.judging.dead = f"judge thread died: {type(err).__name__}: {err}"
+                self.get_logger().error(host.judging.dead)
+
+    # ------------------------------------------------------------------ heartbeats
+
+    def _publish_status_if_fault(self) -> None:
+        """A fault is reported at once (level STOP, its reason), not at the next heartbeat."""
+        host = self.host
+        judge = host.judge
+        for source, faults, reason, surprise in (("model_host", host.faults, host.last_fault, 0.0),
+                                                 ("judge", judge.faults, judge.last_fault, judge.surprise)):
+            if faults != self._published_faults[source]:
+                self._publish(source, Status(STATUS_STOP, reason, faults, surprise, judge.sequence))
+
+    def _publish(self, source: str, status: Status) -> None:
+        with self._status_lock:
+            if status.level == STATUS_STOP and status.faults != self._published_faults[source]:
+                self.get_logger().error(f"{source} fault: {status.reason}")
+            self._published_faults[source] = max(self._published_faults[source], status.faults)
+            msg = SafetyStatus(level=status.level, surprise=float(status.surprise),
+                               threshold=float(self.p["stop_surprise"]), reason=status.reason[:500],
+                               chunk_sequence=int(status.chunk_sequence), source=source, faults=int(status.faults))
+            msg.header.stamp = sec_to_stamp(self._now())
+            self.pub_status[source].publish(msg)
+
+    def _heartbeat(self) -> None:
+        self._publish_status_if_fault()
+        now = self._now()
+        self._publish("model_host", self.host.host_status(now))
+        self._publish("judge", self.host.judge_status())
+
+    def _diagnostics(self) -> None:
+        host = self.host
+        judge = host.judge
+        now = self._now()
+        hs, js = host.host_status(now), host.judge_status()
+        values = {
+            "host": f"{LEVEL_NAMES[hs.level]}: {hs.reason}", "judge": f"{LEVEL_NAMES[js.level]}: {js.reason}",
+            "chunks_proposed": self.proposed, "host_faults": host.faults, "judge_faults": judge.faults,
+            **host.mean_times(), "frames_encoded": host.policy.frames.encoded,
+            "chunks_judged": judge.approved, "pending_predictions": judge.pending, "unscored_frames": judge.unscored,
+            "approvals_not_matching": judge.unbound, "bad_images": self.bad_images,
+            "last_image_error": self.last_image_error, "last_fault": host.last_fault or judge.last_fault,
+        }
+        level = max(hs.level, js.level)
+        msg = DiagnosticArray()
+        msg.header.stamp = sec_to_stamp(now)
+        msg.status = [diagnostic_status(f"{self.get_name()}: model host", self.robot.embodiment, min(level, 2),
+                                        f"host {LEVEL_NAMES[hs.level]}, judge {LEVEL_NAMES[js.level]}: "
+                                        f"{hs.reason if hs.level >= js.level else js.reason}", values)]
+        self.pub_diag.publish(msg)
+
+
+main = node_main("model_host_node", ModelHostNode, MODEL_STARTUP_ERRORS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""safety_gate_node: the only path from the model to the robot - a small process with no torch and no model.
+
+    ros2 run lda_policy safety_gate_node --ros-args -p robot_config:=config/robots/sim_panda.yaml \
+        --params-file config/deploy/safety_gate.yaml --params-file config/deploy/limits/sim_panda.yaml
+
+It approves each proposed chunk on ``/lda/proposed_chunk`` on hard limits and freshness (the limits file
+of the robot) and republishes the approval on ``/lda/action_chunk`` (sequence and digest of the
+proposal); executes approved chunks as ``/robot/<hand>/eef_target`` (PoseStamped) and
+``/robot/<hand>/gripper_command`` (JointState: ``gripper`` = width [m], or the finger joints) at
+``control_rate_hz``, re-checking every command where it leaves; watches the model host's and the
+judge's heartbeats (``/lda/host_status``, ``/lda/judge_status``) at ``watchdog_rate_hz``. A dead, frozen
+or silent host, a reported fault, a stale hand stream or a violated limit holds the robot (measured
+pose, fingers as last commanded) and latches STOP with a reason naming the cause, published on
+``/lda/safety_status``. ``/lda/safety_reset`` (lda_msgs/srv/SafetyReset) clears it, only while holding,
+only with a reason, and is logged. The logic lives in :mod:`lda_policy.deploy.gate`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from lda_common.messages import Topics
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+
+from lda_msgs.msg import ActionChunk, SafetyStatus
+from lda_msgs.srv import SafetyReset
+from lda_policy.deploy.chunk_executor import ExecutorConfig
+from lda_policy.deploy.gate import GateSettings, SafetyGateCore
+from lda_policy.deploy.robot import RobotInterface
+from lda_policy.deploy.safety import LEVEL_NAMES, STATUS_STOP, SafetyLimits
+from lda_policy.ros_io import (
+    COMMAND_QOS,
+    LATCHED_QOS,
+    SENSOR_QOS,
+    RobotNode,
+    declare,
+    diagnostic_status,
+    msg_to_chunk,
+    node_main,
+    pose_arrays,
+    pose_stamped,
+    sec_to_stamp,
+    stamp_to_sec,
+)
+
+
+class SafetyGateNode(RobotNode, Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("safety_gate", **kwargs)
+        d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
+        self.p = {
+            "robot_config": d("robot_config", "", "robot description YAML (config/robots/<robot>.yaml)", required=True),
+            "host_timeout_s": d("host_timeout_s", 0.15, "STOP when the model host's heartbeat is older [s]",
+                                low=0.01, high=10.0),
+            "judge_timeout_s": d("judge_timeout_s", 0.15, "STOP when the judge's heartbeat is older [s]", low=0.01,
+                                 high=10.0),
+            "watchdog_rate_hz": d("watchdog_rate_hz", 50.0, "rate of the heartbeat and limit checks [Hz]", low=1.0,
+                                  high=1000.0),
+            "control_rate_hz": d("control_rate_hz", 0.0, "command rate [Hz] (0 = the robot config's fps)", low=0.0,
+                                 high=1000.0),
+            "state_tolerance_s": d("state_tolerance_s", 0.15, "EEF/finger samples may be this far from a chunk's "
+                                   "observation stamp [s]", low=0.0, high=1.0),
+            "approval_deadline_s": d("approval_deadline_s", 1.0, "hold when no chunk was approved for this long [s]",
+                                     low=0.01, high=60.0),
+            "blend_time_s": d("blend_time_s", 0.3, "cross-fade time from one chunk to the next [s]", low=0.0,
+                              high=5.0),
+            "command_lead_s": d("command_lead_s", 0.0, "sample chunks this far ahead (controller latency) [s]",
+                                low=0.0, high=1.0),
+            "publish_hold": d("publish_hold", True, "while holding, publish the held pose as the target (false: "
+                              "publish no targets)"),
+            "eef_target_topic": d("eef_target_topic", "/robot/{hand}/eef_target", "per-hand EEF target topic "
+                                  "({hand} is replaced)"),
+            "gripper_command_topic": d("gripper_command_topic", "/robot/{hand}/gripper_command",
+                                       "per-hand finger command topic ({hand} is replaced)"),
+            "status_rate_hz": d("status_rate_hz", 10.0, "/lda/safety_status heartbeat rate [Hz]", low=0.5,
+                                high=1000.0),
+            "reset_log": d("reset_log", "", "JSON-lines file every reset request is appended to ('' = ROS log only)"),
+            "diagnostics_period_s": d("diagnostics_period_s", 1.0, "diagnostics period [s]", low=0.05, high=60.0),
+        }
+        for name, default in vars(SafetyLimits()).items():
+            value = list(default) if isinstance(default, tuple) else default
+            self.p[name] = d(name, value, f"hard limit {name} (see lda_policy.deploy.safety.SafetyLimits)")
+        self._lock = threading.Lock()
+        self._last_publish = -1e9
+        self._last_mode = ""
+        self._last_status: tuple[int, str] | None = None
+
+    def start(self) -> None:
+        p = self.p
+        self.robot = robot = RobotInterface(p["robot_config"])
+        limits = SafetyLimits.from_params(p, source=f"{self.get_name()} parameters")
+        rate = p["control_rate_hz"] or robot.config.fps
+        executor = ExecutorConfig(control_rate_hz=rate, approval_deadline_s=p["approval_deadline_s"],
+                                  heartbeat_timeout_s=max(0.1, 5.0 / p["watchdog_rate_hz"]),
+                                  blend_time_s=p["blend_time_s"], command_lead_s=p["command_lead_s"],
+                                  max_chunk_age_s=limits.max_chunk_age_s)
+        self.core = SafetyGateCore(robot, limits, GateSettings(
+            host_timeout_s=p["host_timeout_s"], judge_timeout_s=p["judge_timeout_s"],
+            state_tolerance_s=p["state_tolerance_s"], executor=executor))
+        self.period = 1.0 / rate
+        sub = self.create_subscription
+        sub(ActionChunk, Topics.PROPOSED_CHUNK, self._on_proposed, COMMAND_QOS)
+        sub(SafetyStatus, Topics.HOST_STATUS, self._on_source, COMMAND_QOS)
+        sub(SafetyStatus, Topics.JUDGE_STATUS, self._on_source, COMMAND_QOS)
+        sub(String, robot.config.instruction_topic, lambda m: self.core.on_instruction(), LATCHED_QOS)
+        for h in robot.config.hands:
+            sub(PoseStamped, h.pose_topic,
+                lambda m, n=h.name: self.core.on_pose(n, stamp_to_sec(m.header.stamp), *pose_arrays(m)), SENSOR_QOS)
+            sub(JointState, h.gripper_topic, lambda m, n=h.name: self._on_fingers(n, m), SENSOR_QOS)
+        self.pub_targets = {h: self.create_publisher(PoseStamped, p["eef_target_topic"].format(hand=h), COMMAND_QOS)
+                            for h in robot.hands}
+        self.pub_fingers = {h: self.create_publisher(JointState, p["gripper_command_topic"].format(hand=h),
+                                                     COMMAND_QOS) for h in robot.hands}
+        self.finger_names = {h.name: ["gripper"] if h.fingers.type == "width" else list(h.fingers.joints)
+                             for h in robot.config.hands}
+        self.pub_approved = self.create_publisher(ActionChunk, Topics.ACTION_CHUNK, COMMAND_QOS)
+        self.pub_status = self.create_publisher(SafetyStatus, Topics.SAFETY_STATUS, COMMAND_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
+        self.create_service(SafetyReset, Topics.SAFETY_RESET, self._on_reset)
+        self.create_timer(1.0 / p["watchdog_rate_hz"], self._tick)
+        self.create_timer(1.0 / p["status_rate_hz"], lambda: self._publish_status(force=True))
+        self.create_timer(p["diagnostics_period_s"], self._diagnostics)
+        self.get_logger().info(
+            f"gating '{robot.embodiment}' (hands {robot.hands}) at {rate:g} Hz; watchdog {p['watchdog_rate_hz']:g} Hz, "
+            f"host timeout {p['host_timeout_s']} s; workspace {list(limits.workspace_min)}..{list(limits.workspace_max)}"
+            f", fingers [{limits.finger_min}, {limits.finger_max}], {limits.max_linear_speed_m_s} m/s")
+
+    # ------------------------------------------------------------------ inputs
+
+    def _on_fingers(self, hand: str, msg: JointState) -> None:
+        sample = self.finger_sample(hand, msg)
+        if sample is not None:
+            self.core.on_fingers(hand, *sample)
+
+    def _on_source(self, msg: SafetyStatus) -> None:
+        self.core.on_source(msg.source, msg.level, msg.reason, msg.faults, self._now(), msg.surprise)
+        if msg.level >= STATUS_STOP or self.core.latched:
+            self._tick()  # hold now, not at the next watchdog tick
+
+    def _on_proposed(self, msg: ActionChunk) -> None:
+        now = self._now()
+        decision = self.core.judge(msg_to_chunk(msg), now)
+        if decision.approved:
+            self.pub_approved.publish(msg)
+            self._tick(force_publish=True)  # the new chunk's first command leaves now
+        else:
+            self.get_logger().warning(f"refused chunk {msg.sequence}: {decision.reason}", throttle_duration_sec=1.0)
+            self._publish_status()
+
+    def _on_reset(self, request: SafetyReset.Request, response: SafetyReset.Response) -> SafetyReset.Response:
+        now = self._now()
+        response.success, response.message = self.core.reset(request.reason, request.requested_by, now)
+        entry = {"time": now, "wall_time": time.time(), "operator": request.requested_by, "reason": request.reason,
+                 "accepted": response.success, "message": response.message}
+        self.get_logger().warning(f"reset request by '{request.requested_by}' ({request.reason!r}): {response.message}")
+        if self.p["reset_log"]:
+            with Path(self.p["reset_log"]).expanduser().open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+        self._publish_status(force=True)
+        return response
+
+    # ------------------------------------------------------------------ commands
+
+    def _tick(self, force_publish: bool = False) -> None:
+        with self._lock:
+            now = self._now()
+            cmd = self.core.tick(now)
+            entering_hold = cmd.mode == "hold" and self._last_mode != "hold"
+            self._last_mode = cmd.mode
+            due = now - self._last_publish >= self.period - 1e-3
+            if cmd.targets is not None and (due or entering_hold or force_publish) \
+                    and not (cmd.mode == "hold" and not self.p["publish_hold"]):
+                self._publish_command(cmd.targets, now)
+                self._last_publish = now
+        self._publish_status()
+
+    def _publish_command(self, targets, now: float) -> None:
+        stamp = sec_to_stamp(now)
+        frame = self.robot.config.base_frame
+        for h, target in targets.items():
+            self.pub_targets[h].publish(pose_stamped(target.position, target.quaternion, stamp, frame))
+            js = JointState(name=self.finger_names[h], position=[float(v) for v in target.fingers])
+            js.header.stamp = stamp
+            self.pub_fingers[h].publish(js)
+
+    # ------------------------------------------------------------------ status
+
+    def _publish_status(self, force: bool = False) -> None:
+        core = self.core
+        level, reason = core.verdict(self._now())
+        key = (level, reason if level == STATUS_STOP else reason.split(" (")[0])
+        if not force and key == self._last_status:
+            return
+        if key[0] != (self._last_status or (None,))[0] and level == STATUS_STOP:
+            self.get_logger().error(f"safety STOP: {reason}")
+        elif key[0] != (self._last_status or (None,))[0]:  # rclpy: one severity per call site
+            self.get_logger().info(f"safety {LEVEL_NAMES[level]}: {reason}")
+        self._last_status = key
+        msg = SafetyStatus(level=level, surprise=float(core.surprise), reason=reason[:500],
+                           chunk_sequence=max(core.executor.last_sequence, 0), source="safety_gate",
+                           faults=core.stops, resets=core.resets)
+        msg.header.stamp = sec_to_stamp(self._now())
+        self.pub_status.publish(msg)
+
+    def _diagnostics(self) -> None:
+        core, ex = self.core, self.core.executor
+        level, reason = core.verdict(self._now())
+        values = {
+            "level": LEVEL_NAMES[level], "reason": reason, "mode": "hold" if ex.holding else "execute",
+            "hold_reason": ex.hold_reason, "chunks_approved": core.approved, "chunks_refused": core.refused,
+            "chunks_executed": ex.stats.accepted, **{f"dropped/{k}": v for k, v in sorted(ex.stats.dropped.items())},
+            "chunk_latency_s": ex.stats.last_latency_s, "stops": core.stops, "resets": core.resets,
+            **{f"{s}_heartbeat": f"{LEVEL_NAMES[v.level]}: {v.reason}" for s, v in core.sources.items()},
+        }
+        msg = DiagnosticArray()
+        msg.header.stamp = sec_to_stamp(self._now())
+        msg.status = [diagnostic_status(f"{self.get_name()}: safety gate", self.robot.embodiment, min(level, 2),
+                                        f"{LEVEL_NAMES[level]}: {reason}", values)]
+        self.pub_diag.publish(msg)
+
+
+main = node_main("safety_gate_node", SafetyGateNode)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

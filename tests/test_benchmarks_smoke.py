@@ -1,0 +1,102 @@
+"""Benchmarks that cannot rot: every script in benchmarks/ runs in its ``--smoke`` mode (tiny sizes, the same
+code paths) and writes the JSON keys of its committed figures, so a renamed helper or launch argument breaks
+``make test`` instead of the next measurement.
+
+    python -m pytest -q tests/test_benchmarks_smoke.py
+
+Each script runs as a subprocess, as a user runs it, with ``--out`` in the test's temporary directory (the
+figures in benchmarks/results/ are never overwritten), on loopback DDS and a ROS domain of its own. All
+together they take about 4 minutes on 2 cores, ``mixed_quality.py`` (its own simulator recording, three
+trainings, calibrations and closed loops) about 2 of them.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+
+# script -> (time limit [s], text of the table it prints). A script gets here with its --smoke mode.
+SCRIPTS = {
+    "encoder_probe.py": (150, "MAE x, y [mm]"),
+    "mixed_quality.py": (280, "held-out action L1"),
+    "model_latency.py": (120, "policy p50"),
+    "recorder_throughput.py": (150, "dropped_frames"),
+    "train_throughput.py": (150, "samples/s"),
+}
+# Being rewritten with the deployment code; it joins SCRIPTS (one line there) once it has --smoke.
+ADDED_LATER = {"deploy_latency.py"} - set(SCRIPTS)
+
+
+def test_every_benchmark_runs_its_smoke_mode():
+    scripts = {p.name for p in BENCHMARKS.glob("*.py")}
+    assert ADDED_LATER <= {"deploy_latency.py"}, "only deploy_latency.py may go without a smoke test"
+    assert scripts == set(SCRIPTS) | ADDED_LATER, (
+        f"benchmarks/ has {sorted(scripts)}: give every new script a --smoke mode and an entry in SCRIPTS")
+
+
+def _fresh_domain() -> str:
+    """A ROS domain other than the test run's own: the smoke's nodes never meet the other tests' ones."""
+    taken = os.environ.get("ROS_DOMAIN_ID", "")
+    return str(random.choice([d for d in range(1, 101) if str(d) != taken]))
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``cmd`` in its own process group, killed with all its children (nodes, launches) when it overruns."""
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=_fresh_domain(),
+               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[1:])} ran over {timeout} s\n--- stdout\n{out[-3000:]}\n--- stderr\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _missing_keys(expected: dict, got: dict) -> list[str]:
+    """Keys of the committed figures absent from the smoke's: top level, and one level into dicts and lists
+    of dicts (a list's first entry)."""
+    missing = [k for k in expected if k not in got]
+    for key, value in expected.items():
+        if isinstance(value, dict) and isinstance(got.get(key), dict):
+            missing += [f"{key}.{k}" for k in value if k not in got[key]]
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            mine = got.get(key)
+            if not (isinstance(mine, list) and mine and isinstance(mine[0], dict)):
+                missing.append(f"{key}[0]")
+            else:
+                missing += [f"{key}[0].{k}" for k in value[0] if k not in mine[0]]
+    return missing
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_smoke(script, tmp_path):
+    limit, table = SCRIPTS[script]
+    out = tmp_path / "x.json"
+    committed = RESULTS / f"{Path(script).stem}.json"
+    before = committed.read_bytes()
+    result = _run([sys.executable, str(BENCHMARKS / script), "--smoke", "--out", str(out)], timeout=limit)
+    log = f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, log
+    assert out.is_file(), log
+    missing = _missing_keys(json.loads(before), json.loads(out.read_text()))
+    assert not missing, f"{script} --smoke wrote no {missing} (keys of {committed.relative_to(ROOT)})\n{log}"
+    assert table in result.stdout, f"no table with {table!r} printed\n{log}"
+    assert committed.read_bytes() == before, f"{script} --smoke overwrote {committed.relative_to(ROOT)}"
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_smoke_without_out_refuses_to_overwrite_the_committed_figures(script):
+    result = _run([sys.executable, str(BENCHMARKS / script), "--smoke"], timeout=60)
+    assert result.returncode == 2 and "pass --out outside benchmarks/results" in result.stderr, result.stderr
