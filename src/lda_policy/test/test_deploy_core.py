@@ -1,4 +1,5 @@
-"""ROS-free deployment core: chunk hand-over, latency compensation, hold-still, hard limits, latching, surprise."""
+"""ROS-free deployment core: chunk hand-over, latency compensation, hold-still, hard limits, the gate's latch,
+heartbeats and command checks, the judge's approval binding, calibration."""
 
 import json
 from dataclasses import fields
@@ -10,17 +11,19 @@ import torch
 import yaml
 from lda_common.config import ConfigError
 from lda_common.geometry import HandState
-from lda_policy.deploy.chunk_executor import (
+from lda_policy.deploy.chunk_executor import ChunkExecutor, ExecutorConfig
+from lda_policy.deploy.chunks import ChunkPlan, HandTrajectory
+from lda_policy.deploy.hand_states import HandStateBuffer
+from lda_policy.deploy.observations import FrameLatents
+from lda_policy.deploy.replay import LatentPCA, heatmap, panel
+from lda_policy.deploy.safety import (
     STATUS_OK,
     STATUS_STOP,
-    ChunkExecutor,
-    ChunkPlan,
-    ExecutorConfig,
-    HandTrajectory,
+    CalibrationError,
+    SafetyCalibration,
+    SafetyLimits,
+    check_chunk,
 )
-from lda_policy.deploy.observations import FrameLatents, HandStateBuffer
-from lda_policy.deploy.replay import LatentPCA, heatmap, panel
-from lda_policy.deploy.safety import CalibrationError, SafetyCalibration, SafetyLimits, SafetyState, check_chunk
 
 from lda_testing import deploy as T
 
@@ -163,23 +166,6 @@ def test_hard_limits_name_what_is_wrong():
     assert any("finger command" in v for v in check_chunk(np.zeros((16, 7)), names, 0.1, wide.hands, anchor, lim))
 
 
-def test_stop_latches_until_reset_and_surprise_moves_ok_warn():
-    s = SafetyState(warn_surprise=2.0, stop_surprise=4.0, stop_consecutive=2)
-    s.update_surprise(2.5, 1)
-    assert s.level == 1
-    s.update_surprise(0.5, 2)
-    assert s.level == 0
-    s.update_surprise(5.0, 3)
-    assert s.level == 1  # one over the stop threshold: warn (stop_consecutive=2)
-    assert s.update_surprise(6.0, 4)
-    assert s.latched and s.reason.startswith("surprise 6.00 > 4")
-    s.update_surprise(0.0, 5)
-    assert s.latched  # good scores do not clear a STOP
-    assert not s.stop("another reason")  # the first reason is kept
-    s.reset()
-    assert s.level == 0 and not s.latched
-
-
 def test_calibration_round_trip_and_clear_errors(tmp_path):
     d = np.array([[1.0, 2.0], [1.2, 2.4], [0.8, 1.6]])
     cal = SafetyCalibration.from_distances(d, (0.5, 1.0), num_steps=4, num_samples=1, seed=0, source="x")
@@ -296,44 +282,6 @@ def test_pictures_have_the_expected_layout():
     assert pic.shape == (32, 4 * 32 + 3 * 2, 3)
 
 
-def test_monitor_refuses_before_the_first_frame_without_latching_but_stops_on_a_quiet_stream(tmp_path):
-    """Start-up race: a policy may see the camera before the monitor does. That chunk is refused (nothing
-    runs) but is no fault; a stream that went quiet after it was received is, and latches STOP."""
-    from lda_policy.deploy.monitor import SafetyMonitorCore
-    from lda_policy.deploy.policy import ProposedChunk
-    from lda_policy.deploy.robot import RobotInterface
-    from lda_policy.deploy.runtime import ModelRuntime
-
-    paths = T.cached_checkpoint(tmp_path / "model")
-    robot = RobotInterface(paths["robot_config"])
-    core = SafetyMonitorCore(ModelRuntime(paths["checkpoint"], paths["dino_path"]), robot, SafetyLimits(), None,
-                             start_time=100.0)
-    chunk = ProposedChunk(1, 100.0, robot.dt, robot.embodiment, robot.dimension_names,
-                          np.zeros((16, robot.action_dim)), 0.1)
-    first = core.judge(chunk, 100.1)
-    assert not first.approved and "camera never received" in first.reason
-    assert not core.state.latched
-    core.on_frame(100.2, T.scene_image("a", T.HOME[0], 0.0, (robot.camera.width, robot.camera.height)))
-    late = ProposedChunk(2, 103.0, robot.dt, robot.embodiment, robot.dimension_names,
-                         np.zeros((16, robot.action_dim)), 0.1)
-    stale = core.judge(late, 103.1)  # the camera has been quiet for 2.9 s (> max_observation_age_s)
-    assert not stale.approved and "camera stale" in stale.reason and core.state.latched
-
-    # A new instruction (a new task, e.g. after a reset) drops the frames and hand states of the last one.
-    core.on_frame(101.0, T.scene_image("a", T.HOME[0], 101.0))
-    core.on_pose("right", 101.0, *T.HOME)
-    core.on_fingers("right", 101.0, [0.04])
-    assert core.frames.newest_stamp == 101.0 and core.states.latest() is not None
-    core.set_instruction("pick up the red block")
-    assert core.frames.newest_stamp is None and core.states.latest() is None
-    # Gripper commands feed the history; a NaN one latches STOP naming it.
-    core.state.reset()  # clear the stale-camera STOP above
-    core.on_command("right", 101.1, [0.0])
-    assert np.allclose(core.states.command_at("right", 101.2), [0.0])
-    core.on_command("right", 101.2, [float("nan")])
-    assert core.state.latched and "NaN/inf in the right gripper command" in core.state.reason
-
-
 def _params(path: Path) -> dict:
     return yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
 
@@ -357,9 +305,9 @@ def _node_from_files(module: str, cls: str, files: list[Path]):
 
 
 @pytest.mark.parametrize(("module", "cls", "file"), [
-    ("lda_policy.policy_node", "PolicyNode", "policy.yaml"),
+    ("lda_policy.model_host_node", "ModelHostNode", "model_host.yaml"),
     ("lda_policy.dynamics_replay_node", "DynamicsReplayNode", "replay.yaml"),
-    ("lda_policy.safety_monitor_node", "SafetyMonitorNode", "safety_monitor.yaml"),
+    ("lda_policy.safety_gate_node", "SafetyGateNode", "safety_gate.yaml"),
 ])
 def test_shipped_deploy_configs_load_in_their_nodes(module, cls, file):
     """Every key of a shipped parameter file is one the node declares (rclpy silently ignores others) and
@@ -371,13 +319,13 @@ def test_shipped_deploy_configs_load_in_their_nodes(module, cls, file):
 
 
 @pytest.mark.parametrize("robot", sorted(p.stem for p in (DEPLOY / "limits").glob("*.yaml")))
-def test_shipped_limits_load_as_the_monitor_gets_them(robot):
-    """config/deploy/safety_monitor.yaml then limits/<robot>.yaml, as launch/policy.launch.yaml passes them."""
-    files = [DEPLOY / "safety_monitor.yaml", DEPLOY / "limits" / f"{robot}.yaml"]
+def test_shipped_limits_load_as_the_gate_gets_them(robot):
+    """config/deploy/safety_gate.yaml then limits/<robot>.yaml, as launch/policy.launch.yaml passes them."""
+    files = [DEPLOY / "safety_gate.yaml", DEPLOY / "limits" / f"{robot}.yaml"]
     robot_limits = _params(files[1])
     names = {f.name for f in fields(SafetyLimits)}
     assert set(robot_limits) <= names, f"limits/{robot}.yaml sets keys that are no hard limit"
-    node = _node_from_files("lda_policy.safety_monitor_node", "SafetyMonitorNode", files)
+    node = _node_from_files("lda_policy.safety_gate_node", "SafetyGateNode", files)
     limits = SafetyLimits.from_params(node.p, robot)
     expected = {k: v for k, v in {**_params(files[0]), **robot_limits}.items() if k in names}
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in vars(limits).items() if k in expected} == expected
