@@ -13,82 +13,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
 from lda_policy.deploy.chunks import chunk_digest
 from lda_policy.ros_io import sec_to_stamp
+from lda_testing.deploy import attach, first_stop, launch_command, reset, targets_held, wait_flowing
 from lda_testing.ros import NodeProcess, ros_node, wait_for
 
 from lda_msgs.msg import ActionChunk
-from lda_msgs.srv import SafetyReset
 from lda_testing import deploy as T
 
-REPO = Path(__file__).resolve().parents[3]
-LAUNCH = REPO / "launch" / "policy.launch.yaml"
-HOST_TIMEOUT_S = 0.15
-APPROVAL_DEADLINE_S = 1.0
-MAX_OBSERVATION_AGE_S = 0.5
-STOP_SURPRISE = 20.0  # the test calibration is narrow (synthetic scene A); scene B scores ~60
+MAX_OBSERVATION_AGE_S = T.MAX_OBSERVATION_AGE_S
+LAUNCH = Path(__file__).resolve().parents[3] / "launch" / "policy.launch.yaml"
 COLUMNS = [f"right/{c}" for c in ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")]
-
-
-def launch_command(paths, d: Path, host: dict | None = None, gate: dict | None = None) -> list[str]:
-    host_params = T.write_params(d / "host.yaml", {"torch_threads": 1, "warn_surprise": 10.0,
-                                                   "stop_surprise": STOP_SURPRISE, **(host or {})})
-    gate_params = T.write_params(d / "gate.yaml", {"approval_deadline_s": APPROVAL_DEADLINE_S,
-                                                   "reset_log": str(d / "resets.jsonl"), **(gate or {})})
-    limits = T.write_params(d / "limits.yaml", {"workspace_min": [-2.0, -2.0, -2.0], "workspace_max": [2.0, 2.0, 2.0],
-                                                "finger_min": -0.01, "finger_max": 0.1,
-                                                "max_observation_age_s": MAX_OBSERVATION_AGE_S})
-    return ["lda-launch", str(LAUNCH), f"robot_config:={paths['robot_config']}", f"checkpoint:={paths['checkpoint']}",
-            f"dino_path:={paths['dino_path']}", f"host_params:={host_params}", f"gate_params:={gate_params}",
-            f"safety_limits:={limits}", f"host_timeout_s:={HOST_TIMEOUT_S}"]
-
-
-def attach(robot, node) -> None:
-    robot.diagnostics = []
-    node.create_subscription(DiagnosticArray, "/diagnostics", robot.diagnostics.append, 10)
-    robot.reset_client = node.create_client(SafetyReset, "/lda/safety_reset")
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     paths = T.cached_checkpoint(tmp_path_factory.getbasetemp() / "lda_deploy_model")
     d = tmp_path_factory.mktemp("deploy_nodes")
-    with NodeProcess(launch_command(paths, d)) as proc, ros_node("synthetic_robot") as node:
+    with NodeProcess(launch_command(LAUNCH, paths, d)) as proc, ros_node("synthetic_robot") as node:
         robot = T.SyntheticRobot(node, paths["robot_config"])
         attach(robot, node)
         robot.reset_log = d / "resets.jsonl"
         assert wait_for(lambda: len(robot.approved) >= 2, 180), proc.output[-3000:]
         yield robot, proc
         robot.stop()
-
-
-def reset(robot, reason: str = "test: the cause is gone") -> SafetyReset.Response:
-    assert robot.reset_client.wait_for_service(timeout_sec=5)
-    future = robot.reset_client.call_async(SafetyReset.Request(reason=reason, requested_by="pytest"))
-    assert wait_for(future.done, 5)
-    return future.result()
-
-
-def wait_flowing(robot, timeout=20.0) -> bool:
-    """True once two chunks were approved after now and the gate's newest status is not STOP."""
-    t = robot.now()
-    return wait_for(lambda: len(robot.since(robot.approved, t)) >= 2
-                    and robot.since(robot.statuses, t) and robot.since(robot.statuses, t)[-1].level < 2, timeout)
-
-
-def first_stop(robot, t0: float, timeout: float = 3.0):
-    """The first STOP status of the gate after t0 (None if none within timeout)."""
-    wait_for(lambda: any(s.level == 2 for s in robot.since(robot.statuses, t0)), timeout)
-    return next((s for s in robot.since(robot.statuses, t0) if s.level == 2), None)
-
-
-def targets_held(robot, t0, t1):
-    """The targets published in [t0, t1]: (count, max deviation from the first)."""
-    ts = [p for t, p, _ in robot.targets_since(t0) if t <= t1]
-    if not ts:
-        return 0, float("inf")
-    return len(ts), max(float(np.linalg.norm(p - ts[0])) for p in ts)
 
 
 def recover(robot, proc) -> None:

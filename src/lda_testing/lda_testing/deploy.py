@@ -21,6 +21,8 @@ import numpy as np
 import yaml
 from lda_common.messages import Topics
 
+from lda_testing.ros import wait_for
+
 TEST_ROBOT = "test_arm"
 IMAGE_W, IMAGE_H = 64, 48
 HOME = (np.array([0.45, 0.0, 0.25]), np.array([1.0, 0.0, 0.0, 0.0]))  # EEF pointing down, base frame
@@ -293,7 +295,8 @@ class SyntheticRobot:
             with self.lock:
                 pos, quat = self.position.copy(), self.quaternion.copy()
                 scene, camera_on, override = self.scene, self.camera_on, self.pose_override
-                pose_on, fingers_on, encoding, size = self.pose_on, self.fingers_on, self.image_encoding, self.image_size
+                pose_on, fingers_on = self.pose_on, self.fingers_on
+                encoding, size = self.image_encoding, self.image_size
             if camera_on:
                 cam = self.robot.camera
                 rgb = scene_image(scene, pos, t, size or (cam.width, cam.height))
@@ -325,4 +328,71 @@ class SyntheticRobot:
     def targets_since(self, t: float) -> list[tuple[float, np.ndarray, np.ndarray]]:
         with self.lock:
             return [x for x in self.targets if x[0] >= t]
+
+
+
+# ---------------------------------------------------------------------------------------------- deployment runs
+
+HOST_TIMEOUT_S = 0.15
+APPROVAL_DEADLINE_S = 1.0
+MAX_OBSERVATION_AGE_S = 0.5
+STOP_SURPRISE = 20.0  # the test calibration is narrow (synthetic scene A); scene B scores ~60
+
+
+def launch_command(launch: Path, paths, d: Path, host: dict | None = None, gate: dict | None = None) -> list[str]:
+    """lda-launch of ``launch`` (launch/policy.launch.yaml) on the test checkpoint, with the tests' parameters
+    (``host`` / ``gate`` override them) written under ``d``."""
+    host_params = write_params(d / "host.yaml", {"torch_threads": 1, "warn_surprise": 10.0,
+                                                 "stop_surprise": STOP_SURPRISE, **(host or {})})
+    gate_params = write_params(d / "gate.yaml", {"approval_deadline_s": APPROVAL_DEADLINE_S,
+                                                 "reset_log": str(d / "resets.jsonl"), **(gate or {})})
+    limits = write_params(d / "limits.yaml", {"workspace_min": [-2.0, -2.0, -2.0], "workspace_max": [2.0, 2.0, 2.0],
+                                              "finger_min": -0.01, "finger_max": 0.1,
+                                              "max_observation_age_s": MAX_OBSERVATION_AGE_S})
+    return ["lda-launch", str(launch), f"robot_config:={paths['robot_config']}",
+            f"checkpoint:={paths['checkpoint']}", f"dino_path:={paths['dino_path']}", f"host_params:={host_params}",
+            f"gate_params:={gate_params}", f"safety_limits:={limits}", f"host_timeout_s:={HOST_TIMEOUT_S}"]
+
+
+def attach(robot: SyntheticRobot, node) -> None:
+    """Record /diagnostics and make a client of the gate's reset on the robot's node."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from lda_msgs.srv import SafetyReset
+
+    robot.diagnostics = []
+    node.create_subscription(DiagnosticArray, "/diagnostics", robot.diagnostics.append, 10)
+    robot.reset_client = node.create_client(SafetyReset, "/lda/safety_reset")
+
+
+def reset(robot, reason: str = "test: the cause is gone"):
+    """Call the gate's reset; its response."""
+    from lda_msgs.srv import SafetyReset
+
+    assert robot.reset_client.wait_for_service(timeout_sec=5)
+    future = robot.reset_client.call_async(SafetyReset.Request(reason=reason, requested_by="pytest"))
+    assert wait_for(future.done, 5)
+    return future.result()
+
+
+def wait_flowing(robot, timeout=20.0) -> bool:
+    """True once two chunks were approved after now and the gate's newest status is not STOP."""
+    t = robot.now()
+    return wait_for(lambda: len(robot.since(robot.approved, t)) >= 2
+                    and robot.since(robot.statuses, t) and robot.since(robot.statuses, t)[-1].level < 2, timeout)
+
+
+def first_stop(robot, t0: float, timeout: float = 3.0):
+    """The first STOP status of the gate after t0 (None if none within timeout)."""
+    wait_for(lambda: any(s.level == 2 for s in robot.since(robot.statuses, t0)), timeout)
+    return next((s for s in robot.since(robot.statuses, t0) if s.level == 2), None)
+
+
+def targets_held(robot, t0, t1):
+    """The targets published in [t0, t1]: (count, max deviation from the first)."""
+    ts = [p for t, p, _ in robot.targets_since(t0) if t <= t1]
+    if not ts:
+        return 0, float("inf")
+    return len(ts), max(float(np.linalg.norm(p - ts[0])) for p in ts)
+
 

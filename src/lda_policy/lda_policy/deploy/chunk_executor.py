@@ -35,12 +35,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
 from lda_common.geometry import HandsState, HandState, blend_states
 
 from .chunks import ChunkPlan
 from .safety import STATUS_STOP
-
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import numpy as np
 from lda_common.alignment import CommandLog
 from lda_common.geometry import HandsState, HandState, blend_states
 
+
 class HandStateBuffer:
     """Timestamped EEF poses and gripper values per hand; interpolated hand states at a time (thread-safe)."""
 

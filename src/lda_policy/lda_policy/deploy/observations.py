@@ -3,8 +3,8 @@
 ROS-free and thread-safe. :class:`FrameLatents` keeps recent camera frames by stamp; each frame is
 DINO-encoded at most once, lazily, the first time a model call needs it, so a control step with history
 offsets (-0.5 s, 0 s) and a 0.5 s re-planning period encodes only the newest frame (the previous one is
-cached from the previous step, and the judge's "future" frames are the policy's next "current" frames: the model host encodes
-each frame once for both).
+cached from the previous step, and the judge's "future" frames are the policy's next "current" frames:
+the model host encodes each frame once for both).
 (Hand states are in the torch-free :mod:`.hand_states`, which the safety gate shares.)
 """
 

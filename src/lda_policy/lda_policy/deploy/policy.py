@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+
 from lda_policy.model import Observation
 
 from .chunks import ProposedChunk

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from lda_common.geometry import HandsState, HandState
 
+from .judge import latent_distance
 from .robot import ConfigError, RobotInterface
 from .runtime import ModelRuntime, RuntimeLoadError, set_torch_threads
-from .judge import latent_distance
 from .safety import CALIBRATION_FILE, CalibrationError, SafetyCalibration
 
 
@@ -310,7 +310,7 @@ def panel(camera: np.ndarray, observed_rgb: np.ndarray, predicted_rgb: np.ndarra
 
 # ---------------------------------------------------------------------------------------------- calibration CLI
 
-CALIBRATE_DOC = """Calibrate the forward-dynamics judge's surprise on training recordings: writes ``safety_calibration.json``.
+CALIBRATE_DOC = """Calibrate the judge's surprise on training recordings: writes ``safety_calibration.json``.
 
     ros2 run lda_policy calibrate_safety --checkpoint CKPT --dino-path DINO \
         --robot-config config/robots/sim_panda.yaml --bag rec/ep0 --bag rec/ep1 ...
