@@ -131,7 +131,8 @@ class SafetyGateNode(RobotNode, Node):
         self.get_logger().info(
             f"gating '{robot.embodiment}' (hands {robot.hands}) at {rate:g} Hz; watchdog {p['watchdog_rate_hz']:g} Hz, "
             f"host timeout {p['host_timeout_s']} s; workspace {list(limits.workspace_min)}.."
-            f"{list(limits.workspace_max)}, fingers [{limits.finger_min}, {limits.finger_max}], {limits.max_linear_speed_m_s} m/s")
+            f"{list(limits.workspace_max)}, fingers [{limits.finger_min}, {limits.finger_max}], "
+            f"{limits.max_linear_speed_m_s} m/s")
 
     # ------------------------------------------------------------------ inputs
 
