@@ -318,8 +318,8 @@ def main(argv=None) -> int:
             print(f"{name:48s} {s['median_ms']:7.2f}ms {s['p90_ms']:7.2f}ms {s['n']:5d}")
     r = result["ratios"]
     print(f"\nend-to-end / bare policy call: {r['end_to_end_over_bare_policy_call']:.2f}x   judge / bare policy call: "
-          f"{r['judge_over_bare_policy_call']:.2f}x   deploy RSS / one runtime: {r['deploy_rss_over_one_runtime']:.2f}x "
-          f"({pipe['rss_mb']} MB vs {one_rss:.0f} MB)")
+          f"{r['judge_over_bare_policy_call']:.2f}x   deploy RSS / one runtime: "
+          f"{r['deploy_rss_over_one_runtime']:.2f}x ({pipe['rss_mb']} MB vs {one_rss:.0f} MB)")
     print(f"host SIGKILL -> gate STOP: {pipe['hold_after_host_sigkill_ms']:.0f} ms; CPU s per chunk: "
           f"{pipe['cpu_s_per_chunk']}")
     print(f"wrote {out}")
