@@ -12,7 +12,7 @@ Same data, same compute (optimiser steps x batch), three trainings per seed:
                          actionless -> forecasting.
 
 Each is scored by its held-out policy action L1 (from ``lda-train``'s evaluation, with the
-predict-the-mean baseline) and by closed-loop success on the simulator with the safety monitor, on
+predict-the-mean baseline) and by closed-loop success on the simulator (model host and safety gate), on
 the same unseen seeds. Figures are written to ``benchmarks/results/mixed_quality.json`` and printed as
 a table with the mean and spread over seeds. It reuses the demo's dataset, latent cache and encoder, and
 trains with the demo's settings (``lda_bringup.demo.TRAIN_SETTINGS``). ``--jobs N`` runs N trainings and

@@ -13,9 +13,9 @@ Phases, each a real command of the suite (what a user would type), run in order:
                    recorder node into ``dataset/`` (+ one MCAP bag per episode);
 3. ``cache``     : ``lda-cache-latents`` (frozen encoder once per frame);
 4. ``train``     : ``lda-train`` with role-aware ingestion -> ``checkpoint/``;
-5. ``calibrate`` : ``calibrate_safety`` on the recorded bags (surprise statistics of the monitor);
+5. ``calibrate`` : ``calibrate_safety`` on the recorded bags (surprise statistics of the judge);
 6. ``evaluate``  : ``lda-launch launch/sim_demo.launch.yaml``: closed-loop episodes with the policy and
-                   the safety monitor, then the same seeds with nothing driving the robot (frozen);
+                   the model host and the safety gate, then the same seeds with nothing driving the robot (frozen);
 7. ``report``    : ``report.json``, ``report.md``, PNGs (training curves, observed vs predicted latents).
 
 A phase that finished leaves a marker in ``<out>/.done/``; running again resumes after the last
@@ -65,9 +65,9 @@ TRAIN_SETTINGS = ("model.preset=lda-tiny", "train.batch_size=16", "optim.lr=1e-3
                   "train.num_threads=1")
 # The closed loop runs the policy's deterministic flow sample: in a ROS-free check on the same checkpoint
 # it lifted 4/8 cubes against 2/8 with sampled noise, whose chunk-to-chunk jitter blurs the grasp. The sim
-# runs at 0.3x real time: on 2 CPU cores the policy and the monitor need about 1 s per chunk, and at full
-# speed their chunks came so late that the monitor STOPped on surprise in 5 of 10 episodes (1/10 lifted);
-# at 0.3x there were no STOPs. Everything runs on the sim's clock, so this only gives them more CPU per step.
+# runs at 0.3x real time: on 2 CPU cores the old layout (a policy node and a monitor node, each with its own
+# model) needed about 1 s per chunk, and at full speed its chunks came so late that the monitor STOPped on
+# surprise in 5 of 10 episodes (1/10 lifted); at 0.3x there were no STOPs. Everything runs on the sim's clock, so this only gives them more CPU per step.
 EVAL_SETTINGS = ("noise_scale:=0", "real_time_factor:=0.3")
 
 
@@ -184,7 +184,7 @@ class Demo:
 def calibration_command(checkpoint: Path, dino: Path, bags_dir: Path) -> list:
     """``calibrate_safety`` of ``checkpoint`` on every episode bag in ``bags_dir`` (the demo's and the benchmark's).
 
-    Every recorded episode, sloppy low-quality ones included, defines the monitor's "normal": calibrated on
+    Every recorded episode, sloppy low-quality ones included, defines the judge's "normal": calibrated on
     4 expert bags it STOPped the demo's policy on surprise 4.0-5.0 in 7 of 10 episodes.
     """
     bags = sorted(p for p in Path(bags_dir).iterdir() if p.is_dir()) if Path(bags_dir).is_dir() else []
@@ -294,7 +294,7 @@ def write_report(out: Path, dataset: Path, train_dir: Path, checkpoint: Path, di
         ("held-out inverse-dynamics action L1", _fmt(inv.get("action_l1"))),
         ("held-out forward-dynamics latent MSE / cosine",
          f"{_fmt(fwd.get('latent_mse'))} / {_fmt(fwd.get('latent_cosine'))}"),
-        ("closed-loop success, LDA policy + monitor", _rate(policy)),
+        ("closed-loop success, LDA model host + safety gate", _rate(policy)),
         ("closed-loop success, frozen robot (same seeds)", _rate(frozen)),
         ("wall time per phase [s]", ", ".join(f"{k} {v:.0f}" for k, v in timings.items())),
     ]

@@ -84,7 +84,7 @@ class EvaluationNode(Node):
         timeout = self.cfg["service_timeout_s"]
         name = self.resolve_service_name(client.srv_name)
         # An optional service (the gate's reset) gets 10 s the first time, for discovery on a loaded
-        # machine; one found absent then gets 2 s per episode (a baseline run has no monitor at all).
+        # machine; one found absent then gets 2 s per episode (a baseline run has no gate at all).
         wait = timeout if not optional else (2.0 if name in self._absent else 10.0)
         if not client.wait_for_service(timeout_sec=wait):
             if optional:
