@@ -67,7 +67,8 @@ TRAIN_SETTINGS = ("model.preset=lda-tiny", "train.batch_size=16", "optim.lr=1e-3
 # it lifted 4/8 cubes against 2/8 with sampled noise, whose chunk-to-chunk jitter blurs the grasp. The sim
 # runs at 0.3x real time: on 2 CPU cores the old layout (a policy node and a monitor node, each with its own
 # model) needed about 1 s per chunk, and at full speed its chunks came so late that the monitor STOPped on
-# surprise in 5 of 10 episodes (1/10 lifted); at 0.3x there were no STOPs. Everything runs on the sim's clock, so this only gives them more CPU per step.
+# surprise in 5 of 10 episodes (1/10 lifted); at 0.3x there were no STOPs. Everything runs on the sim's clock,
+# so this only gives the model more CPU per step.
 EVAL_SETTINGS = ("noise_scale:=0", "real_time_factor:=0.3")
 
 
