@@ -66,3 +66,34 @@ def test_gate_refuses_limits_beyond_the_sanity_bounds(tmp_path):
         rc = run.wait(timeout=60)
     assert rc == 1, run.output
     assert "max_linear_speed_m_s" in run.output and "sanity bound 2.0" in run.output, run.output
+
+
+def test_security_launch_argument_sets_enclaves_and_enforce(tmp_path):
+    from lda_bringup.launch_description import LaunchDescription
+
+    args = {"checkpoint": "/ckpt", "dino_path": "/dino"}
+    secure = LaunchDescription(str(LAUNCH), {**args, "security": "true", "keystore": str(tmp_path / "ks")})
+    plain = LaunchDescription(str(LAUNCH), args)
+    try:
+        for spec in secure.processes:
+            assert spec.env["ROS_SECURITY_ENABLE"] == "true" and spec.env["ROS_SECURITY_STRATEGY"] == "Enforce"
+            assert spec.env["ROS_SECURITY_KEYSTORE"] == str(tmp_path / "ks")
+        enclaves = {spec.name: spec.cmd[spec.cmd.index("--enclave") + 1] for spec in plain.processes}
+        assert enclaves == {"safety_gate": "/lda/safety_gate", "model_host": "/lda/model_host"}
+        assert not any("ROS_SECURITY_ENABLE" in spec.env for spec in plain.processes)
+    finally:
+        secure.cleanup()
+        plain.cleanup()
+
+
+def test_gate_fails_closed_when_security_cannot_be_enforced(tmp_path):
+    """Security asked for but not available (no keystore here; the pip wheels' Fast DDS has no DDS Security):
+    the node must not start unprotected."""
+    robot = T.write_robot_config(tmp_path / "robot.yaml")
+    env = {"ROS_SECURITY_ENABLE": "true", "ROS_SECURITY_STRATEGY": "Enforce",
+           "ROS_SECURITY_KEYSTORE": str(tmp_path / "no_keystore")}
+    cmd = [str(_exe("safety_gate_node")), "--ros-args", "--enclave", "/lda/safety_gate",
+           "-p", f"robot_config:={robot}"]
+    with NodeProcess(cmd, env=env) as run:
+        rc = run.wait(timeout=60)
+    assert rc != 0, run.output
