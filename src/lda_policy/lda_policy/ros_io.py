@@ -95,7 +95,7 @@ def chunk_to_msg(chunk: ProposedChunk, frame_id: str = ""):
 
 def msg_to_chunk(msg) -> ProposedChunk:
     """lda_msgs/ActionChunk -> ProposedChunk; a length mismatch gives NaN actions of the declared shape
-    (so the monitor refuses it with a clear reason instead of crashing)."""
+    (so the gate refuses it with a clear reason instead of crashing)."""
     h, a = int(msg.horizon), int(msg.action_dim)
     flat = np.asarray(msg.actions, dtype=np.float64)
     actions = flat.reshape(h, a) if flat.size == h * a and h * a > 0 else np.full((max(h, 1), max(a, 1)), np.nan)

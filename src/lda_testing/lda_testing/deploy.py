@@ -8,7 +8,7 @@ The random-weight model's forward-dynamics prediction does not depend on its inp
 decoder starts at zero, so the flow sample is the latent normalisation's mid-range plus scaled noise).
 The checkpoint therefore gets latent statistics measured on scene A, and a calibration measured on
 scene A episodes: scene A then looks "as expected" and any other scene is surprising, which is what
-the monitor's plumbing tests need. A trained checkpoint makes the same comparison meaningful per
+the judge's plumbing tests need. A trained checkpoint makes the same comparison meaningful per
 action.
 """
 

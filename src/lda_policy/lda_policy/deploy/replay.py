@@ -6,7 +6,7 @@ aligned to the robot config's control grid exactly as the recorder and the bag c
 recorded actions come from the hand-centric action space (action t = motion from state t to t+1).
 At every ``predict_every`` ticks the forward-dynamics objective predicts the future frames' latents
 from the history frames, the state, the history actions and the *recorded* action chunk; each
-prediction is compared with the frames that really followed (:func:`~lda_policy.deploy.safety.latent_distance`).
+prediction is compared with the frames that really followed (:func:`~lda_policy.deploy.judge.latent_distance`).
 
 The same windows give the safety calibration (:func:`calibration_distances`) and the RViz/Foxglove
 pictures (:class:`LatentPCA` colouring, :func:`heatmap`, :func:`panel`).

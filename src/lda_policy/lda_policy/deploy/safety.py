@@ -74,10 +74,10 @@ class SafetyLimits:
     a shorter dt must move less per row). ``max_chunk_translation_m`` / ``max_chunk_rotation_rad``
     bound how far a whole chunk may take a hand from where it was. Every target position must lie in
     the base-frame box [``workspace_min``, ``workspace_max``]; every finger command (gripper width [m]
-    or finger joint position) in [``finger_min``, ``finger_max``]. Observations (camera, EEF poses,
-    finger states) older than
-    ``max_observation_age_s`` are stale; a chunk whose observation is older than
-    ``max_chunk_age_s`` when judged is refused.
+    or finger joint position) in [``finger_min``, ``finger_max``]. EEF pose and finger-state streams
+    whose newest sample is older than ``max_observation_age_s`` are stale (the camera is the model
+    host's: ``camera_timeout_s``); a chunk whose observation is older than ``max_chunk_age_s`` when the
+    gate sees it is refused. :func:`check_command` applies the same limits to every command sent.
     """
 
     max_step_translation_m: float = 0.05
@@ -94,7 +94,7 @@ class SafetyLimits:
     max_chunk_age_s: float = 1.0
 
     def __post_init__(self) -> None:
-        # Checked here, not by types alone: the monitor node builds the limits from its ROS parameters.
+        # Checked here, not by types alone: the gate node builds the limits from its ROS parameters.
         for name, value in asdict(self).items():
             values = value if isinstance(value, tuple) else (value,)
             check(all(isinstance(v, (int, float)) and math.isfinite(v) for v in values), name,
@@ -224,7 +224,7 @@ class SafetyCalibration:
     ``mean[f]`` / ``std[f]``: mean and standard deviation of :func:`latent_distance` between the
     frame at ``future_offsets_s[f]`` and its prediction from the recorded actions. The forward-
     dynamics settings used (Euler steps, samples averaged, seed) are stored because the distance
-    depends on them; the monitor must use the same.
+    depends on them; the judge must use the same.
     """
 
     future_offsets_s: tuple[float, ...]
@@ -283,7 +283,7 @@ class SafetyCalibration:
         return parse(cls, body, path, error=CalibrationError)
 
     def check_fits(self, future_offsets_s, num_steps: int, num_samples: int, seed: int) -> None:
-        """Raise :class:`CalibrationError` if the model/monitor settings differ from the calibration's."""
+        """Raise :class:`CalibrationError` if the judge's settings differ from the calibration's."""
         diffs = []
         if tuple(round(float(o), 6) for o in future_offsets_s) != tuple(round(o, 6) for o in self.future_offsets_s):
             diffs.append(f"future_offsets_s {tuple(future_offsets_s)} vs calibrated {self.future_offsets_s}")
@@ -292,4 +292,5 @@ class SafetyCalibration:
                 diffs.append(f"{name} {value} vs calibrated {getattr(self, name)}")
         if diffs:
             raise CalibrationError("the safety calibration was made with other forward-dynamics settings: "
-                                   + "; ".join(diffs) + " (recalibrate, or set the monitor's parameters to match)")
+                                   + "; ".join(diffs) + " (recalibrate, or set the model host's judge_num_steps / judge_num_samples / judge_seed "
+                                   "to match)")
