@@ -292,5 +292,5 @@ class SafetyCalibration:
                 diffs.append(f"{name} {value} vs calibrated {getattr(self, name)}")
         if diffs:
             raise CalibrationError("the safety calibration was made with other forward-dynamics settings: "
-                                   + "; ".join(diffs) + " (recalibrate, or set the model host's judge_num_steps / judge_num_samples / judge_seed "
-                                   "to match)")
+                                   + "; ".join(diffs) + " (recalibrate, or set the model host's judge_num_steps, "
+                                   "judge_num_samples and judge_seed to match)")
