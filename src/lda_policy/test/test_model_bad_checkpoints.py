@@ -9,14 +9,6 @@ from lda_policy.model import CheckpointError, LDAModel
 from safetensors.torch import load_file, save_file
 
 
-@pytest.fixture(autouse=True, scope="module")
-def model_tests_single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def ckpt(tmp_path):
     torch.manual_seed(0)

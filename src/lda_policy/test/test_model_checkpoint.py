@@ -8,15 +8,6 @@ import torch
 from lda_policy.model import CheckpointError, LDAModel, Observation, RobustStats, read_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def model_tests_single_thread():
-    """Small models are bound by per-op overhead; one thread avoids OpenMP spinning on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def saved_model(tmp_path):
     torch.manual_seed(0)

@@ -7,15 +7,6 @@ from lda_policy.model import PRESETS, InputError, LDAModel, Observation, RobustS
 CPU_PRESETS = ("lda-tiny", "lda-small")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def model_tests_single_thread():
-    """Small models are bound by per-op overhead; one thread avoids OpenMP spinning on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def observation(model: LDAModel, b: int = 2, embodiment: str = "bimanual_gripper", grid=(14, 14)) -> Observation:
     c = model.config
     spec = model.embodiment(embodiment)

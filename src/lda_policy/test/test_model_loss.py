@@ -10,15 +10,6 @@ from lda_policy.model import EmbodimentSpec, InputError, LDAModel, Task
 POINT = EmbodimentSpec("point", action_dim=2, state_dim=2, description="2-D velocity of a point")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def model_tests_single_thread():
-    """Tiny models are bound by per-op overhead; one thread avoids OpenMP spinning on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(seed: int = 0, live: bool = True, **overrides) -> LDAModel:
     """``live`` perturbs every weight so no path is silenced by the AdaLN-Zero / zero-head init:
     a zero gradient in the tests below then comes from masking, not from initialisation."""
