@@ -139,6 +139,7 @@ def one_runtime_rss_mb(paths: dict, device: str) -> float:
 
 
 def pipeline(paths: dict, device: str, seconds: float, threads: int, workdir: Path) -> dict:
+    from diagnostic_msgs.msg import DiagnosticArray
     from lda_testing.ros import NodeProcess, ros_node, wait_for
 
     from lda_testing import deploy as T
@@ -155,16 +156,28 @@ def pipeline(paths: dict, device: str, seconds: float, threads: int, workdir: Pa
            f"host_params:={host}", f"gate_params:={gate}", f"safety_limits:={limits}"]
     with NodeProcess(cmd) as proc, ros_node("bench_robot") as node:
         robot = T.SyntheticRobot(node, paths["robot_config"])
+        host_diag: dict[str, str] = {}  # the model host's newest /diagnostics values (frames encoded so far)
+
+        def on_diag(msg):
+            for st in msg.status:
+                if "model host" in st.name:
+                    host_diag.update({kv.key: kv.value for kv in st.values})
+
+        node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
         if not wait_for(lambda: len(robot.approved) >= 3, 600):
             robot.stop()
             raise RuntimeError("no approved chunks; launch output:\n" + proc.output[-4000:])
         pids = {name: next(int(line.split("pid ")[1].rstrip(")")) for line in proc.lines
                            if f"started {name} (pid" in line) for name in ("model_host", "safety_gate")}
+        wait_for(lambda: "frames_encoded" in host_diag, 10.0)
         cpu0 = {k: cpu_s(p) for k, p in pids.items()}
+        enc0, prop0 = (int(host_diag.get(k, 0)) for k in ("frames_encoded", "chunks_proposed"))
         t0 = robot.now()
         time.sleep(seconds)
         t1 = robot.now()
         cpu1 = {k: cpu_s(p) for k, p in pids.items()}
+        time.sleep(1.2)  # one more diagnostics period
+        enc1, prop1 = (int(host_diag.get(k, 0)) for k in ("frames_encoded", "chunks_proposed"))
         rss = {k: rss_mb(p) for k, p in pids.items()}
         with robot.lock:
             proposed = {m.sequence: t for t, m in robot.proposed}
@@ -194,6 +207,7 @@ def pipeline(paths: dict, device: str, seconds: float, threads: int, workdir: Pa
             "end_to_end": stats(e2e), "host_side": stats(host_side), "gate_added": stats(gate_added),
             "host_inference_time_in_node": stats(inference),
             "cpu_s_per_chunk": {k: (cpu1[k] - cpu0[k]) / chunks for k in pids},
+            "dino_encodes_per_chunk": (enc1 - enc0) / max(prop1 - prop0, 1),
             "rss_mb": rss, "hold_after_host_sigkill_ms": (stop - k0) * 1e3}
 
 
@@ -321,7 +335,7 @@ def main(argv=None) -> int:
           f"{r['judge_over_bare_policy_call']:.2f}x   deploy RSS / one runtime: "
           f"{r['deploy_rss_over_one_runtime']:.2f}x ({pipe['rss_mb']} MB vs {one_rss:.0f} MB)")
     print(f"host SIGKILL -> gate STOP: {pipe['hold_after_host_sigkill_ms']:.0f} ms; CPU s per chunk: "
-          f"{pipe['cpu_s_per_chunk']}")
+          f"{pipe['cpu_s_per_chunk']}; DINO encodes per chunk: {pipe['dino_encodes_per_chunk']:.2f}")
     print(f"wrote {out}")
     return 0
 
