@@ -1,8 +1,8 @@
 """Recorder throughput: two 640x480 RGB cameras at 30 Hz + EEF poses and grippers at 100 Hz -> 10 Hz dataset.
 
     source scripts/env.sh
-    python benchmarks/recorder_throughput.py                 # 60 s, writes benchmarks/results/recorder_throughput.json
-    python benchmarks/recorder_throughput.py --duration 20 --codec h264
+    python benchmarks/recorder_throughput.py                 # 3 x 60 s, writes benchmarks/results/recorder_throughput.json
+    python benchmarks/recorder_throughput.py --repeat 1 --duration 20 --codec h264
     python benchmarks/recorder_throughput.py --smoke --out /tmp/recorder_throughput.json  # seconds: 2 s, 160x120
 
 A real ``teleop_recorder`` process records one episode while a separate publisher process plays the
@@ -12,7 +12,13 @@ topics in real time (stamps = wall clock) over loopback DDS. Measured:
   messages published but never received by the recorder (transport or queue overflow);
 * recorder CPU share: user+system CPU of the recorder process over the recording window, in % of one core
   (and of the whole machine);
-* seconds to save: StopEpisode call to its answer (the episode committed), scaled to one minute of data.
+* seconds to save: StopEpisode call to its answer (the episode committed), scaled to one minute of data;
+* the publisher's own CPU (what the recorder competes with on the same cores) and the load average
+  before and after each run.
+
+``--repeat N`` (default 3) records N times in a row, each with a fresh recorder and dataset; the JSON keeps
+each run's figures in ``runs`` and their min / median / max in ``summary``, so one noisy run cannot stand
+for the result.
 
 DDS stays on this machine (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` unless set) and, when no
 ``ROS_DOMAIN_ID`` is set, runs on a domain of its own. ``--smoke`` (run by ``tests/test_benchmarks_smoke.py``)
@@ -38,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 RESULTS = ROOT / "benchmarks" / "results"
 # --smoke: the same processes and checks on a short, small recording; arguments given on the command line still win.
-SMOKE = {"duration": 2.0, "width": 160, "height": 120}
+SMOKE = {"duration": 2.0, "width": 160, "height": 120, "repeat": 1}
 
 
 # -- publisher process ---------------------------------------------------------------------------------
@@ -92,6 +98,7 @@ def publisher(args) -> None:
     counts = {"camera": 0, "pose": 0, "gripper": 0}
     late_ms = []
     cam_stamps, pose_stamps = [], []
+    cpu0 = time.process_time()
     t0 = time.monotonic()
     n_cam, n_pose = int(args.duration * args.cam_hz), int(args.duration * args.pose_hz)
     events = sorted([(k / args.cam_hz, 0, k) for k in range(n_cam)] + [(k / args.pose_hz, 1, k) for k in range(n_pose)])
@@ -123,7 +130,8 @@ def publisher(args) -> None:
                 counts["pose"] += 1
                 counts["gripper"] += 1
             pose_stamps.append(now)
-    result = {"published": counts, "wall_s": time.monotonic() - t0,
+    wall_s = time.monotonic() - t0
+    result = {"published": counts, "wall_s": wall_s, "cpu_pct": 100 * (time.process_time() - cpu0) / wall_s,
               "late_events": len(late_ms), "max_late_ms": max(late_ms, default=0.0),
               "cam_stamps": cam_stamps, "pose_stamps": pose_stamps}
     print("RESULT " + json.dumps(result), flush=True)
@@ -157,6 +165,7 @@ def _robot_yaml(path: Path, args) -> Path:
 
 
 def run(args) -> dict:
+    """One recording: a fresh recorder and dataset, one publisher run. Returns the run's figures."""
     from ament_index_python.packages import get_package_prefix
     from diagnostic_msgs.msg import DiagnosticArray
     from lda_testing.ros import NodeProcess, ros_node, wait_for
@@ -172,8 +181,8 @@ def run(args) -> dict:
     if profile is not None:
         assert profile.is_file(), f"no such Fast DDS profile: {profile}"
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)  # the recorder and the publisher
-    work = Path(args.work or tempfile.mkdtemp(prefix="lda_recbench_"))
-    work.mkdir(parents=True, exist_ok=True)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    work = Path(tempfile.mkdtemp(prefix="run_", dir=args.work))
     dataset = work / "dataset"
     exe = Path(get_package_prefix("lda_teleop_record")) / "lib" / "lda_teleop_record" / "teleop_recorder"
     name = f"bench_recorder_{os.getpid()}"
@@ -234,13 +243,8 @@ def run(args) -> dict:
     cpu_pct = 100 * (cpu1 - cpu0) / (wall1 - wall0)
     size_mb = sum(p.stat().st_size for p in dataset.rglob("*") if p.is_file()) / 2**20
     return {
-        "benchmark": "recorder_throughput",
-        "command": "python benchmarks/recorder_throughput.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(),
-                    "note": "shared development machine; other jobs were running" if args.shared else ""},
-        "setup": {"duration_s": args.duration, "cameras": f"2 x {args.width}x{args.height} rgb8 @ {args.cam_hz} Hz",
-                  "poses": f"2 x PoseStamped + 2 x JointState @ {args.pose_hz} Hz", "dataset_fps": 10,
-                  "codec": args.codec, "dds_profile": args.dds_profile, "qos": "best effort"},
+        "load_before": load_before,
+        "load_after": [round(x, 2) for x in os.getloadavg()],
         "frames_expected": expected_frames,
         "ticks_without_published_data": uncoverable,
         "frames_recorded": label["length"],
@@ -254,6 +258,7 @@ def run(args) -> dict:
         "publisher_max_late_ms": round(published["max_late_ms"], 1),
         "recorder_cpu_pct_of_one_core": round(cpu_pct, 1),
         "recorder_cpu_share_of_machine_pct": round(cpu_pct / os.cpu_count(), 1),
+        "publisher_cpu_pct_of_one_core": round(published["cpu_pct"], 1),
         "recorder_peak_rss_mb": round(rss, 0),
         "save_s": round(save_s, 2),
         "save_s_per_minute_of_data": round(save_s * 60 / args.duration, 2),
@@ -294,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cam-hz", type=float, default=30.0)
     p.add_argument("--pose-hz", type=float, default=100.0)
     p.add_argument("--codec", default="libsvtav1", help="video codec of the dataset (LeRobot default libsvtav1)")
-    p.add_argument("--work", default=None, help="directory for the dataset (default: a new temporary one)")
+    p.add_argument("--repeat", type=int, default=3, help="recordings in a row (figures as min / median / max)")
+    p.add_argument("--work", default=None, help="directory for the datasets (default: a new temporary one)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory with the recorded datasets")
     p.add_argument("--out", default=str(RESULTS / "recorder_throughput.json"))
     p.add_argument("--shared", action="store_true", help="note in the result that the machine was shared")
     p.add_argument("--dds-profile", default="large_data",
@@ -315,22 +322,50 @@ def main(argv: list[str] | None = None) -> int:
     # Loopback DDS on a domain of its own (unless the caller chose one): no other node hears the benchmark.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
-    scratch = None
-    if args.smoke and args.work is None:
-        scratch = args.work = tempfile.mkdtemp(prefix="lda_recbench_smoke_")
+    own_work = args.work is None  # a temporary directory of ours: removed afterwards unless --keep
+    args.work = args.work or tempfile.mkdtemp(prefix="lda_recbench_")
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    runs = []
     try:
-        result = run(args)
+        for i in range(args.repeat):
+            runs.append(run(args))
+            print(f"[bench] run {i + 1}/{args.repeat}: {runs[-1]['dropped_frames']} dropped frames, "
+                  f"{runs[-1]['pose_msgs_lost']} / {runs[-1]['gripper_msgs_lost']} pose / gripper messages lost, "
+                  f"recorder {runs[-1]['recorder_cpu_pct_of_one_core']} % of a core", flush=True)
     finally:
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+        if own_work and not args.keep:
+            shutil.rmtree(args.work, ignore_errors=True)
+    result = {
+        "benchmark": "recorder_throughput",
+        "command": "python benchmarks/recorder_throughput.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(),
+                    "note": "shared development machine; other jobs were running" if args.shared else ""},
+        "setup": {"duration_s": args.duration, "cameras": f"2 x {args.width}x{args.height} rgb8 @ {args.cam_hz} Hz",
+                  "poses": f"2 x PoseStamped + 2 x JointState @ {args.pose_hz} Hz", "dataset_fps": 10,
+                  "codec": args.codec, "dds_profile": args.dds_profile, "qos": "best effort"},
+        "repeat": args.repeat,
+        "summary": _summary(runs),
+        "runs": runs,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        if not isinstance(value, dict):
-            print(f"{key:<{width}}  {value}")
+    print(f"\n{'figure':<36} {'min':>9} {'median':>9} {'max':>9}   ({len(runs)} run(s))")
+    for key, s in result["summary"].items():
+        print(f"{key:<36} {s['min']:>9} {s['median']:>9} {s['max']:>9}")
     print(f"-> {args.out}")
     return 0
+
+
+def _summary(runs: list[dict]) -> dict:
+    """min / median / max over the runs of every numeric figure."""
+    import numpy as np
+
+    out = {}
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values = [r[key] for r in runs]
+            out[key] = {"min": min(values), "median": round(float(np.median(values)), 2), "max": max(values)}
+    return out
 
 
 if __name__ == "__main__":

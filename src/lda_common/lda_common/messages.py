@@ -8,6 +8,8 @@ missing finger joints, and so on.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from .alignment import BadSample
@@ -51,6 +53,15 @@ def deserialize(cdr: bytes | memoryview, msgtype: str):
         return typestore().deserialize_cdr(cdr, msgtype)
     except Exception as exc:  # noqa: BLE001 - corrupt CDR raises assorted errors
         raise BadSample(f"cannot deserialize {msgtype}: {type(exc).__name__}: {exc}") from None
+
+
+def peek_stamp_ns(cdr: bytes | memoryview) -> int | None:
+    """``header.stamp`` [ns] of a serialized message that starts with a std_msgs/Header (every stream the
+    recorder takes), read from the CDR bytes without deserializing; None when too short or not plain CDR."""
+    if len(cdr) < 12 or cdr[0] != 0 or cdr[1] not in (0, 1):  # encapsulation: CDR big (0) / little (1) endian
+        return None
+    sec, nanosec = struct.unpack_from("<iI" if cdr[1] == 1 else ">iI", cdr, 4)
+    return sec * 1_000_000_000 + nanosec
 
 
 def stamp_ns(msg) -> int:

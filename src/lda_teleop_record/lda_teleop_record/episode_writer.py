@@ -83,13 +83,14 @@ class DatasetStore:
     """
 
     def __init__(self, root: str | Path, config: RobotConfig, *, repo_id: str | None = None,
-                 video_codec: str = "libsvtav1", encoder_queue_frames: int = 200, min_free_mb: float = 200.0,
-                 on_event: Callable[[str], None] | None = None):
+                 video_codec: str = "libsvtav1", encoder_queue_frames: int = 200, encoder_threads: int | None = 1,
+                 min_free_mb: float = 200.0, on_event: Callable[[str], None] | None = None):
         self.root = Path(root).expanduser().absolute()
         self.config = config
         self.repo_id = repo_id or f"lda/{self.root.name}"
         self.video_codec = video_codec
         self.encoder_queue_frames = int(encoder_queue_frames)
+        self.encoder_threads = encoder_threads or None  # per camera; None: the codec decides (one per core)
         self.min_free_mb = float(min_free_mb)
         self._note = on_event or (lambda msg: log.info(msg))
         self._prepared = None
@@ -292,7 +293,8 @@ class DatasetStore:
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         return LeRobotDataset.resume(self.repo_id, root=self.root, streaming_encoding=True,
-                                     rgb_encoder=self._rgb_encoder, encoder_queue_maxsize=self.encoder_queue_frames)
+                                     rgb_encoder=self._rgb_encoder, encoder_queue_maxsize=self.encoder_queue_frames,
+                                     encoder_threads=self.encoder_threads)
 
     def prepare(self) -> None:
         """Open the next episode's writing session ahead of time (makes the next start instant)."""

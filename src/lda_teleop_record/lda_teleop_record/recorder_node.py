@@ -19,7 +19,6 @@ import queue
 import signal
 import sys
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -31,7 +30,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # n
 from lda_common.robot_config import ConfigError, load_robot_config  # noqa: E402
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType  # noqa: E402
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup  # noqa: E402
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor  # noqa: E402
+from rclpy.event_handler import SubscriptionEventCallbacks  # noqa: E402
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -40,6 +40,9 @@ from lda_msgs.srv import StartEpisode, StopEpisode  # noqa: E402
 
 from .episode_writer import DatasetError, DatasetStore  # noqa: E402
 from .recording import DEFAULT_EVENTS_TOPIC, EpisodeRecorder, RecorderError  # noqa: E402
+
+#: A stream received at under this fraction of the rate its stamps show is reported as losing messages.
+LOSS_WARNING = 0.95
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                          durability=DurabilityPolicy.VOLATILE)
@@ -80,6 +83,7 @@ class TeleopRecorder(Node):
         try:
             self.store = DatasetStore(dataset, self.config, repo_id=p["repo_id"] or None,
                                       video_codec=p["video_codec"], encoder_queue_frames=p["encoder_queue_frames"],
+                                      encoder_threads=p["encoder_threads"],
                                       min_free_mb=p["min_free_disk_mb"],
                                       on_event=lambda text: self.get_logger().info(text))
         except DatasetError as exc:
@@ -98,7 +102,6 @@ class TeleopRecorder(Node):
         self._worker = threading.Thread(target=self._work, name="recorder-worker", daemon=True)
         self._worker.start()
 
-        sensors = MutuallyExclusiveCallbackGroup()
         services = MutuallyExclusiveCallbackGroup()
         # Sensor data: best effort by default (never slows a camera down and matches every publisher), with a
         # deep queue so that a busy moment of this process (encoder start-up, a save) does not overflow the
@@ -107,16 +110,26 @@ class TeleopRecorder(Node):
         reliability = ReliabilityPolicy.RELIABLE if p["sensor_reliable"] else ReliabilityPolicy.BEST_EFFORT
         sensor_qos = QoSProfile(depth=p["sensor_queue_depth"], reliability=reliability,
                                 history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
+        # The streams are taken by a node of their own, spun on a thread of its own by a single-threaded
+        # executor (see spin()). rclpy rebuilds an executor's wait set on every wake-up, and the main node's
+        # holds its parameter services, service servers, timer and QoS event handlers as well: taking
+        # hundreds of messages a second through it cost more than a core. The intake node's wait set
+        # holds the subscriptions only. It takes this node's namespace; command-line remappings do not
+        # apply to it (the topics come from the robot config).
+        self.intake = Node(f"{self.get_name()}_intake", namespace=self.get_namespace(), context=self.context,
+                           use_global_arguments=False, start_parameter_services=False, enable_rosout=False)
+        # A best-effort, volatile reader matches every publisher: no incompatible-QoS event to listen for.
+        quiet = None if p["sensor_reliable"] else SubscriptionEventCallbacks(use_default_callbacks=False)
         for topic, msgtype in self.recorder.topics().items():
-            qos = COMMAND_QOS if topic == self.config.instruction_topic else sensor_qos
-            self.create_subscription(_msg_class(msgtype), topic, self._make_callback(topic), qos, raw=True,
-                                     callback_group=sensors)
+            instruction = topic == self.config.instruction_topic
+            self.intake.create_subscription(_msg_class(msgtype), topic, self._make_callback(topic),
+                                            COMMAND_QOS if instruction else sensor_qos, raw=True,
+                                            event_callbacks=None if instruction else quiet)
         self._events = self.create_publisher(String, p["events_topic"], COMMAND_QOS)
         self._diag = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
         self.create_service(StartEpisode, "~/start_episode", self._on_start, callback_group=services)
         self.create_service(StopEpisode, "~/stop_episode", self._on_stop, callback_group=services)
-        self._rate_prev = (time.monotonic(), {})
-        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics, callback_group=sensors)
+        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics, callback_group=services)
         self.get_logger().info(
             f"recorder ready: robot '{self.config.robot}' ({len(self.config.cameras)} camera(s), hands "
             f"{self.config.hand_names}), dataset {self.store.root} with {self.store.num_episodes} episode(s)"
@@ -137,6 +150,8 @@ class TeleopRecorder(Node):
             ("video_codec", "libsvtav1", S, "video codec: libsvtav1 (LeRobot default), h264, hevc, ..."),
             ("min_free_disk_mb", 500.0, D, "refuse to start or save an episode below this much free disk [MiB]"),
             ("encoder_queue_frames", 200, I, "frames per camera the video encoder may lag behind"),
+            ("encoder_threads", 1, I, "encoder threads per camera (libsvtav1 'lp', h264/hevc 'threads'); "
+                                      "0 = the codec's default, one per core"),
             ("ingest_queue_size", 4000, I, "messages buffered between the DDS callbacks and the worker thread"),
             ("sensor_queue_depth", 100, I, "DDS history depth of each sensor subscription"),
             ("sensor_reliable", False, B, "subscribe to sensors with reliable QoS (needs reliable publishers; "
@@ -150,6 +165,7 @@ class TeleopRecorder(Node):
             "diagnostics_period_s": dict(floating_point_range=[FloatingPointRange(from_value=0.05, to_value=60.0)]),
             "save_timeout_s": dict(floating_point_range=[FloatingPointRange(from_value=1.0, to_value=3600.0)]),
             "encoder_queue_frames": dict(integer_range=[IntegerRange(from_value=10, to_value=100000)]),
+            "encoder_threads": dict(integer_range=[IntegerRange(from_value=0, to_value=256)]),
             "ingest_queue_size": dict(integer_range=[IntegerRange(from_value=10, to_value=1000000)]),
             "sensor_queue_depth": dict(integer_range=[IntegerRange(from_value=1, to_value=10000)]),
         }
@@ -318,11 +334,18 @@ class TeleopRecorder(Node):
         if problems:
             status.level = DiagnosticStatus.WARN
             status.message += f"; {problems[-1]}"
+        counts = dict(rec.diag.received)
+        rates = rec.diag.rates.rates(self._now())
+        losing = []
+        for topic, (received, expected) in rates.items():
+            if expected and received < LOSS_WARNING * expected:
+                losing.append(f"{rec.by_topic[topic].label}: {received:.1f} of {expected:.1f} Hz received "
+                              f"({100 * (1 - received / expected):.0f} % lost)")
+        if losing:
+            status.level = max(status.level, DiagnosticStatus.WARN)
+            status.message += "; " + "; ".join(losing)
         if ep is not None and ep.failed:
             status.level, status.message = DiagnosticStatus.ERROR, ep.failed
-        now = time.monotonic()
-        prev_t, prev_counts = self._rate_prev
-        counts = dict(rec.diag.received)
         values = [
             ("state", "recording" if ep is not None else "idle"),
             ("dataset", str(self.store.root)),
@@ -334,10 +357,10 @@ class TeleopRecorder(Node):
             ("queue_dropped", str(sum(self._dropped.values()))),
         ]
         for topic in rec.topics():
-            n = counts.get(topic, 0)
-            rate = (n - prev_counts.get(topic, 0)) / max(now - prev_t, 1e-6)
-            values.append((f"received {topic}", str(n)))
-            values.append((f"rate_hz {topic}", f"{rate:.1f}"))
+            received, expected = rates.get(topic, (0.0, None))
+            values.append((f"received {topic}", str(counts.get(topic, 0))))
+            values.append((f"rate_hz {topic}", f"{received:.1f}"))
+            values.append((f"expected_hz {topic}", "" if expected is None else f"{expected:.1f}"))
         if ep is not None:
             for stream, lag in ep.sync.max_lag_ns.items():
                 values.append((f"max_lag_ms {stream}", f"{lag / 1e6:.0f}"))
@@ -345,7 +368,6 @@ class TeleopRecorder(Node):
             values.append((f"rejected {stream}", str(n)))
         for i, text in enumerate(problems[-5:]):
             values.append((f"problem {i}", text))
-        self._rate_prev = (now, counts)
         status.values = [KeyValue(key=k, value=v) for k, v in values]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -381,7 +403,11 @@ def main(args=None) -> int:
         print(f"teleop_recorder: error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=3)
+    intake = SingleThreadedExecutor()  # the streams: only ever enqueue, never block
+    intake.add_node(node.intake)
+    intake_thread = threading.Thread(target=_spin_quietly, args=(intake,), name="recorder-intake", daemon=True)
+    intake_thread.start()
+    executor = MultiThreadedExecutor(num_threads=2)  # services (stop waits for the save) and diagnostics
     executor.add_node(node)
     try:
         executor.spin()
@@ -389,10 +415,19 @@ def main(args=None) -> int:
         pass
     finally:
         node.shutdown()
+        intake.shutdown()
         executor.shutdown()
+        node.intake.destroy_node()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _spin_quietly(executor) -> None:
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
 
 
 if __name__ == "__main__":

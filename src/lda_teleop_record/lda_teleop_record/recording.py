@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from lda_common.messages import (
     deserialize,
     fingers_from_joint_state,
     keypoints_from_pose_array,
+    peek_stamp_ns,
     pose_from_msg,
     raw_image_to_rgb,
     stamp_ns,
@@ -81,12 +83,51 @@ def streams_of(config: RobotConfig) -> list[Stream]:
     return out
 
 
+class StreamRates:
+    """Each stream's received rate against the rate its publisher stamps at, over the last ``window_s``.
+
+    The expected rate comes from the messages' own stamps: the median interval between consecutive stamps
+    received. No rate needs configuring, and a loss shows while recording: 60 messages received in a second
+    from a stream stamped every 10 ms are 60 of 100 Hz. (The median holds while fewer than half of the
+    intervals span a lost message.) Called from the worker (``add``) and the diagnostics timer (``rates``).
+    """
+
+    def __init__(self, window_s: float = 2.0):
+        self.window_ns = int(window_s * 1e9)
+        self._seen: dict[str, deque[tuple[int, int | None]]] = {}  # topic -> (receive ns, stamp ns)
+        self._lock = threading.Lock()
+
+    def add(self, topic: str, receive_ns: int, stamp_ns: int | None) -> None:
+        with self._lock:
+            seen = self._seen.setdefault(topic, deque())
+            seen.append((receive_ns, stamp_ns))
+            while seen[0][0] < receive_ns - self.window_ns:
+                seen.popleft()
+
+    def rates(self, now_ns: int) -> dict[str, tuple[float, float | None]]:
+        """topic -> (received Hz, expected Hz or None when the stamps do not tell)."""
+        out = {}
+        with self._lock:
+            items = {topic: list(seen) for topic, seen in self._seen.items()}
+        for topic, seen in items.items():
+            # the expected rate from the last window of messages, even when none came recently (a silent
+            # stream then reads "0 of 30 Hz")
+            steps = np.diff([st for _, st in seen if st]) if len(seen) >= 3 else np.zeros(0)
+            steps = steps[steps > 0]
+            expected = 1e9 / float(np.median(steps)) if steps.size >= 2 else None
+            received = sum(1 for r, _ in seen if r >= now_ns - self.window_ns)
+            span = min(self.window_ns, max(now_ns - seen[0][0], 1))
+            out[topic] = (received * 1e9 / span, expected)
+        return out
+
+
 class Diagnostics:
-    """Counters and recent problems; logs each kind of problem the first time and then every 100th."""
+    """Counters, stream rates and recent problems; logs each kind of problem the first time and then every 100th."""
 
     def __init__(self, log: Callable[[str, str], None]):
         self._log = log
         self.received: Counter[str] = Counter()
+        self.rates = StreamRates()
         self.rejected: Counter[str] = Counter()
         self.recent: deque[tuple[float, str]] = deque(maxlen=20)
         self._kinds: Counter[str] = Counter()
@@ -198,6 +239,7 @@ class EpisodeRecorder:
         stream = self.by_topic.get(topic)
         if stream is None:
             return
+        self.diag.rates.add(topic, receive_ns, peek_stamp_ns(cdr))
         if ep is None:
             if stream.id != self.reference:
                 self._seeds[stream.id] = (receive_ns, bytes(cdr))  # pre-roll for the next episode's first tick

@@ -6,6 +6,7 @@ while the good data is kept.
 """
 
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -180,3 +181,40 @@ def test_service_misuse_is_refused(env):
     assert not wrong.success and "unknown quality 'medium'" in wrong.message
     assert teleop.stop(discard=True).success
     assert teleop.diag["state"] == "idle" or teleop.start("x").success and teleop.stop(discard=True).success
+
+
+def test_diagnostics_show_a_lossy_stream_while_it_happens(env):
+    """3 of every 10 right poses never arrive: while the run lasts, the diagnostics report about 70 of 100 Hz
+    for that stream (the expected rate read from the stamps) and a WARN naming it, with no rate configured."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    teleop = env["teleop"]
+    seen: list[tuple[float, dict]] = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.append((time.monotonic(), dict(teleop.diag)))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    t0 = time.monotonic()
+    watcher.start()
+    try:
+        teleop.play(syn.Plan(duration_s=4.0, lose_right_pose=(2, 5, 8)))
+    finally:
+        done.set()
+        watcher.join()
+    right, left = "/robot/right/eef_pose", "/robot/left/eef_pose"
+    # snapshots whose 2 s window lies inside the 4 s run
+    during = [d for t, d in seen if 2.4 <= t - t0 <= 3.9 and d.get(f"expected_hz {right}")]
+    assert during, [d.get("_message") for _, d in seen][-5:]
+
+    def share(d, topic):
+        return float(d[f"rate_hz {topic}"]) / float(d[f"expected_hz {topic}"])
+
+    d = during[len(during) // 2]
+    assert 90 <= float(d[f"expected_hz {right}"]) <= 110 and 90 <= float(d[f"expected_hz {left}"]) <= 110, d
+    assert 0.55 <= share(d, right) <= 0.8, d  # 70 % arrive
+    assert share(d, left) - share(d, right) > 0.15, d  # the same publisher's intact stream: not that lossy
+    assert d["_level"] == str(DiagnosticStatus.WARN) and "right EEF pose (/robot/right/eef_pose): " in d["_message"], d

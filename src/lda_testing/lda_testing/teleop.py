@@ -164,6 +164,7 @@ class Plan:
     bad_size_from: float | None = None  # head images change size from this time on
     bad_encoding_from: float | None = None  # head images switch to mono8 from this time on
     backwards_at: list[float] = field(default_factory=list)  # extra head images stamped 0.5 s in the past
+    lose_right_pose: tuple[int, ...] = ()  # right poses k with k % 10 in this are never published (a lossy link)
 
     def messages(self) -> list[tuple[str, str, int, bytes]]:
         """(topic, msgtype, stamp_ns, cdr) in stamp order; stamps are exact multiples of the rates."""
@@ -195,6 +196,8 @@ class Plan:
                     q = np.array([np.nan, 0, 0, 1.0])
                 if hand == "right" and self.bad_norm and self.bad_norm[0] <= t < self.bad_norm[1]:
                     q = 1.5 * q
+                if hand == "right" and k % 10 in self.lose_right_pose:
+                    continue
                 out.append((f"/robot/{hand}/eef_pose", TOPICS[f"/robot/{hand}/eef_pose"], ns, pose_cdr(pos, q, ns)))
         for k in range(int(round(self.duration_s * self.finger_hz))):
             t = k / self.finger_hz
