@@ -1,7 +1,7 @@
 """Recorder throughput: two 640x480 RGB cameras at 30 Hz + EEF poses and grippers at 100 Hz -> 10 Hz dataset.
 
     source scripts/env.sh
-    python benchmarks/recorder_throughput.py                 # 3 x 60 s, writes benchmarks/results/recorder_throughput.json
+    python benchmarks/recorder_throughput.py   # 3 x 60 s, writes benchmarks/results/recorder_throughput.json
     python benchmarks/recorder_throughput.py --repeat 1 --duration 20 --codec h264
     python benchmarks/recorder_throughput.py --smoke --out /tmp/recorder_throughput.json  # seconds: 2 s, 160x120
 
