@@ -2,7 +2,8 @@
 
 A thin rclpy shell around ``recording.EpisodeRecorder``:
 
-* raw (serialized) subscriptions, best-effort sensor QoS; callbacks only stamp and enqueue the bytes;
+* raw (serialized) subscriptions, best-effort sensor QoS, on an intake node spun by a thread of its own;
+  callbacks only stamp and enqueue the bytes;
 * one worker thread decodes, aligns to 10 Hz and feeds LeRobot's streaming video encoder, in arrival
   order with the start/stop commands (so "after start" means exactly that);
 * one saver thread commits stopped episodes (the stop service answers when the episode is on disk) and
@@ -111,7 +112,7 @@ class TeleopRecorder(Node):
         sensor_qos = QoSProfile(depth=p["sensor_queue_depth"], reliability=reliability,
                                 history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
         # The streams are taken by a node of their own, spun on a thread of its own by a single-threaded
-        # executor (see spin()). rclpy rebuilds an executor's wait set on every wake-up, and the main node's
+        # executor (see main()). rclpy rebuilds an executor's wait set on every wake-up, and the main node's
         # holds its parameter services, service servers, timer and QoS event handlers as well: taking
         # hundreds of messages a second through it cost more than a core. The intake node's wait set
         # holds the subscriptions only. It takes this node's namespace; command-line remappings do not
