@@ -30,7 +30,7 @@ import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from lda_common.robot_config import ConfigError, load_robot_config  # noqa: E402
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType  # noqa: E402
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup  # noqa: E402
+from rclpy.callback_groups import ReentrantCallbackGroup  # noqa: E402
 from rclpy.event_handler import SubscriptionEventCallbacks  # noqa: E402
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -103,7 +103,12 @@ class TeleopRecorder(Node):
         self._worker = threading.Thread(target=self._work, name="recorder-worker", daemon=True)
         self._worker.start()
 
-        services = MutuallyExclusiveCallbackGroup()
+        # Services and diagnostics in a reentrant group, with a lock that serialises start and stop. With a
+        # mutually exclusive group, a stop_episode waiting for its save leaves the diagnostics timer (or a
+        # second call) ready but unrunnable, and rclpy's MultiThreadedExecutor then spins on it at 100 % CPU,
+        # starving the save it waits for. A call that waits on the lock waits in its pool thread instead.
+        control = ReentrantCallbackGroup()
+        self._command_lock = threading.Lock()
         # Sensor data: best effort by default (never slows a camera down and matches every publisher), with a
         # deep queue so that a busy moment of this process (encoder start-up, a save) does not overflow the
         # DDS reader. Reliable when every tick matters and the publishers are reliable too: DDS then resends
@@ -128,9 +133,9 @@ class TeleopRecorder(Node):
                                             event_callbacks=None if instruction else quiet)
         self._events = self.create_publisher(String, p["events_topic"], COMMAND_QOS)
         self._diag = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
-        self.create_service(StartEpisode, "~/start_episode", self._on_start, callback_group=services)
-        self.create_service(StopEpisode, "~/stop_episode", self._on_stop, callback_group=services)
-        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics, callback_group=services)
+        self.create_service(StartEpisode, "~/start_episode", self._on_start, callback_group=control)
+        self.create_service(StopEpisode, "~/stop_episode", self._on_stop, callback_group=control)
+        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics, callback_group=control)
         self.get_logger().info(
             f"recorder ready: robot '{self.config.robot}' ({len(self.config.cameras)} camera(s), hands "
             f"{self.config.hand_names}), dataset {self.store.root} with {self.store.num_episodes} episode(s)"
@@ -230,6 +235,14 @@ class TeleopRecorder(Node):
 
     # -- services ----------------------------------------------------------------------------------
     def _on_start(self, request, response):
+        with self._command_lock:
+            return self._start(request, response)
+
+    def _on_stop(self, request, response):
+        with self._command_lock:
+            return self._stop(request, response)
+
+    def _start(self, request, response):
         response.episode_index = -1
         try:
             self._saving.result(timeout=self.save_timeout_s)  # the previous save (and next session) first
@@ -260,7 +273,7 @@ class TeleopRecorder(Node):
         self.get_logger().info(response.message)
         return response
 
-    def _on_stop(self, request, response):
+    def _stop(self, request, response):
         response.episode_index = -1
         quality = None if request.discard else request.quality.strip().lower()
 
@@ -408,7 +421,7 @@ def main(args=None) -> int:
     intake.add_node(node.intake)
     intake_thread = threading.Thread(target=_spin_quietly, args=(intake,), name="recorder-intake", daemon=True)
     intake_thread.start()
-    executor = MultiThreadedExecutor(num_threads=2)  # services (stop waits for the save) and diagnostics
+    executor = MultiThreadedExecutor(num_threads=3)  # start/stop (a stop waits for its save) and diagnostics
     executor.add_node(node)
     try:
         executor.spin()
