@@ -30,9 +30,8 @@ import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from lda_common.robot_config import ConfigError, load_robot_config  # noqa: E402
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType  # noqa: E402
-from rclpy.callback_groups import ReentrantCallbackGroup  # noqa: E402
 from rclpy.event_handler import SubscriptionEventCallbacks  # noqa: E402
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor  # noqa: E402
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -42,7 +41,8 @@ from lda_msgs.srv import StartEpisode, StopEpisode  # noqa: E402
 from .episode_writer import DatasetError, DatasetStore  # noqa: E402
 from .recording import DEFAULT_EVENTS_TOPIC, EpisodeRecorder, RecorderError  # noqa: E402
 
-#: A stream received at under this fraction of the rate its stamps show is reported as losing messages.
+#: A stream received at under this fraction of the rate its stamps show (less one message per window, so
+#: that a slow stream is not flagged for where the window's edges fall) is reported as losing messages.
 LOSS_WARNING = 0.95
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
@@ -103,12 +103,6 @@ class TeleopRecorder(Node):
         self._worker = threading.Thread(target=self._work, name="recorder-worker", daemon=True)
         self._worker.start()
 
-        # Services and diagnostics in a reentrant group, with a lock that serialises start and stop. With a
-        # mutually exclusive group, a stop_episode waiting for its save leaves the diagnostics timer (or a
-        # second call) ready but unrunnable, and rclpy's MultiThreadedExecutor then spins on it at 100 % CPU,
-        # starving the save it waits for. A call that waits on the lock waits in its pool thread instead.
-        control = ReentrantCallbackGroup()
-        self._command_lock = threading.Lock()
         # Sensor data: best effort by default (never slows a camera down and matches every publisher), with a
         # deep queue so that a busy moment of this process (encoder start-up, a save) does not overflow the
         # DDS reader. Reliable when every tick matters and the publishers are reliable too: DDS then resends
@@ -133,9 +127,9 @@ class TeleopRecorder(Node):
                                             event_callbacks=None if instruction else quiet)
         self._events = self.create_publisher(String, p["events_topic"], COMMAND_QOS)
         self._diag = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
-        self.create_service(StartEpisode, "~/start_episode", self._on_start, callback_group=control)
-        self.create_service(StopEpisode, "~/stop_episode", self._on_stop, callback_group=control)
-        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics, callback_group=control)
+        self.create_service(StartEpisode, "~/start_episode", self._on_start)
+        self.create_service(StopEpisode, "~/stop_episode", self._on_stop)
+        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
         self.get_logger().info(
             f"recorder ready: robot '{self.config.robot}' ({len(self.config.cameras)} camera(s), hands "
             f"{self.config.hand_names}), dataset {self.store.root} with {self.store.num_episodes} episode(s)"
@@ -235,14 +229,6 @@ class TeleopRecorder(Node):
 
     # -- services ----------------------------------------------------------------------------------
     def _on_start(self, request, response):
-        with self._command_lock:
-            return self._start(request, response)
-
-    def _on_stop(self, request, response):
-        with self._command_lock:
-            return self._stop(request, response)
-
-    def _start(self, request, response):
         response.episode_index = -1
         try:
             self._saving.result(timeout=self.save_timeout_s)  # the previous save (and next session) first
@@ -273,7 +259,7 @@ class TeleopRecorder(Node):
         self.get_logger().info(response.message)
         return response
 
-    def _stop(self, request, response):
+    def _on_stop(self, request, response):
         response.episode_index = -1
         quality = None if request.discard else request.quality.strip().lower()
 
@@ -351,8 +337,9 @@ class TeleopRecorder(Node):
         counts = dict(rec.diag.received)
         rates = rec.diag.rates.rates(self._now())
         losing = []
+        slack_hz = 1e9 / rec.diag.rates.window_ns
         for topic, (received, expected) in rates.items():
-            if expected and received < LOSS_WARNING * expected:
+            if expected and received < LOSS_WARNING * expected - slack_hz:
                 losing.append(f"{rec.by_topic[topic].label}: {received:.1f} of {expected:.1f} Hz received "
                               f"({100 * (1 - received / expected):.0f} % lost)")
         if losing:
@@ -421,7 +408,10 @@ def main(args=None) -> int:
     intake.add_node(node.intake)
     intake_thread = threading.Thread(target=_spin_quietly, args=(intake,), name="recorder-intake", daemon=True)
     intake_thread.start()
-    executor = MultiThreadedExecutor(num_threads=3)  # start/stop (a stop waits for its save) and diagnostics
+    # Services and diagnostics: one thread. A stop that waits for its save pauses the diagnostics, never the
+    # intake. (rclpy's MultiThreadedExecutor spins at 100 % CPU on an entity that is ready while its callback
+    # group is busy - here the diagnostics timer during a save - and starved the save it waited for.)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         executor.spin()
