@@ -409,8 +409,8 @@ def main(args=None) -> int:
     intake_thread = threading.Thread(target=_spin_quietly, args=(intake,), name="recorder-intake", daemon=True)
     intake_thread.start()
     # Services and diagnostics: one thread. A stop that waits for its save pauses the diagnostics, never the
-    # intake. (rclpy's MultiThreadedExecutor spins at 100 % CPU on an entity that is ready while its callback
-    # group is busy - here the diagnostics timer during a save - and starved the save it waited for.)
+    # intake. (Under load, a MultiThreadedExecutor here was seen spinning at 100 % CPU inside rclpy while a
+    # call waited for its save - with a mutually exclusive and with a reentrant group - starving the save.)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
