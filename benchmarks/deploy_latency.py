@@ -169,7 +169,7 @@ def pipeline(paths: dict, device: str, seconds: float, threads: int, workdir: Pa
             raise RuntimeError("no approved chunks; launch output:\n" + proc.output[-4000:])
         pids = {name: next(int(line.split("pid ")[1].rstrip(")")) for line in proc.lines
                            if f"started {name} (pid" in line) for name in ("model_host", "safety_gate")}
-        wait_for(lambda: "frames_encoded" in host_diag, 10.0)
+        have_diag = wait_for(lambda: "frames_encoded" in host_diag, 10.0)  # else encodes per chunk: NaN
         cpu0 = {k: cpu_s(p) for k, p in pids.items()}
         enc0, prop0 = (int(host_diag.get(k, 0)) for k in ("frames_encoded", "chunks_proposed"))
         t0 = robot.now()
@@ -207,7 +207,7 @@ def pipeline(paths: dict, device: str, seconds: float, threads: int, workdir: Pa
             "end_to_end": stats(e2e), "host_side": stats(host_side), "gate_added": stats(gate_added),
             "host_inference_time_in_node": stats(inference),
             "cpu_s_per_chunk": {k: (cpu1[k] - cpu0[k]) / chunks for k in pids},
-            "dino_encodes_per_chunk": (enc1 - enc0) / max(prop1 - prop0, 1),
+            "dino_encodes_per_chunk": (enc1 - enc0) / max(prop1 - prop0, 1) if have_diag else float("nan"),
             "rss_mb": rss, "hold_after_host_sigkill_ms": (stop - k0) * 1e3}
 
 
