@@ -31,6 +31,7 @@ from lda_policy.deploy.host import HostSettings, ModelHost, Status
 from lda_policy.deploy.judge import JudgeSettings
 from lda_policy.deploy.policy import PolicySettings
 from lda_policy.deploy.safety import CALIBRATION_FILE, LEVEL_NAMES, STATUS_STOP, CalibrationError, SafetyCalibration
+from lda_policy.deploy.selection import SCORES, SelectionSettings
 from lda_policy.model_node import MODEL_STARTUP_ERRORS, ModelNode
 from lda_policy.ros_io import (
     COMMAND_QOS,
@@ -62,6 +63,11 @@ class ModelHostNode(ModelNode, Node):
                                  low=0.01, high=10.0),
             "state_tolerance_s": d("state_tolerance_s", 0.15, "EEF/finger samples may be this far from the camera "
                                    "stamp [s]", low=0.0, high=1.0),
+            # test-time chunk selection
+            "selection.k": d("selection.k", 1, "candidate chunks per replan, scored by the model's own forward "
+                             "dynamics against its visual forecast (1 = the plain policy)", low=1, high=64),
+            "selection.score": d("selection.score", "forecast", "candidate score: agreement of its predicted future "
+                                 "with the model's own visual forecast", choices=list(SCORES)),
             # judge
             "calibration_path": d("calibration_path", "", f"surprise calibration JSON ('' = <checkpoint>/"
                                   f"{CALIBRATION_FILE})"),
@@ -120,7 +126,8 @@ class ModelHostNode(ModelNode, Node):
                           score_horizon_s=p["score_horizon_s"], num_steps=p["judge_num_steps"],
                           num_samples=p["judge_num_samples"], seed=p["judge_seed"]),
             HostSettings(max_inference_time_s=p["max_inference_time_s"], max_judge_time_s=p["max_judge_time_s"],
-                         camera_timeout_s=p["camera_timeout_s"]))
+                         camera_timeout_s=p["camera_timeout_s"]),
+            SelectionSettings(k=p["selection.k"], score=p["selection.score"]))
         if p["instruction"]:
             self.host.policy.set_instruction(p["instruction"])
         cam = robot.camera
@@ -152,7 +159,7 @@ class ModelHostNode(ModelNode, Node):
         self.get_logger().info(
             f"model host for '{robot.embodiment}' ({robot.action_dim}-d actions, hands {robot.hands}): checkpoint "
             f"'{p['checkpoint']}' ({runtime.config.name}) on {runtime.device}; camera {cam.topic}; judge {cal}, "
-            f"stop_surprise {p['stop_surprise']}; proposing on {Topics.PROPOSED_CHUNK}")
+            f"stop_surprise {p['stop_surprise']}; selection k={p['selection.k']}; proposing on {Topics.PROPOSED_CHUNK}")
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -263,7 +270,7 @@ class ModelHostNode(ModelNode, Node):
         values = {
             "host": f"{LEVEL_NAMES[hs.level]}: {hs.reason}", "judge": f"{LEVEL_NAMES[js.level]}: {js.reason}",
             "chunks_proposed": self.proposed, "host_faults": host.faults, "judge_faults": judge.faults,
-            **host.mean_times(), "frames_encoded": host.policy.frames.encoded,
+            **host.mean_times(), **host.selection_stats(), "frames_encoded": host.policy.frames.encoded,
             "chunks_judged": judge.approved, "pending_predictions": judge.pending, "unscored_frames": judge.unscored,
             "approvals_not_matching": judge.unbound, "bad_images": self.bad_images,
             "last_image_error": self.last_image_error, "last_fault": host.last_fault or judge.last_fault,

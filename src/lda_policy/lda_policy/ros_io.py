@@ -90,6 +90,9 @@ def chunk_to_msg(chunk: ProposedChunk, frame_id: str = ""):
     msg.sequence = int(chunk.sequence)
     msg.inference_time = float(chunk.inference_time)
     msg.digest = chunk.digest
+    msg.candidates = int(chunk.candidates)
+    msg.selection_score = float(chunk.selection_score)
+    msg.selection_score_spread = float(chunk.selection_spread)
     return msg
 
 
@@ -101,7 +104,8 @@ def msg_to_chunk(msg) -> ProposedChunk:
     actions = flat.reshape(h, a) if flat.size == h * a and h * a > 0 else np.full((max(h, 1), max(a, 1)), np.nan)
     stamp_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
     return ProposedChunk(int(msg.sequence), stamp_to_sec(msg.header.stamp), float(msg.dt), msg.embodiment,
-                         list(msg.dimension_names), actions, float(msg.inference_time), msg.digest, stamp_ns)
+                         list(msg.dimension_names), actions, float(msg.inference_time), msg.digest, stamp_ns,
+                         int(msg.candidates), float(msg.selection_score), float(msg.selection_score_spread))
 
 
 # ---------------------------------------------------------------------------------------------- parameters

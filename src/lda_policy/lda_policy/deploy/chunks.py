@@ -38,6 +38,9 @@ class ProposedChunk:
     inference_time: float  # [s], encoders included
     digest: str = ""  # chunk_digest(); set by the proposer
     stamp_ns: int = -1  # the stamp as it travels (header sec * 1e9 + nanosec); -1: from ``stamp``
+    candidates: int = 1  # chunks the policy sampled for this replan (test-time selection; 1: none)
+    selection_score: float = float("nan")  # the chosen candidate's score (NaN: no selection)
+    selection_spread: float = float("nan")  # best minus worst candidate score
 
     def __post_init__(self) -> None:
         if self.stamp_ns < 0:

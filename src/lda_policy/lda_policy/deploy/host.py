@@ -3,7 +3,8 @@
 :class:`ModelHost` is what ``model_host_node`` wraps. One :class:`~.runtime.ModelRuntime` (one copy of the
 weights), one :class:`~.observations.FrameLatents` (each camera frame DINO-encoded once), and:
 
-- :meth:`ModelHost.propose` (the inference thread): the policy's chunk from the newest frame. NaN/inf
+- :meth:`ModelHost.propose` (the inference thread): the policy's chunk from the newest frame (with
+  ``selection.k`` > 1, the best of k candidates by the model's own dynamics: :mod:`.selection`). NaN/inf
   actions, NaN latents or an exception are *faults* (counted and reported; the chunk is never proposed);
 - :meth:`ModelHost.judge_next` (the judge thread): the forward-dynamics prediction of the newest
   proposal from the very observation the policy used, then the surprise of the frames that arrived;
@@ -28,6 +29,7 @@ from .policy import PolicyCore, PolicySettings
 from .robot import RobotInterface
 from .runtime import ModelRuntime
 from .safety import STATUS_OK, STATUS_STOP, SafetyCalibration, find_non_finite
+from .selection import ChunkSelector, SelectionSettings
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,16 @@ class ModelHost:
 
     def __init__(self, runtime: ModelRuntime, robot: RobotInterface, calibration: SafetyCalibration | None,
                  policy: PolicySettings | None = None, judge: JudgeSettings | None = None,
-                 settings: HostSettings | None = None) -> None:
+                 settings: HostSettings | None = None, selection: SelectionSettings | None = None) -> None:
         self.runtime = runtime
         self.robot = robot
         self.settings = settings or HostSettings()
-        self.policy = PolicyCore(runtime, robot, policy)
+        policy, judge = policy or PolicySettings(), judge or JudgeSettings()
+        selection = selection or SelectionSettings()
+        if selection.k > 1 and policy.noise_scale == 0.0:
+            raise ValueError(f"selection k={selection.k} needs a stochastic policy (noise_scale > 0): from the "
+                             "flow's mean every candidate is the same chunk")
+        self.policy = PolicyCore(runtime, robot, policy, ChunkSelector(runtime, selection, calibration, judge))
         keep = max(self.policy.frames.keep_s, max(runtime.config.time.future_offsets_s) + 2.0)
         self.policy.frames.keep_s = keep  # the judge scores frames up to the last future offset
         self.judge = ForwardDynamicsJudge(runtime, self.policy.frames, calibration, judge)
@@ -174,6 +181,15 @@ class ModelHost:
             return Status(STATUS_STOP, condition, j.faults, surprise, seq)
         last = f"; last fault: {j.last_fault}" if j.last_fault else ""
         return Status(level, reason + last, j.faults, surprise, seq)
+
+    def selection_stats(self) -> dict[str, float | int]:
+        """The last replan's candidates, chosen score and score spread, and how many of its candidates were
+        within the judge's stop_surprise (diagnostics)."""
+        last = self.policy.last_selection
+        if last is None:
+            return {"selection_k": self.policy.selector.settings.k}
+        return {"selection_k": last.k, "selection_score": last.score, "selection_score_spread": last.spread,
+                "selection_within_limit": int(last.within_limit.sum())}
 
     def mean_times(self) -> dict[str, float]:
         fd = list(self.judge.fd_times)

@@ -82,10 +82,23 @@ def latent_distance(observed: torch.Tensor, predicted: torch.Tensor, latent_mid:
     """
     if observed.shape != predicted.shape:
         raise ValueError(f"observed {tuple(observed.shape)} and predicted {tuple(predicted.shape)} differ")
-    o = (observed.float().cpu() - latent_mid.cpu()) / latent_half.cpu()
-    p = (predicted.float().cpu() - latent_mid.cpu()) / latent_half.cpu()
-    per_patch = ((o - p) ** 2).mean(dim=-1).sqrt()
+    per_patch = _patch_errors(observed, predicted, latent_mid, latent_half)
     return float(per_patch.mean()), per_patch.numpy()
+
+
+def latent_distances(a: torch.Tensor, b: torch.Tensor, latent_mid: torch.Tensor,
+                     latent_half: torch.Tensor) -> torch.Tensor:
+    """:func:`latent_distance` over leading dimensions: (..., gh, gw, C) against (..., gh, gw, C)
+    (broadcast) -> (...)."""
+    return _patch_errors(a, b, latent_mid, latent_half).mean(dim=(-2, -1))
+
+
+def _patch_errors(a: torch.Tensor, b: torch.Tensor, latent_mid: torch.Tensor,
+                  latent_half: torch.Tensor) -> torch.Tensor:
+    mid, half = latent_mid.cpu(), latent_half.cpu()
+    x = (a.float().cpu() - mid) / half
+    y = (b.float().cpu() - mid) / half
+    return ((x - y) ** 2).mean(dim=-1).sqrt()
 
 
 class ForwardDynamicsJudge:
@@ -231,4 +244,5 @@ class ForwardDynamicsJudge:
         return len(self._pending)
 
 
-__all__ = ["ForwardDynamicsJudge", "JudgeSettings", "Prediction", "SurpriseEvent", "latent_distance"]
+__all__ = ["ForwardDynamicsJudge", "JudgeSettings", "Prediction", "SurpriseEvent", "latent_distance",
+           "latent_distances"]

@@ -2,7 +2,8 @@
 
 :class:`PolicyCore` is the policy half of the model host. Callbacks feed it camera frames, EEF poses,
 finger states and the instruction (cheap: they only store); the host's inference thread calls
-:meth:`propose` (DINO-encodes the newest frame, runs the policy objective), which returns the chunk with
+:meth:`propose` (DINO-encodes the newest frame, runs the policy objective, and with test-time selection
+chooses among its candidates: :mod:`.selection`), which returns the chunk with
 its digest and the observation it was predicted from (the judge predicts from the same one). Chaining a
 chunk into targets and executing it is the safety gate's business (:mod:`.gate`).
 """
@@ -22,6 +23,7 @@ from .hand_states import HandStateBuffer
 from .observations import FrameLatents
 from .robot import RobotInterface
 from .runtime import ModelRuntime
+from .selection import ChunkSelector, Selection
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,13 @@ class PolicySettings:
 class PolicyCore:
     """Assembles observations and runs the policy objective (thread-safe inputs, one proposing thread)."""
 
-    def __init__(self, runtime: ModelRuntime, robot: RobotInterface, settings: PolicySettings | None = None) -> None:
+    def __init__(self, runtime: ModelRuntime, robot: RobotInterface, settings: PolicySettings | None = None,
+                 selector: ChunkSelector | None = None) -> None:
         self.runtime = runtime
         self.robot = robot
         self.settings = settings or PolicySettings()
+        self.selector = selector or ChunkSelector(runtime)  # k = 1 unless the host asks for more
+        self.last_selection: Selection | None = None
         robot.check_model(runtime.config)
         t = runtime.config.time
         self.obs_offsets = t.obs_offsets_s
@@ -110,12 +115,16 @@ class PolicyCore:
             self.skipped = f"waiting for {self.history_steps * self.robot.dt:.1f} s of hand states (history actions)"
             return None
         obs = self.runtime.observation(self.robot.embodiment, history, self._instruction,
-                                       self.robot.state_vector(anchor), hist_actions)
-        actions = self.runtime.policy(obs, seed=None if self.settings.seed < 0 else self.settings.seed,
+                                       self.robot.state_vector(anchor), hist_actions,
+                                       image=self.frames.image_at(stamp))
+        chosen = self.selector.select(obs, seed=None if self.settings.seed < 0 else self.settings.seed,
                                       noise_scale=self.settings.noise_scale)
+        self.last_selection = chosen
         with self._lock:
             self._sequence += 1
             chunk = ProposedChunk(self._sequence, stamp, self.robot.dt, self.robot.embodiment,
-                                  self.robot.dimension_names, actions, time.perf_counter() - t0)
+                                  self.robot.dimension_names, chosen.actions, time.perf_counter() - t0,
+                                  candidates=chosen.k, selection_score=chosen.score,
+                                  selection_spread=chosen.spread)
         chunk.digest = chunk.computed_digest()
         return chunk, obs

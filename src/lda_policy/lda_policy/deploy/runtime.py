@@ -102,19 +102,47 @@ class ModelRuntime:
 
     def policy(self, obs: Observation, seed: int | None = None, noise_scale: float = 1.0) -> np.ndarray:
         """Action chunk (chunk_size, action_dim) float64, physical units."""
-        out = self.model.policy(obs, num_steps=self.num_steps, seed=seed, noise_scale=noise_scale)
-        return out[0].double().cpu().numpy()
+        return self.policy_candidates(obs, 1, seed, noise_scale)[0]
+
+    def policy_candidates(self, obs: Observation, k: int, seed: int | None = None,
+                          noise_scale: float = 1.0) -> np.ndarray:
+        """``k`` action chunks (k, chunk_size, action_dim) float64 from the batch-1 observation ``obs`` in one
+        batched call, each from its own starting noise (row 0 is what :meth:`policy` gives with ``seed``)."""
+        out = self.model.policy(repeat_observation(obs, k), num_steps=self.num_steps, seed=seed,
+                                noise_scale=noise_scale)
+        return out.double().cpu().numpy()
 
     def forward_dynamics(self, obs: Observation, actions: np.ndarray, seed: int = 0, num_steps: int | None = None,
                          samples: int = 1) -> torch.Tensor:
         """Predicted future latents (num_future_frames, gh, gw, C): the mean of ``samples`` flow samples
         (seeded together by ``seed``) from the batch-1 observation ``obs``."""
-        if samples > 1:
-            obs = dataclasses.replace(obs, **{k: repeat_rows(v, samples) for k, v in vars(obs).items()
-                                              if isinstance(v, torch.Tensor)})
-        a = torch.as_tensor(np.asarray(actions), dtype=torch.float32)[None].expand(samples, -1, -1).contiguous()
-        out = self.model.forward_dynamics(obs, a, num_steps=num_steps or self.num_steps, seed=seed)
+        return self.forward_dynamics_candidates(obs, np.asarray(actions)[None], seed, num_steps, samples)[0]
+
+    def forward_dynamics_candidates(self, obs: Observation, actions: np.ndarray, seed: int = 0,
+                                    num_steps: int | None = None, samples: int = 1) -> torch.Tensor:
+        """:meth:`forward_dynamics` of K chunks ``actions`` (K, chunk_size, action_dim) in one batched call:
+        (K, num_future_frames, gh, gw, C). Every chunk starts from the same ``samples`` noises (drawn from
+        ``seed``), so chunk k's prediction is what :meth:`forward_dynamics` gives for it alone."""
+        a = torch.as_tensor(np.asarray(actions), dtype=torch.float32)
+        k = a.shape[0]
+        noise = self._future_noise(seed, samples).repeat(k, 1, 1, 1)  # (k * samples, F, P, C), chunk-major
+        a = a.repeat_interleave(samples, dim=0)
+        out = self.model.forward_dynamics(repeat_observation(obs, k * samples), a,
+                                          num_steps=num_steps or self.num_steps, noise=noise)
+        return out.float().view(k, samples, *out.shape[1:]).mean(dim=1).cpu()
+
+    def forecast(self, obs: Observation, seed: int = 0, num_steps: int | None = None,
+                 samples: int = 1) -> torch.Tensor:
+        """The visual forecast (num_future_frames, gh, gw, C) without actions: the mean of ``samples`` flow
+        samples from the same noises as :meth:`forward_dynamics` with this ``seed``."""
+        out = self.model.forecast(repeat_observation(obs, samples), num_steps=num_steps or self.num_steps,
+                                  noise=self._future_noise(seed, samples))
         return out.float().mean(dim=0).cpu()
+
+    def _future_noise(self, seed: int, samples: int) -> torch.Tensor:
+        c = self.config
+        shape = (samples, c.num_future_frames, c.tokens_per_frame, c.latent_dim)
+        return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
 
     @property
     def latent_mid(self) -> torch.Tensor:
@@ -128,6 +156,14 @@ class ModelRuntime:
 def repeat_rows(x: torch.Tensor, n: int) -> torch.Tensor:
     """A batch-1 tensor repeated to n rows."""
     return x.expand(n, *x.shape[1:]).contiguous()
+
+
+def repeat_observation(obs: Observation, n: int) -> Observation:
+    """A batch-1 observation repeated to n rows (itself for n = 1)."""
+    if n == 1:
+        return obs
+    return dataclasses.replace(obs, **{k: repeat_rows(v, n) for k, v in vars(obs).items()
+                                       if isinstance(v, torch.Tensor)})
 
 
 def set_torch_threads(threads: int) -> None:

@@ -438,12 +438,14 @@ class LDAModel(nn.Module):
     @torch.inference_mode()
     def forward_dynamics(self, obs: Observation | dict[str, Any], actions: torch.Tensor,
                          num_steps: int | None = None, generator: torch.Generator | None = None,
-                         seed: int | None = None) -> torch.Tensor:
+                         seed: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Future DINO latents (B, num_future_frames, gh, gw, latent_dim) after executing ``actions``.
 
-        ``actions``: (B, chunk_size, action_dim) physical, the chunk starting at t = 0.
+        ``actions``: (B, chunk_size, action_dim) physical, the chunk starting at t = 0. ``noise``: the
+        flow's starting point (B, num_future_frames, tokens_per_frame, latent_dim), normalised units;
+        given, it replaces ``generator``/``seed`` (the same noise for every row compares rows fairly).
         """
-        return self._sample(obs, Task.FORWARD_DYNAMICS, actions, None, num_steps, generator, seed)
+        return self._sample(obs, Task.FORWARD_DYNAMICS, actions, None, num_steps, generator, seed, noise=noise)
 
     @torch.inference_mode()
     def inverse_dynamics(self, obs: Observation | dict[str, Any], future_latents: torch.Tensor,
@@ -457,13 +459,15 @@ class LDAModel(nn.Module):
 
     @torch.inference_mode()
     def forecast(self, obs: Observation | dict[str, Any], num_steps: int | None = None,
-                 generator: torch.Generator | None = None, seed: int | None = None) -> torch.Tensor:
-        """Future DINO latents (B, num_future_frames, gh, gw, latent_dim) without knowing the actions."""
-        return self._sample(obs, Task.FORECAST, None, None, num_steps, generator, seed)
+                 generator: torch.Generator | None = None, seed: int | None = None,
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Future DINO latents (B, num_future_frames, gh, gw, latent_dim) without knowing the actions
+        (``noise``: as in :meth:`forward_dynamics`)."""
+        return self._sample(obs, Task.FORECAST, None, None, num_steps, generator, seed, noise=noise)
 
     def _sample(self, obs: Observation | dict[str, Any], task: Task, actions: torch.Tensor | None,
                 future: torch.Tensor | None, num_steps: int | None, generator: torch.Generator | None,
-                seed: int | None, noise_scale: float = 1.0) -> torch.Tensor:
+                seed: int | None, noise_scale: float = 1.0, noise: torch.Tensor | None = None) -> torch.Tensor:
         c = self.config
         o = self._observation_inputs(obs)
         b, eid, dev = o["b"], o["embodiment_id"], o["device"]
@@ -479,7 +483,11 @@ class LDAModel(nn.Module):
             clean_a = torch.where(self.action_dim_mask[eid][:, None], self.normalizer.normalize_action(a, eid), 0.0)
         if task == Task.INVERSE_DYNAMICS:
             clean_v = self._latents(future, "future_latents", b, c.num_future_frames, None)
-        noise = self._noise(act_shape if task in _ACTION_TASKS else fut_shape, generator, seed, dev) * noise_scale
+        shape = act_shape if task in _ACTION_TASKS else fut_shape
+        if noise is None:
+            noise = self._noise(shape, generator, seed, dev) * noise_scale
+        else:
+            noise = check_tensor("noise", noise, shape, dev)
         task_ids = torch.full((b,), int(task), dtype=torch.long, device=dev)
         act_present = torch.full((b, c.time.chunk_size), task != Task.FORECAST, device=dev)
         fut_present = torch.full((b, c.num_future_frames), task != Task.POLICY, device=dev)
