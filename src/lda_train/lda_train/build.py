@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from lda_policy.model import PRESETS, EmbodimentSpec, LDAModel
+from lda_policy.model.config import LanguageCondition, prompt_hash
 
 from .config import TrainingRunConfig
 from .data import DataError
@@ -106,7 +107,7 @@ def build_model(cfg: TrainingRunConfig, sources: list, language_dim: int) -> tup
         raise TrainError(f"the language encoder gives {language_dim}-d tokens, the model "
                          f"({config.name}) expects lang_dim={config.lang_dim}; for lda-1b / lda-0.5b use "
                          "encoders.language=qwen3vl with the Qwen3-VL-4B checkpoint, or a CPU preset with minilm")
-    config = dataclasses.replace(config, embodiments=tuple(specs))
+    config = dataclasses.replace(config, embodiments=tuple(specs), condition=language_condition(cfg.encoders))
     model = LDAModel(config)
     if base is not None:
         model.load_state_dict(base.state_dict(), strict=True)
@@ -116,6 +117,15 @@ def build_model(cfg: TrainingRunConfig, sources: list, language_dim: int) -> tup
     if cfg.model.compile:
         model.compile_denoiser()
     return model, from_ckpt
+
+
+def language_condition(e: Any) -> LanguageCondition:
+    """The checkpoint's record of how the language tokens are made (``encoders`` section of the config);
+    equal to the encoder's own ``condition()``."""
+    if e.language == "minilm":
+        return LanguageCondition(encoder="minilm")
+    return LanguageCondition(encoder="qwen3vl", image=e.vlm_image, image_size=e.vlm_image_size if e.vlm_image else 0,
+                             prompt=e.vlm_prompt, prompt_hash=prompt_hash(e.vlm_prompt))
 
 
 def _record_dim(record: dict[str, Any], key: str) -> int:

@@ -113,7 +113,7 @@ def build_caches(cfg, verify_only: bool = False, progress: bool | None = None) -
 
     from .build import TrainError
     from .data import open_sources
-    from .latent_cache import CacheSpec, default_cache_root, ensure_cache
+    from .latent_cache import cache_spec, ensure_cache, language_encoder
 
     if cfg.encoders.dino_path is None:
         raise TrainError("encoders.dino_path is not set: name the local DINOv3 checkpoint directory")
@@ -121,10 +121,7 @@ def build_caches(cfg, verify_only: bool = False, progress: bool | None = None) -
         torch.set_num_threads(cfg.train.num_threads)
     model_cfg = read_config(cfg.model.checkpoint) if cfg.model.checkpoint else PRESETS[cfg.model.preset]
     sources = open_sources(cfg.data.datasets, model_cfg.time, cfg.data.heldout_fraction, cfg.seed)
-    spec = CacheSpec(cache_root=Path(cfg.cache.dir).expanduser() if cfg.cache.dir else default_cache_root(),
-                     dino_path=str(cfg.encoders.dino_path), language=cfg.encoders.language,
-                     language_path=cfg.encoders.language_path, grid=tuple(model_cfg.latent_grid),
-                     dtype=cfg.cache.dtype, shard_frames=cfg.cache.shard_frames, encoder_batch=cfg.encoders.batch_size)
+    spec = cache_spec(cfg, tuple(model_cfg.latent_grid))
     dev = cfg.encoders.device
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else torch.device(dev)
     show = sys.stderr.isatty() if progress is None else progress
@@ -134,12 +131,11 @@ def build_caches(cfg, verify_only: bool = False, progress: bool | None = None) -
         if verify_only:
             cache = ensure_cache(s, spec, lambda: None, lambda: None, rebuild="never", progress=False)
         else:
-            from lda_policy.model import DinoV3Encoder, load_language_encoder
+            from lda_policy.model import DinoV3Encoder
 
             cache = ensure_cache(
                 s, spec, lambda: DinoV3Encoder(cfg.encoders.dino_path, device=device),
-                lambda: load_language_encoder(cfg.encoders.language, cfg.encoders.language_path, device=device),
-                rebuild=cfg.cache.rebuild, progress=show)
+                lambda: language_encoder(cfg, device), rebuild=cfg.cache.rebuild, progress=show)
         report.append({"dataset": s.name, "frames": s.num_frames, "tasks": len(s.tasks),
                        "cache": str(cache.directory), "fingerprint": cache.fingerprint,
                        "latent_shape": list(cache.latents.shape), "dtype": cfg.cache.dtype,

@@ -96,6 +96,22 @@ class EncoderConfig:
     language_path: str | None = None  # local directory; default for minilm: the bundled all-MiniLM-L6-v2
     device: str = "auto"  # where the frozen encoders run: auto | cpu | cuda | cuda:N
     batch_size: PositiveInt = 32  # frames per DINO forward
+    # qwen3vl only (paper, appendix A): the VLM sees the current camera frame (t = 0) and the instruction
+    vlm_image: bool = True  # False: the instruction alone (tokens fixed per task string)
+    vlm_image_size: PositiveInt = 224  # the frame is resized to this square first (a multiple of 32)
+    vlm_prompt: str = "{instruction}"  # user-turn text; {instruction} is replaced by the task string
+    vlm_batch_size: PositiveInt = 8  # frames per VLM forward while building the cache
+
+    def __post_init__(self) -> None:
+        check(self.vlm_prompt.count("{instruction}") == 1, "vlm_prompt",
+              f"must contain '{{instruction}}' exactly once, got {self.vlm_prompt!r}")
+        check(self.vlm_image_size % 32 == 0, "vlm_image_size",
+              f"must be a multiple of 32 (Qwen3-VL: 16 px patches merged 2 x 2), got {self.vlm_image_size}")
+
+    @property
+    def per_frame_vlm(self) -> bool:
+        """The condition depends on the frame (Qwen3-VL with the image), so it is cached per frame."""
+        return self.language == "qwen3vl" and self.vlm_image
 
 
 @dataclass

@@ -478,8 +478,12 @@ class LanguageTable:
 
 def assemble_batch(sources: Sequence[SourceDataset], plan: BatchPlan, model_config: LDAConfig,
                    obs_latents: torch.Tensor, future_latents: torch.Tensor, language: LanguageTable,
-                   embodiment_slots: Sequence[int], action_width: int, state_width: int) -> dict[str, torch.Tensor]:
+                   embodiment_slots: Sequence[int], action_width: int, state_width: int,
+                   condition: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The ``LDAModel.compute_loss`` batch for ``plan`` (latents already gathered, physical units).
+
+    ``condition``: per-sample VLM tokens and mask (image-conditioned Qwen3-VL, from the latent cache);
+    without it the language tokens are looked up per task string in ``language``.
 
     Actions and states are zero-padded to ``action_width`` / ``state_width``; samples without valid
     actions carry zeros (and ``action_valid`` False); chunk steps past the episode end or with an
@@ -520,7 +524,7 @@ def assemble_batch(sources: Sequence[SourceDataset], plan: BatchPlan, model_conf
             state_valid[sel] = sv
     texts = [sources[int(d)].task_text[int(sources[int(d)].task_index[r])]
              for d, r in zip(plan.dataset, plan.row, strict=True)]
-    lang, lang_mask = language.batch(texts)
+    lang, lang_mask = language.batch(texts) if condition is None else condition
     return {
         "embodiment_id": torch.from_numpy(emb),
         "task": torch.from_numpy(plan.task.astype(np.int64)),

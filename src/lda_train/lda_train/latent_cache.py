@@ -5,16 +5,20 @@ Layout (one directory per dataset and content fingerprint)::
     <cache root>/<dataset name>-<hash of its path>/<fingerprint[:24]>/
         manifest.json                  format, fingerprint and its parts, shard list with sizes + sha256
         latents-00000.safetensors      "latents": (frames, gh, gw, 384) rows [start, end) of the dataset
+                                       [+ "vlm": (frames, L, D), "vlm_mask": (frames, L) with Qwen3-VL
+                                       on the image: the VLM condition of each frame + its instruction]
         latents-00001.safetensors      ...
-        language.safetensors           "tokens": (tasks, L, D) float32, "mask": (tasks, L)
+        language.safetensors           "tokens": (tasks, L, D) float32, "mask": (tasks, L) (text-only
+                                       encoders; empty when the condition is per frame)
 
 The fingerprint hashes (a) the dataset's contents: every file under ``meta/`` and ``data/`` in full
 (except the recorder's quality labels, ``meta/lda_episodes.json``, which are read afresh every run),
 and the chosen camera's video files (size + SHA-256 of the whole file up to 64 MiB, of 17 spread
 1 MiB blocks beyond); (b) the DINO checkpoint directory (config, processor, weights); (c) the
 language encoder directory; (d) the cache settings (camera, grid, dtype, video backend, format
-version). Any change gives a new fingerprint, so a changed dataset or encoder never meets an old
-cache. A cache is written into a temporary sibling directory and renamed into place only when
+version; for Qwen3-VL also whether it sees the image, the image size and the prompt template's
+hash). Any change gives a new fingerprint, so a changed dataset, encoder or prompt never meets an
+old cache. A cache is written into a temporary sibling directory and renamed into place only when
 complete, so a killed build leaves nothing that looks valid. Loading re-checks every shard's size
 and SHA-256 and every shape; a corrupt or partial cache raises :class:`CacheCorrupt` and is rebuilt
 (or refused with ``cache.rebuild: never``), never used.
@@ -22,6 +26,7 @@ and SHA-256 and every shape; a corrupt or partial cache raises :class:`CacheCorr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,6 +45,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .data import EPISODES_FILE, BatchPlan, LanguageTable, SourceDataset
+
+DEFAULT_VLM_PROMPT = "{instruction}"  # = lda_policy.model.config.DEFAULT_VLM_PROMPT (imported lazily there)
 
 log = logging.getLogger("lda_train.cache")
 
@@ -146,13 +153,25 @@ class CacheSpec:
     dtype: str = "float16"
     shard_frames: int = 4096
     encoder_batch: int = 32  # frames per DINO forward while building
+    vlm_image: bool = False  # qwen3vl: condition on the frame + instruction, cached per frame
+    vlm_image_size: int = 224
+    vlm_prompt: str = DEFAULT_VLM_PROMPT
+    vlm_batch: int = 8  # frames per VLM forward while building
+
+    @property
+    def per_frame_vlm(self) -> bool:
+        return self.language == "qwen3vl" and self.vlm_image
 
     def settings(self, source: SourceDataset) -> dict[str, Any]:
         from lerobot.datasets.video_utils import get_safe_default_video_backend
 
-        return {"format_version": FORMAT_VERSION, "image_key": source.image_key, "grid": list(self.grid),
-                "dtype": self.dtype, "video_backend": get_safe_default_video_backend() if source.is_video else None,
-                "language": self.language}
+        out = {"format_version": FORMAT_VERSION, "image_key": source.image_key, "grid": list(self.grid),
+               "dtype": self.dtype, "video_backend": get_safe_default_video_backend() if source.is_video else None,
+               "language": self.language}
+        if self.language == "qwen3vl":  # minilm settings (and so its caches' fingerprints) stay as they were
+            out["vlm"] = {"image": self.vlm_image, "image_size": self.vlm_image_size if self.vlm_image else 0,
+                          "prompt_sha256": hashlib.sha256(self.vlm_prompt.encode()).hexdigest()}
+        return out
 
     def language_dir(self) -> str | None:
         if self.language_path is not None:
@@ -177,6 +196,25 @@ class CacheSpec:
         return self.cache_root / f"{safe}-{hashlib.sha256(str(source.root).encode()).hexdigest()[:8]}"
 
 
+def cache_spec(cfg: Any, grid: tuple[int, int]) -> CacheSpec:
+    """The :class:`CacheSpec` of a training config (``TrainingRunConfig``) for a model's latent grid."""
+    e, c = cfg.encoders, cfg.cache
+    return CacheSpec(cache_root=Path(c.dir).expanduser() if c.dir else default_cache_root(),
+                     dino_path=str(e.dino_path), language=e.language, language_path=e.language_path,
+                     grid=tuple(grid), dtype=c.dtype, shard_frames=c.shard_frames, encoder_batch=e.batch_size,
+                     vlm_image=e.vlm_image, vlm_image_size=e.vlm_image_size, vlm_prompt=e.vlm_prompt,
+                     vlm_batch=e.vlm_batch_size)
+
+
+def language_encoder(cfg: Any, device: torch.device | str) -> Any:
+    """The language encoder of a training config's ``encoders`` section (Qwen3-VL with its image settings)."""
+    from lda_policy.model import load_language_encoder
+
+    e = cfg.encoders
+    return load_language_encoder(e.language, e.language_path, device=device, image_size=e.vlm_image_size,
+                                 prompt=e.vlm_prompt, use_image=e.per_frame_vlm)
+
+
 def default_cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "lda_train" / "latents"
@@ -189,11 +227,13 @@ class LatentCache:
     """A verified cache in memory: ``latents`` (frames, gh, gw, C) and a :class:`LanguageTable`."""
 
     def __init__(self, directory: Path, manifest: dict[str, Any], latents: torch.Tensor,
-                 language: LanguageTable) -> None:
+                 language: LanguageTable, vlm: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.directory = directory
         self.manifest = manifest
         self.latents = latents
         self.language = language
+        #: per-frame VLM condition (tokens (frames, L, D), mask (frames, L), real tokens first) or None
+        self.vlm = vlm
 
     @property
     def fingerprint(self) -> str:
@@ -223,6 +263,14 @@ class LatentCache:
         if num_frames is not None and n != num_frames:
             raise CacheStale(f"{directory}: caches {n} frames, the dataset has {num_frames}")
         latents = torch.empty((n, *grid, dim), dtype=dtype)
+        vlm_entry = manifest.get("vlm")
+        vlm = None
+        if vlm_entry is not None:
+            try:
+                vlm_len, vlm_dim = int(vlm_entry["length"]), int(vlm_entry["dim"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise CacheCorrupt(f"{path}: unreadable vlm entry: {err}") from None
+            vlm = (torch.zeros((n, vlm_len, vlm_dim), dtype=dtype), torch.zeros((n, vlm_len), dtype=torch.bool))
         expected_start = 0
         for shard in shards:
             tensors = _read_verified(directory, shard)
@@ -233,6 +281,14 @@ class LatentCache:
                                    f"{None if x is None else x.dtype}, the manifest says rows [{start}, {end}) of "
                                    f"{(*grid, dim)} {dtype}")
             latents[start:end] = x
+            if vlm is not None:
+                tok, mask = tensors.get("vlm"), tensors.get("vlm_mask")
+                bad = tok is None or mask is None or tok.dim() != 3 or tuple(mask.shape) != tuple(tok.shape[:2])
+                if bad or tok.shape[0] != end - start or tok.shape[1] > vlm_len or tok.shape[2] != vlm_dim:
+                    raise CacheCorrupt(f"{directory / shard['file']}: VLM tensors do not hold rows [{start}, {end}) "
+                                       f"of at most {vlm_len} x {vlm_dim} tokens")
+                vlm[0][start:end, : tok.shape[1]] = tok.to(dtype)
+                vlm[1][start:end, : tok.shape[1]] = mask.bool()
             expected_start = end
         if expected_start != n:
             raise CacheCorrupt(f"{directory}: shards cover {expected_start} of {n} frames (partial cache)")
@@ -245,7 +301,7 @@ class LatentCache:
         if tok is None or mask is None or tok.shape[0] != len(tasks) or tuple(mask.shape) != tuple(tok.shape[:2]):
             raise CacheCorrupt(f"{directory / lang_entry['file']}: language tensors do not match {len(tasks)} tasks")
         table = LanguageTable({t: (tok[i].float(), mask[i].bool()) for i, t in enumerate(tasks)}, int(tok.shape[-1]))
-        return cls(directory, manifest, latents, table)
+        return cls(directory, manifest, latents, table, vlm)
 
 
 def _read_verified(directory: Path, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -319,9 +375,10 @@ def build_cache(source: SourceDataset, spec: CacheSpec, dino: Any, language_enco
     dtype = _DTYPES[spec.dtype]
     decoder_cache = _fresh_decoder_cache()
     started = time.monotonic()
+    per_frame = spec.per_frame_vlm
     try:
         shards: list[dict[str, Any]] = []
-        buffer: list[torch.Tensor] = []
+        buffer: list[dict[str, torch.Tensor]] = []
         buffered = 0
         shard_start = 0
         done = 0
@@ -333,7 +390,11 @@ def build_cache(source: SourceDataset, spec: CacheSpec, dino: Any, language_enco
                 hi = min(lo + spec.encoder_batch, ep.end)
                 frames = decode_frames(source, np.arange(lo, hi), decoder_cache)
                 lat = dino.encode_frames(frames, spec.grid).to(dtype)
-                buffer.append(lat)
+                item = {"latents": lat}
+                if per_frame:
+                    item.update(encode_vlm_frames(language_encoder, source, np.arange(lo, hi), frames,
+                                                  spec.vlm_batch, dtype))
+                buffer.append(item)
                 buffered += len(lat)
                 bar.update(len(lat))
                 done += len(lat)
@@ -343,12 +404,12 @@ def build_cache(source: SourceDataset, spec: CacheSpec, dino: Any, language_enco
                              (n - done) / max(rate, 1e-9))
                 while buffered >= spec.shard_frames:
                     shard_start = _flush(tmp, buffer, shards, shard_start, spec.shard_frames)
-                    buffered = sum(len(b) for b in buffer)
+                    buffered = sum(len(b["latents"]) for b in buffer)
         if buffered:
             _flush(tmp, buffer, shards, shard_start, buffered)
         bar.close()
-        # language tokens, one entry per task string of the dataset
-        tasks = list(source.tasks)
+        # language tokens, one entry per task string of the dataset (text-only encoders)
+        tasks = [] if per_frame else list(source.tasks)
         emb = language_encoder.encode(tasks) if tasks else None
         tokens = emb.tokens.cpu().float() if emb is not None else torch.zeros(0, 1, 1)  # small: kept float32
         mask = emb.mask.cpu().bool() if emb is not None else torch.zeros(0, 1, dtype=torch.bool)
@@ -362,6 +423,9 @@ def build_cache(source: SourceDataset, spec: CacheSpec, dino: Any, language_enco
             "shards": shards, "language": lang, "build_seconds": round(time.monotonic() - started, 3),
             "created_unix": time.time(),
         }
+        if per_frame:
+            manifest["vlm"] = {"length": max(int(s["vlm_length"]) for s in shards), "dim": int(language_encoder.dim),
+                               "condition": dataclasses.asdict(language_encoder.condition())}
         _write(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
         if final.exists():  # a concurrent builder won; keep theirs if it verifies
             try:
@@ -378,16 +442,61 @@ def build_cache(source: SourceDataset, spec: CacheSpec, dino: Any, language_enco
     return final
 
 
-def _flush(tmp: Path, buffer: list[torch.Tensor], shards: list[dict[str, Any]], start: int, count: int) -> int:
-    allx = torch.cat(buffer)
-    x, rest = allx[:count].contiguous(), allx[count:]
+def encode_vlm_frames(encoder: Any, source: SourceDataset, rows: np.ndarray, frames: torch.Tensor, batch: int,
+                      dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The VLM condition of dataset ``rows`` (their decoded ``frames`` + each row's instruction):
+    ``vlm`` (n, L, D) with the real tokens first, ``vlm_mask`` (n, L)."""
+    texts = [source.task_text[int(source.task_index[r])] for r in rows]
+    tokens, masks = [], []
+    for i in range(0, len(rows), batch):
+        emb = encoder.encode(texts[i:i + batch], list(frames[i:i + batch]))
+        tokens.append(emb.tokens.cpu())
+        masks.append(emb.mask.cpu())
+    return compact_tokens(tokens, masks, dtype)
+
+
+def compact_tokens(tokens: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+                   dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Rows of several padded batches, real tokens moved first (left or right padding alike), padded to one length."""
+    length = max(int(m.sum(1).max()) for m in masks)
+    n = sum(len(m) for m in masks)
+    out = torch.zeros((n, length, tokens[0].shape[-1]), dtype=dtype)
+    out_mask = torch.zeros((n, length), dtype=torch.bool)
+    i = 0
+    for tok, mask in zip(tokens, masks, strict=True):
+        for j in range(len(mask)):
+            real = tok[j][mask[j]]
+            out[i, : len(real)] = real.to(dtype)
+            out_mask[i, : len(real)] = True
+            i += 1
+    return {"vlm": out, "vlm_mask": out_mask}
+
+
+def _cat(parts: list[torch.Tensor], key: str) -> torch.Tensor:
+    if not key.startswith("vlm"):
+        return torch.cat(parts)
+    length = max(p.shape[1] for p in parts)  # VLM rows of different batches: pad the token axis
+    return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, length - p.shape[1]) if p.dim() == 3
+                                              else (0, length - p.shape[1])) for p in parts])
+
+
+def _flush(tmp: Path, buffer: list[dict[str, torch.Tensor]], shards: list[dict[str, Any]], start: int,
+           count: int) -> int:
+    allx = {k: _cat([b[k] for b in buffer], k) for k in buffer[0]}
+    x = {k: v[:count].contiguous() for k, v in allx.items()}
+    rest = {k: v[count:] for k, v in allx.items()}
     buffer.clear()
-    if len(rest):
+    if len(rest["latents"]):
         buffer.append(rest)
-    entry = _write(tmp / f"latents-{len(shards):05d}.safetensors", st_save({"latents": x}))
-    entry.update(start=start, end=start + len(x))
+    if "vlm_mask" in x:  # trim the token axis to this shard's longest row
+        length = max(1, int(x["vlm_mask"].sum(1).max()))
+        x["vlm"], x["vlm_mask"] = x["vlm"][:, :length].contiguous(), x["vlm_mask"][:, :length].contiguous()
+    entry = _write(tmp / f"latents-{len(shards):05d}.safetensors", st_save(x))
+    entry.update(start=start, end=start + len(x["latents"]))
+    if "vlm" in x:
+        entry["vlm_length"] = int(x["vlm"].shape[1])
     shards.append(entry)
-    return start + len(x)
+    return start + len(x["latents"])
 
 
 def _fsync_dir(path: Path) -> None:
@@ -493,6 +602,17 @@ class CachedLatents:
             fut[idx] = lat[torch.from_numpy(w["future"])].float()
         return obs, fut
 
+    def condition(self, plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The per-frame VLM condition of each sample's current frame (its anchor row, t = 0): tokens
+        (B, L, D) float32 and mask (B, L), L the batch's longest; None for text-only encoders."""
+        if self.caches[0].vlm is None:
+            return None
+        rows = [(int(d), int(r)) for d, r in zip(plan.dataset, plan.row, strict=True)]
+        masks = [self.caches[d].vlm[1][r] for d, r in rows]
+        length = max(1, max(int(m.sum()) for m in masks))
+        tokens = torch.stack([self.caches[d].vlm[0][r, :length].float() for d, r in rows])
+        return tokens, torch.stack([m[:length] for m in masks])
+
 
 class FrameWindowDataset(torch.utils.data.Dataset):
     """Decodes the camera frames of one sample (observation then future frames) with lerobot's
@@ -575,9 +695,11 @@ class TrainingData:
         """The compute_loss batch of ``plan``; ``frames`` are pre-decoded images (online path only)."""
         from .data import assemble_batch
 
+        condition = None
         if self.cached:
             obs, fut = self.latents.gather(plan)
+            condition = self.latents.condition(plan)
         else:
             obs, fut = self.latents.encode(self.decode(plan) if frames is None else frames)
         return assemble_batch(self.sources, plan, self.model_config, obs, fut, self.language, self.slots,
-                              self.action_width, self.state_width)
+                              self.action_width, self.state_width, condition=condition)

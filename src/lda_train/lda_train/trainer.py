@@ -48,12 +48,12 @@ from .data import TaskSampler, open_sources
 from .evaluate import EvalSet, evaluate, flat_metrics, plot_curves, write_eval
 from .latent_cache import (
     CachedLatents,
-    CacheSpec,
     FrameWindowDataset,
     OnlineLatents,
     TrainingData,
-    default_cache_root,
+    cache_spec,
     ensure_cache,
+    language_encoder,
     plan_keys,
 )
 from .stats import embodiment_stats, install_stats, latent_stats
@@ -105,11 +105,10 @@ class Trainer(TrainingCheckpoints):
         torch.manual_seed(cfg.seed)
         self.model, self.from_checkpoint = build_model(cfg, self.sources, language_dim)
         spec_grid = tuple(self.model.config.latent_grid)
-        self.cache_spec = CacheSpec(
-            cache_root=Path(cfg.cache.dir).expanduser() if cfg.cache.dir else default_cache_root(),
-            dino_path=str(cfg.encoders.dino_path), language=cfg.encoders.language,
-            language_path=cfg.encoders.language_path, grid=spec_grid, dtype=cfg.cache.dtype,
-            shard_frames=cfg.cache.shard_frames, encoder_batch=cfg.encoders.batch_size)
+        self.cache_spec = cache_spec(cfg, spec_grid)
+        if cfg.encoders.per_frame_vlm and not cfg.cache.enabled:
+            raise TrainError("encoders.language=qwen3vl with encoders.vlm_image=true reads the VLM condition of "
+                             "every frame from the latent cache: set cache.enabled=true (or vlm_image=false)")
         self._dino = None
         if cfg.cache.enabled:
             caches = self._caches(enc_device)
@@ -150,9 +149,7 @@ class Trainer(TrainingCheckpoints):
         return DinoV3Encoder(self.cfg.encoders.dino_path, device=device)
 
     def _make_language(self, device: torch.device) -> Any:
-        from lda_policy.model import load_language_encoder
-
-        return load_language_encoder(self.cfg.encoders.language, self.cfg.encoders.language_path, device=device)
+        return language_encoder(self.cfg, device)
 
     def _language_dim(self) -> int:
         e = self.cfg.encoders

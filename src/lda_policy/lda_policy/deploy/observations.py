@@ -5,6 +5,8 @@ DINO-encoded at most once, lazily, the first time a model call needs it, so a co
 offsets (-0.5 s, 0 s) and a 0.5 s re-planning period encodes only the newest frame (the previous one is
 cached from the previous step, and the judge's "future" frames are the policy's next "current" frames:
 the model host encodes each frame once for both).
+The raw pixels of the newest few frames are kept as well (:meth:`FrameLatents.image_at`): an
+image-conditioned VLM reads the current frame once per replan.
 (Hand states are in the torch-free :mod:`.hand_states`, which the safety gate shares.)
 """
 
@@ -52,6 +54,9 @@ class FrameLatents:
         self._encode_lock = threading.Lock()  # the policy and the judge threads never encode a frame twice
         self.encoded = 0  # frames encoded so far (diagnostics: one per step in steady state)
         self.encode_time_s = 0.0
+        # raw pixels of the newest frames (a frame's own copy is dropped once DINO-encoded); a few, so a
+        # frame that arrives while a replan runs does not take the image of the frame it started from
+        self._recent_images: deque[tuple[float, np.ndarray]] = deque(maxlen=4)
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -59,6 +64,7 @@ class FrameLatents:
     def clear(self) -> None:
         with self._lock:
             self._frames.clear()
+            self._recent_images.clear()
 
     @property
     def newest_stamp(self) -> float | None:
@@ -71,6 +77,7 @@ class FrameLatents:
             if self._frames and stamp < self._frames[-1].stamp + self.min_period_s:
                 return False
             self._frames.append(_Frame(float(stamp), image))
+            self._recent_images.append((float(stamp), image))
             while self._frames and self._frames[0].stamp < stamp - self.keep_s:
                 self._frames.popleft()
             return True
@@ -95,6 +102,11 @@ class FrameLatents:
                 frame.latent = latent
                 frame.image = None  # the pixels are not needed any more
         return frame.latent
+
+    def image_at(self, stamp: float) -> np.ndarray | None:
+        """The raw image of the stored frame with exactly this stamp, if it is among the newest few."""
+        with self._lock:
+            return next((im for s, im in reversed(self._recent_images) if s == stamp), None)
 
     def latent_near(self, t: float, encode: bool = True) -> tuple[float, torch.Tensor] | None:
         """(stamp, latents) of the stored frame nearest ``t`` within ``tolerance_s``, else None

@@ -214,7 +214,7 @@ class DynamicsReplay:
             hist_actions = np.zeros((0, self.robot.action_dim))
         actions = ep.actions[position:position + self.chunk]
         obs = rt.observation(self.robot.embodiment, history, self.instruction, ep.frames[position].state,
-                             hist_actions)
+                             hist_actions, image=ep.frames[position].image)
         predicted = rt.forward_dynamics(obs, actions, seed=self.seed, num_steps=self.num_steps,
                                         samples=self.num_samples)
         targets, observed, dists, patches, surprises = [], [], [], [], []

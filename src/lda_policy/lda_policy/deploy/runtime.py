@@ -11,12 +11,14 @@ so a node can print it and exit non-zero at start-up.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lda_policy.model import CheckpointError, LDAModel, Observation, load_language_encoder
+from lda_policy.model.config import DEFAULT_VLM_PROMPT, prompt_hash
 
 
 class RuntimeLoadError(RuntimeError):
@@ -31,11 +33,15 @@ class ModelRuntime:
 
     ``checkpoint``: directory written by ``LDAModel.save_pretrained``; ``dino_path``: a local DINOv3
     directory (``from_pretrained`` format); ``language``: ``"minilm"`` (default, bundled) or
-    ``"qwen3vl"`` with ``language_path``.
+    ``"qwen3vl"`` with ``language_path``. The checkpoint records how its language condition was made
+    (``config.condition``): a different encoder kind, or a ``prompt`` other than the recorded one, is
+    refused at load; an image-conditioned checkpoint runs the VLM on the current frame at every replan
+    (bf16 on CUDA) and :meth:`observation` then needs the ``image``.
     """
 
     def __init__(self, checkpoint: str | Path, dino_path: str | Path, language: str = "minilm",
-                 language_path: str | Path | None = None, device: str = "cpu", num_steps: int | None = None) -> None:
+                 language_path: str | Path | None = None, device: str = "cpu", num_steps: int | None = None,
+                 prompt: str | None = None) -> None:
         from lda_policy.model import DinoV3Encoder
 
         self.device = torch.device(device)
@@ -62,8 +68,23 @@ class ModelRuntime:
         if self.dino.dim != self.config.latent_dim:
             raise RuntimeLoadError(f"DINOv3 at '{dino_path}' gives {self.dino.dim}-d patches, the checkpoint "
                                    f"'{checkpoint}' expects {self.config.latent_dim}-d latents")
+        cond = self.condition = self.config.condition
+        if cond.encoder and cond.encoder != language:
+            raise RuntimeLoadError(f"checkpoint '{checkpoint}' was trained with the language condition "
+                                   f"{cond.describe()}, but this runtime was given language={language!r}; deploy it "
+                                   f"with language={cond.encoder!r} (and its directory) or use a checkpoint trained "
+                                   f"with {language}")
+        if prompt is not None and cond.encoder == "qwen3vl" and prompt_hash(prompt) != cond.prompt_hash:
+            raise RuntimeLoadError(f"checkpoint '{checkpoint}' was trained with the VLM prompt {cond.prompt!r} "
+                                   f"(hash {cond.prompt_hash}), but this runtime was given the prompt {prompt!r} "
+                                   f"(hash {prompt_hash(prompt)}); leave the prompt unset to use the checkpoint's")
+        if cond.finetune_layers:
+            raise RuntimeLoadError(f"checkpoint '{checkpoint}' fine-tuned the last {cond.finetune_layers} VLM "
+                                   "layer(s), which this runtime cannot run yet")
         try:
-            self.language = load_language_encoder(language, language_path, device=self.device)
+            self.language = load_language_encoder(
+                language, language_path, device=self.device, image_size=cond.image_size or 224,
+                prompt=cond.prompt or prompt or DEFAULT_VLM_PROMPT, use_image=cond.image)
         except (ImportError, OSError, ValueError) as err:
             raise RuntimeLoadError(f"cannot load the {language} language encoder "
                                    f"({language_path or 'bundled'}): {err}") from None
@@ -71,6 +92,8 @@ class ModelRuntime:
             raise RuntimeLoadError(f"the {language} language encoder gives {self.language.dim}-d tokens, the "
                                    f"checkpoint '{checkpoint}' expects lang_dim={self.config.lang_dim}")
         self._language_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.vlm_encodes = 0  # image-conditioned VLM runs so far (one per replan) and their time
+        self.vlm_time_s = 0.0
 
     # -- encoders ------------------------------------------------------------------------------------
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
@@ -86,10 +109,30 @@ class ModelRuntime:
             self._language_cache[text] = (emb.tokens.float(), emb.mask)
         return self._language_cache[text]
 
+    def encode_condition(self, text: str, image: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's language condition (1, L, D) + mask (1, L): with an image-conditioned checkpoint the
+        VLM on the current camera frame (uint8 (H, W, 3)) and the instruction, run every call; otherwise the
+        per-text cached instruction tokens (``image`` is ignored)."""
+        if not self.language.use_image:
+            return self.encode_instruction(text)
+        if image is None:
+            raise ValueError(f"checkpoint '{self.checkpoint}' is conditioned on the camera image "
+                             f"({self.condition.describe()}), but no image was passed with the observation")
+        t0 = time.perf_counter()
+        emb = self.language.encode([text], [np.ascontiguousarray(image)])
+        self.vlm_time_s += time.perf_counter() - t0
+        self.vlm_encodes += 1
+        if not torch.isfinite(emb.tokens).all():
+            raise ValueError("NaN/inf in the VLM condition of the current camera frame")
+        return emb.tokens.float(), emb.mask
+
     # -- model calls ---------------------------------------------------------------------------------
     def observation(self, embodiment: str, history_latents: torch.Tensor, instruction: str,
-                    state: np.ndarray | None, history_actions: np.ndarray | None) -> Observation:
-        tokens, mask = self.encode_instruction(instruction)
+                    state: np.ndarray | None, history_actions: np.ndarray | None,
+                    image: np.ndarray | None = None) -> Observation:
+        """The batch-1 model input; ``image``: the raw current camera frame (uint8 (H, W, 3)), needed when
+        the checkpoint is image-conditioned (Qwen3-VL), ignored otherwise."""
+        tokens, mask = self.encode_condition(instruction, image)
         return Observation(
             embodiment=embodiment,
             history_latents=history_latents,

@@ -19,6 +19,7 @@ from .config import (
                      TASKS,
                      EmbodimentSpec,
                      FlowConfig,
+                     LanguageCondition,
                      LDAConfig,
                      Task,
                      TimeLayout,
@@ -40,7 +41,7 @@ from .observation import InputError, Observation
 
 __all__ = [
     "CheckpointError", "DEFAULT_EMBODIMENTS", "DINO_DIM", "DINO_GRID", "DinoV3Encoder",
-    "EmbodimentSpec", "FlowConfig", "InputError", "LDAConfig", "LDAModel", "LanguageEmbedding",
+    "EmbodimentSpec", "FlowConfig", "InputError", "LanguageCondition", "LDAConfig", "LDAModel", "LanguageEmbedding",
     "MiniLMEncoder", "Normalizer", "Observation", "PRESETS", "Qwen3VLEncoder", "RobustStats", "TASKS", "Task",
     "TimeLayout", "allowed_tasks", "load_language_encoder", "pool_latents", "read_config",
     "write_random_dinov3_checkpoint", "write_random_qwen3vl_checkpoint",

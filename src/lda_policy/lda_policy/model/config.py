@@ -131,6 +131,42 @@ class FlowConfig:
     timestep_scale: float = 1000.0  # t is embedded as sinusoid(t * timestep_scale)
 
 
+#: Default VLM user-turn text: the instruction alone (``{instruction}`` is replaced by the task string).
+DEFAULT_VLM_PROMPT = "{instruction}"
+
+
+def prompt_hash(prompt: str) -> str:
+    """Short SHA-256 of a VLM prompt template (recorded in checkpoints and latent-cache fingerprints)."""
+    import hashlib
+
+    return hashlib.sha256(prompt.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class LanguageCondition:
+    """What the model's language/VLM tokens were computed from in training (stored in the checkpoint).
+
+    Deployment must compute the condition the same way: the runtime refuses a different encoder kind
+    or prompt, and feeds the VLM the current camera frame when ``image`` is set.
+    """
+
+    encoder: str = ""  # "minilm" | "qwen3vl"; "" = not recorded (checkpoints written before this field)
+    image: bool = False  # the VLM saw the current camera frame (t = 0) with the instruction
+    image_size: int = 0  # side of the square the frame is resized to before the VLM processor (0: no image)
+    prompt: str = ""  # VLM user-turn template ("{instruction}" is replaced); "" for minilm
+    prompt_hash: str = ""  # prompt_hash(prompt)
+    finetune_layers: int = 0  # last VLM decoder layers trained with the model (their weights: vlm_layers.safetensors)
+
+    def describe(self) -> str:
+        if not self.encoder:
+            return "an unrecorded language encoder"
+        if self.encoder == "minilm":
+            return "minilm (text only)"
+        what = f"qwen3vl with the {self.image_size} px camera frame" if self.image else "qwen3vl (text only)"
+        tail = f", last {self.finetune_layers} VLM layer(s) fine-tuned" if self.finetune_layers else ""
+        return f"{what}, prompt {self.prompt!r} (hash {self.prompt_hash}){tail}"
+
+
 @dataclass(frozen=True)
 class LDAConfig:
     """Architecture, data layout and embodiments of one LDA model (stored in the checkpoint)."""
@@ -152,6 +188,7 @@ class LDAConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     action_loss_weight: float = 1.0
     visual_loss_weight: float = 1.0
+    condition: LanguageCondition = field(default_factory=LanguageCondition)  # how language tokens were made
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import DEFAULT_VLM_PROMPT, LanguageCondition, prompt_hash
+
 
 def pool_latents(latents: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Average-pools DINO patch grids (..., H, W, C) to (..., grid[0], grid[1], C).
@@ -137,6 +139,11 @@ class MiniLMEncoder:
         self.model.requires_grad_(False)
         self.dim = int(self.model.config.hidden_size)
 
+    use_image = False
+
+    def condition(self) -> LanguageCondition:
+        return LanguageCondition(encoder="minilm")
+
     @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> LanguageEmbedding:
         """Token embeddings of each instruction (padded to the longest)."""
@@ -146,52 +153,105 @@ class MiniLMEncoder:
         return LanguageEmbedding(out.float(), inputs["attention_mask"].bool())
 
 
+def vlm_image(image: Any, size: int) -> np.ndarray:
+    """One camera frame -> uint8 (size, size, 3), the VLM's input in training and deployment alike.
+
+    Accepts uint8 (H, W, 3) [ROS/NumPy layout] or float (3, H, W) in [0, 1] [LeRobot layout]; the
+    float frame is quantised back to uint8 first (it was decoded from uint8 video) so both layouts of
+    one frame give the same pixels; then an antialiased bilinear resize to a square.
+    """
+    x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    if x.dim() != 3:
+        raise ValueError(f"a VLM image must be one frame, (H, W, 3) uint8 or (3, H, W) float, got {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        if x.shape[-1] != 3:
+            raise ValueError(f"uint8 VLM images must be (H, W, 3), got {tuple(x.shape)}")
+        x = x.permute(2, 0, 1)
+    elif x.is_floating_point():
+        if x.shape[0] != 3:
+            raise ValueError(f"float VLM images must be (3, H, W) in [0, 1], got {tuple(x.shape)}")
+        x = (x.float() * 255.0).round().clamp(0, 255)
+    else:
+        raise ValueError(f"VLM images must be uint8 or float, got {x.dtype}")
+    x = x.float()[None]
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
 class Qwen3VLEncoder:
     """Frozen Qwen3-VL (``Qwen3VLForConditionalGeneration``): last hidden states of the prompt.
 
-    Each sample is one user turn of the chat template holding the optional image and the
-    instruction; the processor adds ``mm_token_type_ids`` (needed with pixel values in
-    transformers 5.x). The language model's last hidden state (B, L, hidden) is returned; the LM
-    head is skipped.
+    Each sample is one user turn of the chat template: the current camera frame (when
+    ``use_image``; resized to ``image_size`` square by :func:`vlm_image`) followed by ``prompt`` with
+    ``{instruction}`` replaced by the instruction. The processor adds ``mm_token_type_ids`` (needed
+    with pixel values in transformers 5.x). The language model's last hidden state (B, L, hidden) is
+    returned; the LM head is skipped. ``dtype`` defaults to bf16 on CUDA, float32 on the CPU.
     """
 
-    def __init__(self, path: str | Path, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                 image_size: int = 224, prompt: str = DEFAULT_VLM_PROMPT, use_image: bool = False) -> None:
         from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
         self.device = torch.device(device)
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.path = Path(path)
+        if prompt.count("{instruction}") != 1:
+            raise ValueError(f"the VLM prompt template must contain '{{instruction}}' exactly once, got {prompt!r}")
+        self.prompt = prompt
+        self.use_image = bool(use_image)
+        self.image_size = int(image_size)
         self.processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
-        self.model = Qwen3VLForConditionalGeneration.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+        ip = self.processor.image_processor
+        factor = int(ip.patch_size) * int(ip.merge_size)
+        if self.image_size <= 0 or self.image_size % factor:
+            raise ValueError(f"VLM image_size {self.image_size} must be a positive multiple of {factor} "
+                             f"(patch {ip.patch_size} x merge {ip.merge_size} of {path})")
+        self.model = Qwen3VLForConditionalGeneration.from_pretrained(str(path), local_files_only=True,
+                                                                     dtype=self.dtype)
         self.model.to(self.device).eval().requires_grad_(False)
         self.dim = int(self.model.config.text_config.hidden_size)
 
-    @torch.inference_mode()
-    def encode(self, texts: Sequence[str], images: Sequence[Any] | None = None) -> LanguageEmbedding:
-        """``images``: None or one image per text (uint8 (H, W, 3) array or tensor, or PIL image)."""
+    def condition(self) -> LanguageCondition:
+        """The record of how this encoder conditions the model (stored in checkpoints)."""
+        return LanguageCondition(encoder="qwen3vl", image=self.use_image,
+                                 image_size=self.image_size if self.use_image else 0,
+                                 prompt=self.prompt, prompt_hash=prompt_hash(self.prompt))
+
+    def inputs(self, texts: Sequence[str], images: Sequence[Any] | None = None) -> Any:
+        """The processor's batch (input ids, mask, pixel values, image grid) on the encoder's device."""
         if images is not None and len(images) != len(texts):
             raise ValueError(f"got {len(images)} images for {len(texts)} texts")
         prompts = []
         for text in texts:
-            content = ([{"type": "image"}] if images is not None else []) + [{"type": "text", "text": text}]
+            content = ([{"type": "image"}] if images is not None else []) + \
+                [{"type": "text", "text": self.prompt.replace("{instruction}", text)}]
             prompts.append(self.processor.apply_chat_template([{"role": "user", "content": content}],
                                                               tokenize=False))
         kwargs: dict[str, Any] = {"text": prompts, "padding": True, "return_tensors": "pt"}
         if images is not None:
-            kwargs["images"] = list(images)
-        inputs = self.processor(**kwargs).to(self.device)
+            kwargs["images"] = [vlm_image(im, self.image_size) for im in images]
+        return self.processor(**kwargs).to(self.device)
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], images: Sequence[Any] | None = None) -> LanguageEmbedding:
+        """``images``: None or one image per text (uint8 (H, W, 3) or float (3, H, W) in [0, 1])."""
+        inputs = self.inputs(texts, images)
         hidden = self.model.model(**inputs).last_hidden_state
         return LanguageEmbedding(hidden.float(), inputs["attention_mask"].bool())
 
 
 def load_language_encoder(kind: str = "minilm", path: str | Path | None = None,
-                          device: torch.device | str = "cpu") -> MiniLMEncoder | Qwen3VLEncoder:
-    """``kind="minilm"`` (default, bundled, 384-d) or ``"qwen3vl"`` (needs ``path``)."""
+                          device: torch.device | str = "cpu", *, image_size: int = 224,
+                          prompt: str = DEFAULT_VLM_PROMPT, use_image: bool = False) -> MiniLMEncoder | Qwen3VLEncoder:
+    """``kind="minilm"`` (default, bundled, 384-d, text only) or ``"qwen3vl"`` (needs ``path``; with
+    ``use_image`` it is conditioned on the camera frame, resized to ``image_size``, and ``prompt``)."""
     if kind == "minilm":
         return MiniLMEncoder(path, device=device)
     if kind == "qwen3vl":
         if path is None:
             raise ValueError("the qwen3vl language encoder needs a local checkpoint path")
-        return Qwen3VLEncoder(path, device=device)
+        return Qwen3VLEncoder(path, device=device, image_size=image_size, prompt=prompt, use_image=use_image)
     raise ValueError(f"unknown language encoder {kind!r}; expected 'minilm' or 'qwen3vl'")
 
 
