@@ -32,6 +32,7 @@ SCRIPTS = {
     "model_latency.py": (120, "policy p50"),
     "recorder_throughput.py": (150, "dropped_frames"),
     "train_throughput.py": (150, "samples/s"),
+    "vlm_cost.py": (120, "per replan: VLM encode"),
 }
 ADDED_LATER: set[str] = set()  # a script without a smoke mode yet (none)
 
