@@ -283,7 +283,14 @@ def test_pictures_have_the_expected_layout():
 
 
 def _params(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
+    """The file's parameters as ROS names them: nested keys joined by dots (``selection: {k: 1}``: ``selection.k``)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in d.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    return flat(yaml.safe_load(path.read_text())["/**"]["ros__parameters"])
 
 
 def _node_from_files(module: str, cls: str, files: list[Path]):
