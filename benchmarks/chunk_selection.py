@@ -3,19 +3,21 @@
 
     source scripts/env.sh
     python benchmarks/chunk_selection.py                          # the demo's checkpoint (make demo first)
-    python benchmarks/chunk_selection.py --ks 1 4 8 --episodes 20 --checkpoint out/demo/checkpoint
+    python benchmarks/chunk_selection.py --ks 1 4 8 --episodes 20 --checkpoints out/demo/checkpoint out/seed1/checkpoint
     python benchmarks/chunk_selection.py --smoke --out /tmp/x.json  # random checkpoint, seconds (make test runs it)
 
-For each k, ``launch/sim_demo.launch.yaml`` runs the real deployment (simulator, model host with
+For each checkpoint (several training seeds on one recording) and each k, ``launch/sim_demo.launch.yaml``
+runs the real deployment (simulator, model host with
 ``selection.k`` = k, safety gate, evaluation node) for ``--episodes`` episodes on the same unseen seeds
 (1000, 1001, ...), the policy's flow stochastic (``noise_scale`` 1) for every k, the simulator at the demo's
 0.3x real time. While it runs, this script listens to ``/lda/proposed_chunk`` and keeps each chunk's
 ``inference_time`` (the host's time from the observation to the proposal: DINO, policy, and for k > 1 the
 batched forward dynamics, the forecast and the scoring) and its selection score and spread.
 
-Writes ``benchmarks/results/chunk_selection.json`` (one entry per k with ``k``, ``episodes``, ``successes``,
-``chunk_latency_ms`` (median), the per-episode records and the score statistics) and prints a table.
-Resumable: each k's closed loop is kept in ``--work`` and not run again.
+Writes ``benchmarks/results/chunk_selection.json``: ``summary`` has one entry per k over all checkpoints
+(``k``, ``episodes``, ``successes``, ``chunk_latency_ms``: the median over every chunk), ``runs`` one entry
+per checkpoint and k (the same keys, the per-episode records, the score statistics); prints a table.
+Resumable: each run is kept in ``--work`` and not run again.
 """
 
 from __future__ import annotations
@@ -73,19 +75,20 @@ class ChunkListener:
         rclpy.shutdown()
 
 
-def closed_loop(k: int, args: argparse.Namespace, listener: ChunkListener) -> dict:
-    """One k's closed loop (kept in ``--work``; a finished one is read back, not re-run)."""
-    out = args.work / f"k{k}.json"
+def closed_loop(index: int, checkpoint: Path, k: int, args: argparse.Namespace, listener: ChunkListener) -> dict:
+    """One checkpoint's closed loop with k candidates (kept in ``--work``; a finished one is read back)."""
+    name = f"c{index}_k{k}"
+    out = args.work / f"{name}.json"
     if out.is_file():
         return json.loads(out.read_text())
-    results = args.work / f"k{k}_eval.json"
-    log = args.work / f"k{k}.log"
-    cmd = ["lda-launch", "launch/sim_demo.launch.yaml", f"checkpoint:={args.checkpoint}",
+    results = args.work / f"{name}_eval.json"
+    log = args.work / f"{name}.log"
+    cmd = ["lda-launch", "launch/sim_demo.launch.yaml", f"checkpoint:={checkpoint}",
            f"dino_path:={args.dino_path}", f"episodes:={args.episodes}", f"max_steps:={args.max_steps}",
            f"seed:={args.seed}", "noise_scale:=1.0", f"real_time_factor:={args.real_time_factor}",
            f"selection_k:={k}", f"label:=k{k}",
            f"results_path:={results}"]
-    print(f"[k={k}] {' '.join(cmd)}", flush=True)
+    print(f"[{name}] {' '.join(cmd)}", flush=True)
     listener.take()
     start = time.monotonic()
     with log.open("w") as f:
@@ -93,13 +96,14 @@ def closed_loop(k: int, args: argparse.Namespace, listener: ChunkListener) -> di
     chunks = listener.take()
     if rc != 0 or not results.is_file():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-        raise SystemExit(f"chunk_selection: the closed loop for k={k} failed (exit {rc}); see {log}:\n{tail}")
+        raise SystemExit(f"chunk_selection: the closed loop of {checkpoint} for k={k} failed (exit {rc}); "
+                         f"see {log}:\n{tail}")
     evaluation = json.loads(results.read_text())
     latency = np.array([c[0] for c in chunks], dtype=np.float64)
     scores = np.array([c[2] for c in chunks], dtype=np.float64)
     spreads = np.array([c[3] for c in chunks], dtype=np.float64)
     entry = {
-        "k": k, "episodes": evaluation["episodes"], "successes": evaluation["successes"],
+        "checkpoint": str(checkpoint), "k": k, "episodes": evaluation["episodes"], "successes": evaluation["successes"],
         "success_rate": evaluation["success_rate"],
         "chunk_latency_ms": float(np.median(latency) * 1e3) if latency.size else float("nan"),
         "chunk_latency_p90_ms": float(np.quantile(latency, 0.9) * 1e3) if latency.size else float("nan"),
@@ -107,9 +111,24 @@ def closed_loop(k: int, args: argparse.Namespace, listener: ChunkListener) -> di
         "selection_score_median": _median(scores), "selection_spread_median": _median(spreads),
         "episodes_with_stop": sum(1 for e in evaluation["per_episode"] if e["stop_statuses"] > 0),
         "wall_s": round(time.monotonic() - start, 1), "per_episode": evaluation["per_episode"],
+        "latencies_ms": [round(float(x) * 1e3, 1) for x in latency],
     }
     out.write_text(json.dumps(entry, indent=2))
     return entry
+
+
+def summarise(k: int, runs: list[dict]) -> dict:
+    """One k over every checkpoint: episodes and successes summed, latency over every chunk."""
+    latency = np.array([x for r in runs for x in r["latencies_ms"]], dtype=np.float64)
+    episodes, successes = sum(r["episodes"] for r in runs), sum(r["successes"] for r in runs)
+    return {"k": k, "episodes": episodes, "successes": successes, "success_rate": successes / max(episodes, 1),
+            "successes_per_checkpoint": [r["successes"] for r in runs],
+            "chunk_latency_ms": float(np.median(latency)) if latency.size else float("nan"),
+            "chunk_latency_p90_ms": float(np.quantile(latency, 0.9)) if latency.size else float("nan"),
+            "chunks": int(latency.size), "candidates_seen": sorted({c for r in runs for c in r["candidates_seen"]}),
+            "selection_spread_median": _median(np.array([r["selection_spread_median"] for r in runs
+                                                         if r["selection_spread_median"] is not None], dtype=float)),
+            "episodes_with_stop": sum(r["episodes_with_stop"] for r in runs)}
 
 
 def _median(x: np.ndarray) -> float | None:
@@ -127,7 +146,8 @@ def smoke_inputs(scratch: Path) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", type=Path, default=REPO / "out/demo/checkpoint")
+    ap.add_argument("--checkpoints", type=Path, nargs="+", default=[REPO / "out/demo/checkpoint"],
+                    help="checkpoints of one recording (e.g. training seeds); every k runs on each")
     ap.add_argument("--dino-path", type=Path, default=REPO / "out/demo/dinov3-random")
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8], help="candidates per replan to compare")
     ap.add_argument("--episodes", type=int, default=20, help="closed-loop episodes per k (same seeds for every k)")
@@ -143,27 +163,31 @@ def main(argv: list[str] | None = None) -> int:
         if args.out.resolve().parent == RESULTS.resolve():
             ap.error("--smoke must not overwrite the committed figures: pass --out outside benchmarks/results")
         scratch = Path(tempfile.mkdtemp(prefix="chunk_selection_smoke_"))
-        args.checkpoint, args.dino_path = smoke_inputs(scratch)
+        checkpoint, args.dino_path = smoke_inputs(scratch)
+        args.checkpoints = [checkpoint]
         args.work = scratch / "runs"
         args.ks, args.episodes, args.max_steps = SMOKE["ks"], SMOKE["episodes"], SMOKE["max_steps"]
-    for path, what in ((args.checkpoint, "checkpoint"), (args.dino_path, "DINOv3 directory")):
+    for path, what in [*((c, "checkpoint") for c in args.checkpoints), (args.dino_path, "DINOv3 directory")]:
         if not path.is_dir():
-            ap.error(f"{what} '{path}' does not exist (run `make demo` first, or pass --checkpoint/--dino-path)")
+            ap.error(f"{what} '{path}' does not exist (run `make demo` first, or pass --checkpoints/--dino-path)")
     args.work.mkdir(parents=True, exist_ok=True)
     listener = ChunkListener()
     try:
-        entries = [closed_loop(k, args, listener) for k in args.ks]
+        runs = [closed_loop(i, c, k, args, listener) for i, c in enumerate(args.checkpoints) for k in args.ks]
     finally:
         listener.close()
     report = {
         "benchmark": "chunk_selection", "smoke": args.smoke,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "commit": _commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
-        "settings": {"checkpoint": str(args.checkpoint), "episodes": args.episodes, "max_steps": args.max_steps,
+        "settings": {"checkpoints": [str(c) for c in args.checkpoints], "episodes": args.episodes,
+                     "max_steps": args.max_steps,
                      "seeds": [args.seed, args.seed + args.episodes - 1], "noise_scale": 1.0,
                      "real_time_factor": args.real_time_factor, "score": "forecast"},
-        "runs": entries,
+        "summary": [summarise(k, [r for r in runs if r["k"] == k]) for k in args.ks],
+        "runs": runs,
     }
+    entries = report["summary"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     base = next((e for e in entries if e["k"] == 1), None)
