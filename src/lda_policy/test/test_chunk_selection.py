@@ -148,3 +148,28 @@ def test_host_reports_the_selection_on_the_chunk_and_in_its_stats(setup):
     stats = host.selection_stats()
     assert stats["selection_k"] == 4 and stats["selection_score"] == chunk.selection_score
     assert 0 <= stats["selection_within_limit"] <= 4
+
+
+def test_a_new_task_during_a_prediction_drops_the_chunk_instead_of_faulting(setup):
+    """The evaluation node's reset publishes a new instruction while the inference thread predicts (a k = 8
+    replan takes ~0.4 s here): seen in the closed loop as a host fault "TypeError: '<=' not supported between
+    NoneType and float" and a latched STOP. The chunk of the old task must be dropped, quietly."""
+    runtime, robot, _, calibration, _ = setup
+    host = ModelHost(runtime, robot, calibration, PolicySettings(seed=1), selection=SelectionSettings(k=2))
+    policy = host.policy
+    policy.start_task(INSTRUCTION)
+    for t in (0.0, 0.1, 0.2, 0.3):
+        policy.on_frame(t, T.scene_image("a", T.HOME[0], t))
+        policy.states.add_pose("right", t, *T.HOME)
+        policy.states.add_fingers("right", t, [0.04])
+    select = policy.selector.select
+
+    def reset_meanwhile(*args, **kwargs):
+        policy.start_task(INSTRUCTION)  # as the instruction callback does, from another thread
+        return select(*args, **kwargs)
+
+    policy.selector.select = reset_meanwhile
+    assert host.propose(0.3) is None and "new task started while the chunk was predicted" in policy.skipped
+    assert host.faults == 0, host.last_fault
+    policy.selector.select = select
+    assert host.propose(0.3) is None and host.faults == 0  # nothing of the new task yet: not ready, no fault

@@ -54,6 +54,7 @@ class PolicyCore:
         self.states = HandStateBuffer(robot.hands)
         self._instruction: str | None = None
         self._sequence = 0
+        self._task = 0  # counts start_task(): a chunk predicted across a task change is dropped
         self._lock = threading.Lock()
         self.last_camera_stamp: float | None = None
         self.skipped = ""  # why the last propose() returned None
@@ -67,6 +68,7 @@ class PolicyCore:
         commands of the previous one are dropped so that they do not enter the first chunk's history (a
         reset teleports the hand; the last task's "closed" command no longer holds)."""
         with self._lock:
+            self._task += 1
             self.frames.clear()
             self.states.clear()
             self.set_instruction(text)
@@ -96,10 +98,14 @@ class PolicyCore:
     def propose(self, now: float) -> tuple[ProposedChunk, Observation] | None:
         """Predict a chunk from the newest frame: (chunk, the observation it came from), or None when not
         ready (:attr:`skipped` says why). NaN latents raise :class:`~.observations.NonFiniteLatents`."""
+        task, instruction = self._task, self._instruction  # a new task may start on a callback meanwhile
         if self.not_ready(now):
             return None
         t0 = time.perf_counter()
         stamp = self.frames.newest_stamp
+        if stamp is None or instruction is None:
+            self.skipped = "a new task started: no camera frame of it yet"
+            return None
         anchor = self.states.at(stamp, self.settings.state_tolerance_s)
         if anchor is None or not all(s.is_finite() for s in anchor.values()):
             self.skipped = "no finite EEF pose / finger state at the camera stamp"
@@ -114,13 +120,16 @@ class PolicyCore:
         if hist_actions is None:  # training always had real history actions: wait for them
             self.skipped = f"waiting for {self.history_steps * self.robot.dt:.1f} s of hand states (history actions)"
             return None
-        obs = self.runtime.observation(self.robot.embodiment, history, self._instruction,
+        obs = self.runtime.observation(self.robot.embodiment, history, instruction,
                                        self.robot.state_vector(anchor), hist_actions,
                                        image=self.frames.image_at(stamp))
         chosen = self.selector.select(obs, seed=None if self.settings.seed < 0 else self.settings.seed,
                                       noise_scale=self.settings.noise_scale)
         self.last_selection = chosen
         with self._lock:
+            if self._task != task:  # predicted from the previous task's frames and states: never send it
+                self.skipped = "a new task started while the chunk was predicted; dropped"
+                return None
             self._sequence += 1
             chunk = ProposedChunk(self._sequence, stamp, self.robot.dt, self.robot.embodiment,
                                   self.robot.dimension_names, chosen.actions, time.perf_counter() - t0,
