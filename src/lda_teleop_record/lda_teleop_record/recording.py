@@ -409,8 +409,17 @@ class _Episode:
     def _convert_image(self, stream: Stream, msg) -> np.ndarray:
         if stream.camera.type == "raw":
             return raw_image_to_rgb(msg, stream.camera)
-        img = compressed_to_rgb(msg, stream.camera, self.first_image.get(stream.id))
-        self.first_image.setdefault(stream.id, (msg.format, img.shape[1], img.shape[0]))
+        first = self.first_image.get(stream.id)
+        img = compressed_to_rgb(msg, stream.camera, first)
+        if first is None:
+            # compressed_to_rgb checks later images against the size as published, not as resized (a 640x480
+            # JPEG stream stored at 224x224 must not read as a size change): decode the first one's size again
+            h, w = img.shape[:2]
+            if stream.camera.resize:
+                import cv2
+
+                h, w = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR).shape[:2]
+            self.first_image[stream.id] = (msg.format, w, h)
         return img
 
     def _parse(self, stream: Stream, msg) -> Any:
