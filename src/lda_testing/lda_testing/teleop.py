@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from lda_common.bag_io import serialize, typestore
+from lda_common.robot_config import RobotConfig
 from scipy.spatial.transform import Rotation
 
 W, H = 64, 48
@@ -265,3 +266,130 @@ def frame_times(ds, episode: int) -> list[float]:
     """Trajectory time [s] of each frame of an episode, from its tick_index (the grid starts at t=0)."""
     rows = ds.hf_dataset.filter(lambda r: r["episode_index"] == episode)
     return [0.1 * int(t) for t in rows["tick_index"]]
+
+
+# -- one arm with a keypoint hand (fingers.type: keypoints, e.g. config/robots/dexterous_hand.yaml) -------
+
+
+def keypoints_at(t: float, count: int = 5) -> np.ndarray:
+    """Fingertip keypoints (count, 3) [m] in the EEF link frame at time t: tip i sits at y = -4 + 2 i cm and
+    curls in and out with its own phase (closure 0..1: from 17.5 cm out along z to 12.5 cm and 3 cm along x)."""
+    i = np.arange(count)
+    closure = 0.5 + 0.5 * np.sin(1.5 * t + 0.7 * i)
+    return np.stack([0.03 * closure, -0.04 + 0.02 * i, 0.175 - 0.05 * closure], axis=1)
+
+
+def pose_array_cdr(points, ns: int, frame: str = "tool0") -> bytes:
+    """geometry_msgs/PoseArray whose poses' positions are ``points`` (orientations identity)."""
+    T = typestore().types
+    poses = [T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](x=float(x), y=float(y), z=float(z)),
+                                         orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0))
+             for x, y, z in np.asarray(points, dtype=np.float64)]
+    msg = T["geometry_msgs/msg/PoseArray"](
+        header=T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id=""),
+        poses=poses)
+    return serialize(_stamp(msg, ns, frame), "geometry_msgs/msg/PoseArray")
+
+
+@dataclass
+class KeypointHandPlan:
+    """A synthetic run of a one-hand robot config with keypoint fingers (a ``lda_common`` RobotConfig).
+
+    The hand's EEF pose follows ``pose_at(hand, t)`` at ``pose_hz``; its fingertips ``keypoints_at(t)`` at
+    ``keypoint_hz``; the cameras are ``head`` (raw) and optionally ``wrist`` (compressed), published at
+    ``image_size`` (the config may resize). The bad-input hooks corrupt the keypoint messages in [a, b) s.
+    """
+
+    config: RobotConfig  # one hand with fingers.type keypoints; cameras named head (raw) and wrist (compressed)
+    t0_ns: int = 1_700_000_000_000_000_000
+    duration_s: float = 2.0
+    cam_hz: int = 30
+    pose_hz: int = 100
+    keypoint_hz: int = 50
+    image_size: tuple[int, int] = (W, H)
+    instruction: str | None = "pick up the sponge"
+    wrong_count: tuple[float, float] | None = None  # PoseArrays with one keypoint too few in [a, b) s
+    nan_keypoints: tuple[float, float] | None = None  # one NaN coordinate in [a, b) s
+
+    @property
+    def hand(self):
+        (hand,) = self.config.hands
+        assert hand.fingers.type == "keypoints", "KeypointHandPlan needs a hand with fingers.type keypoints"
+        return hand
+
+    def topics(self) -> dict[str, str]:
+        out = {c.topic: c.msgtype for c in self.config.cameras}
+        out[self.hand.pose_topic] = "geometry_msgs/msg/PoseStamped"
+        out[self.hand.gripper_topic] = "geometry_msgs/msg/PoseArray"
+        out[self.config.instruction_topic] = "std_msgs/msg/String"
+        return out
+
+    def messages(self) -> list[tuple[str, str, int, bytes]]:
+        """(topic, msgtype, stamp_ns, cdr) in stamp order."""
+        hand, topics, count = self.hand, self.topics(), self.hand.fingers.count
+        out = []
+        if self.instruction:
+            topic = self.config.instruction_topic
+            out.append((topic, topics[topic], self.t0_ns - 1, string_cdr(self.instruction)))
+
+        def add(topic: str, k: int, hz: int, make) -> None:
+            t = k / hz
+            ns = self.t0_ns + round(t * 1e9)
+            out.append((topic, topics[topic], ns, make(t, ns)))
+
+        for seq in range(int(round(self.duration_s * self.cam_hz))):
+            for cam in self.config.cameras:
+                add(cam.topic, seq, self.cam_hz,
+                    lambda t, ns, cam=cam, seq=seq: image_cdr(cam.name, seq, ns, size=self.image_size))
+        for k in range(int(round(self.duration_s * self.pose_hz))):
+            add(hand.pose_topic, k, self.pose_hz,
+                lambda t, ns: pose_cdr(*pose_at(hand.name, t), ns, self.config.base_frame or "base"))
+        for k in range(int(round(self.duration_s * self.keypoint_hz))):
+            def keypoints(t, ns):
+                pts = keypoints_at(t, count)
+                if self.wrong_count and self.wrong_count[0] <= t < self.wrong_count[1]:
+                    pts = pts[:-1]
+                if self.nan_keypoints and self.nan_keypoints[0] <= t < self.nan_keypoints[1]:
+                    pts[2, 1] = np.nan
+                return pose_array_cdr(pts, ns)
+            add(hand.gripper_topic, k, self.keypoint_hz, keypoints)
+        out.sort(key=lambda m: m[2])
+        return out
+
+
+def offset_matrix(offset: dict) -> np.ndarray:
+    """4x4 of a canonical_offset as written in a robot YAML (xyz and rpy or quat_xyzw)."""
+    O = np.eye(4)
+    O[:3, :3] = (Rotation.from_quat(offset["quat_xyzw"]) if "quat_xyzw" in offset
+                 else Rotation.from_euler("xyz", offset.get("rpy", [0.0, 0.0, 0.0]))).as_matrix()
+    O[:3, 3] = offset.get("xyz", [0.0, 0.0, 0.0])
+    return O
+
+
+def keypoint_hand_state(hand: str, offset: dict, t: float, count: int = 5) -> np.ndarray:
+    """Ground-truth observation.state (7 + 3 count,) of a keypoint hand at time t: the canonical pose, then
+    the fingertips moved from the EEF link frame into the canonical frame (p_c = O^-1 p_eef)."""
+    pos, q = pose_at(hand, t)
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = Rotation.from_quat(q).as_matrix(), pos
+    O = offset_matrix(offset)
+    C = T @ O
+    quat = Rotation.from_matrix(C[:3, :3]).as_quat()
+    quat = -quat if quat[3] < 0 else quat
+    pts = np.c_[keypoints_at(t, count), np.ones(count)] @ np.linalg.inv(O).T
+    return np.concatenate([C[:3, 3], quat, pts[:, :3].reshape(-1)])
+
+
+def keypoint_hand_action(hand: str, offset: dict, t0: float, t1: float, count: int = 5) -> np.ndarray:
+    """Ground-truth action row (6 + 3 count,) for the step t0 -> t1: the canonical-frame motion, then the
+    fingertips at t1 in the canonical frame."""
+    O = offset_matrix(offset)
+    mats = []
+    for t in (t0, t1):
+        pos, q = pose_at(hand, t)
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = Rotation.from_quat(q).as_matrix(), pos
+        mats.append(T @ O)
+    D = np.linalg.inv(mats[0]) @ mats[1]
+    fingers = keypoint_hand_state(hand, offset, t1, count)[7:]
+    return np.concatenate([D[:3, 3], Rotation.from_matrix(D[:3, :3]).as_rotvec(), fingers])
