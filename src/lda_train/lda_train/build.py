@@ -107,10 +107,29 @@ def build_model(cfg: TrainingRunConfig, sources: list, language_dim: int) -> tup
         raise TrainError(f"the language encoder gives {language_dim}-d tokens, the model "
                          f"({config.name}) expects lang_dim={config.lang_dim}; for lda-1b / lda-0.5b use "
                          "encoders.language=qwen3vl with the Qwen3-VL-4B checkpoint, or a CPU preset with minilm")
-    config = dataclasses.replace(config, embodiments=tuple(specs), condition=language_condition(cfg.encoders))
+    condition = language_condition(cfg.encoders)
+    config = dataclasses.replace(config, embodiments=tuple(specs), condition=condition)
     model = LDAModel(config)
+    if model.vlm_tail is not None:  # fine-tuning starts from the VLM's own last layers
+        try:
+            model.vlm_tail.load_from_vlm(cfg.encoders.language_path)
+        except (OSError, ValueError) as err:
+            raise TrainError(f"encoders.vlm_finetune_layers={condition.finetune_layers}: {err}") from None
     if base is not None:
-        model.load_state_dict(base.state_dict(), strict=True)
+        state = base.state_dict()
+        has_tail = any(k.startswith("vlm_tail.") for k in state)
+        if has_tail and base.config.condition.finetune_layers != condition.finetune_layers:
+            raise TrainError(f"model.checkpoint {cfg.model.checkpoint} fine-tuned the last "
+                             f"{base.config.condition.finetune_layers} VLM layer(s), this config asks for "
+                             f"encoders.vlm_finetune_layers={condition.finetune_layers}; use the same number")
+        if has_tail and base.config.condition.vlm_text != condition.vlm_text:
+            raise TrainError(f"model.checkpoint {cfg.model.checkpoint} fine-tuned layers of a VLM shaped "
+                             f"{base.config.condition.vlm_text}, encoders.language_path is shaped {condition.vlm_text}")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # a checkpoint trained with a frozen VLM keeps the tail just taken from the VLM
+        left = [k for k in missing if not k.startswith("vlm_tail.")] + list(unexpected)
+        if left:
+            raise TrainError(f"model.checkpoint {cfg.model.checkpoint} does not fit the model: keys {left[:5]}")
         model.normalizer.load_dict(base.normalizer.to_dict())
     if cfg.model.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
@@ -124,8 +143,18 @@ def language_condition(e: Any) -> LanguageCondition:
     equal to the encoder's own ``condition()``."""
     if e.language == "minilm":
         return LanguageCondition(encoder="minilm")
+    spec = None
+    if e.vlm_finetune_layers:
+        from lda_policy.model.vlm_tail import check_finetune_layers, vlm_text_spec
+
+        try:
+            spec = vlm_text_spec(e.language_path)
+            check_finetune_layers(e.vlm_finetune_layers, spec, e.vlm_image, str(e.language_path))
+        except ValueError as err:
+            raise TrainError(f"encoders.vlm_finetune_layers: {err}") from None
     return LanguageCondition(encoder="qwen3vl", image=e.vlm_image, image_size=e.vlm_image_size if e.vlm_image else 0,
-                             prompt=e.vlm_prompt, prompt_hash=prompt_hash(e.vlm_prompt))
+                             prompt=e.vlm_prompt, prompt_hash=prompt_hash(e.vlm_prompt),
+                             finetune_layers=e.vlm_finetune_layers, vlm_text=spec)
 
 
 def _record_dim(record: dict[str, Any], key: str) -> int:
@@ -156,14 +185,21 @@ _NO_DECAY = ("action_pos", "frame_embed", "registers", "standin", "null_language
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainingRunConfig) -> torch.optim.AdamW:
-    """AdamW (Table V: betas 0.9/0.95); no weight decay on biases, norms, embeddings and learned tokens."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or any(k in name for k in _NO_DECAY) else decay).append(p)
+    """AdamW (Table V: betas 0.9/0.95); no weight decay on biases, norms, embeddings and learned tokens.
+    Fine-tuned VLM layers (``vlm_tail.*``) get their own groups at ``optim.vlm_lr_scale`` times the LR
+    (each group's ``lr_scale``; the training loop sets ``lr = lr_at(step) * lr_scale``)."""
     o = cfg.optim
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = []
+    for prefix, scale in (("", 1.0), ("vlm_tail.", o.vlm_lr_scale)):
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad or name.startswith("vlm_tail.") != bool(prefix):
+                continue
+            (no_decay if p.ndim < 2 or any(k in name for k in _NO_DECAY) else decay).append(p)
+        if prefix and not (decay or no_decay):
+            continue  # no fine-tuned VLM layers: the groups are as they always were
+        groups += [{"params": decay, "weight_decay": o.weight_decay, "lr_scale": scale},
+                   {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale}]
     # foreach kernels on one device (also on CPU, where torch would pick the per-tensor loop)
     foreach = None if cfg.train.strategy == "fsdp" else True
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, foreach=foreach)

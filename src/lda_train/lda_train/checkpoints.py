@@ -28,7 +28,7 @@ STATE_VERSION = 1
 #: Config sections a resumed run must share with the run it continues (else data order / shapes differ).
 RESUME_CRITICAL = ("seed", "data.datasets", "data.heldout_fraction", "data.task_weights", "model.preset",
                    "model.checkpoint", "train.batch_size", "encoders.dino_path", "encoders.language",
-                   "encoders.language_path", "cache.dtype")
+                   "encoders.language_path", "encoders.vlm_finetune_layers", "cache.dtype")
 
 
 def _flatten_optim(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:

@@ -101,12 +101,29 @@ class EncoderConfig:
     vlm_image_size: PositiveInt = 224  # the frame is resized to this square first (a multiple of 32)
     vlm_prompt: str = "{instruction}"  # user-turn text; {instruction} is replaced by the task string
     vlm_batch_size: PositiveInt = 8  # frames per VLM forward while building the cache
+    # fine-tune the VLM's last N decoder layers + final norm with the model (paper, appendix A; 0 = frozen
+    # VLM). The cache then holds the hidden states entering those layers, not the VLM's outputs.
+    vlm_finetune_layers: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
         check(self.vlm_prompt.count("{instruction}") == 1, "vlm_prompt",
               f"must contain '{{instruction}}' exactly once, got {self.vlm_prompt!r}")
         check(self.vlm_image_size % 32 == 0, "vlm_image_size",
               f"must be a multiple of 32 (Qwen3-VL: 16 px patches merged 2 x 2), got {self.vlm_image_size}")
+        if self.vlm_finetune_layers:
+            key = "vlm_finetune_layers"
+            check(self.language == "qwen3vl", key, f"fine-tunes Qwen3-VL layers, but encoders.language is "
+                  f"{self.language!r}: set encoders.language=qwen3vl or vlm_finetune_layers=0")
+            check(self.vlm_image, key, "needs encoders.vlm_image=true (the fine-tuned layers' inputs are "
+                  "cached per frame; a text-only VLM condition cannot be fine-tuned yet)")
+            if self.language_path and (Path(self.language_path) / "config.json").is_file():
+                from lda_policy.model.vlm_tail import check_finetune_layers, vlm_text_spec
+
+                try:
+                    check_finetune_layers(self.vlm_finetune_layers, vlm_text_spec(self.language_path), True,
+                                          self.language_path)
+                except ValueError as err:
+                    check(False, key, str(err))
 
     @property
     def per_frame_vlm(self) -> bool:
@@ -138,6 +155,9 @@ class OptimConfig:
     grad_clip: NonNegativeFloat = 1.0  # max global gradient norm (0 disables)
     ema: bool = False  # keep an exponential moving average of the weights (exported as ema/)
     ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.999  # reached after a warm-up: min(ema_decay, (1+t)/(10+t))
+    # learning rate of fine-tuned VLM layers (encoders.vlm_finetune_layers) relative to lr and min_lr:
+    # pretrained layers move less than the randomly initialised MM-DiT (our default, not the paper's)
+    vlm_lr_scale: Annotated[float, Field(gt=0, le=1)] = 0.1
 
     def __post_init__(self) -> None:
         check(0 <= self.min_lr <= self.lr, "min_lr", "must lie in [0, optim.lr]")

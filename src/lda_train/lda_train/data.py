@@ -479,10 +479,11 @@ class LanguageTable:
 def assemble_batch(sources: Sequence[SourceDataset], plan: BatchPlan, model_config: LDAConfig,
                    obs_latents: torch.Tensor, future_latents: torch.Tensor, language: LanguageTable,
                    embodiment_slots: Sequence[int], action_width: int, state_width: int,
-                   condition: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                   condition: tuple[torch.Tensor, ...] | None = None) -> dict[str, torch.Tensor]:
     """The ``LDAModel.compute_loss`` batch for ``plan`` (latents already gathered, physical units).
 
-    ``condition``: per-sample VLM tokens and mask (image-conditioned Qwen3-VL, from the latent cache);
+    ``condition``: per-sample VLM tokens and mask (image-conditioned Qwen3-VL, from the latent cache)
+    [+ RoPE ids, batch key ``language_positions``, when the tokens feed fine-tuned VLM layers];
     without it the language tokens are looked up per task string in ``language``.
 
     Actions and states are zero-padded to ``action_width`` / ``state_width``; samples without valid
@@ -524,7 +525,8 @@ def assemble_batch(sources: Sequence[SourceDataset], plan: BatchPlan, model_conf
             state_valid[sel] = sv
     texts = [sources[int(d)].task_text[int(sources[int(d)].task_index[r])]
              for d, r in zip(plan.dataset, plan.row, strict=True)]
-    lang, lang_mask = language.batch(texts) if condition is None else condition
+    lang, lang_mask = language.batch(texts) if condition is None else condition[:2]
+    extra = {"language_positions": condition[2]} if condition is not None and len(condition) == 3 else {}
     return {
         "embodiment_id": torch.from_numpy(emb),
         "task": torch.from_numpy(plan.task.astype(np.int64)),
@@ -540,4 +542,5 @@ def assemble_batch(sources: Sequence[SourceDataset], plan: BatchPlan, model_conf
         "action_valid": torch.from_numpy(action_valid),
         "language": lang,
         "language_mask": lang_mask,
+        **extra,
     }

@@ -107,6 +107,10 @@ def evaluate(model: LDAModel, data: TrainingData, eval_set: EvalSet, stats: dict
         for start in range(0, len(plan), cfg.batch_size):
             sub = plan.slice(start, start + cfg.batch_size)
             batch = data.batch(sub)
+            if model.vlm_tail is not None:  # the cached VLM inputs through the model's fine-tuned layers
+                with torch.no_grad():
+                    batch["language"] = model.apply_vlm_tail(batch["language"], batch["language_positions"],
+                                                             batch["language_mask"]).cpu()
             role = batch["role"]
             av, sv = batch["action_valid"], batch["state_valid"]
             full_future = ~batch["future_latents_is_pad"].any(dim=1)

@@ -6,21 +6,24 @@ Layout (one directory per dataset and content fingerprint)::
         manifest.json                  format, fingerprint and its parts, shard list with sizes + sha256
         latents-00000.safetensors      "latents": (frames, gh, gw, 384) rows [start, end) of the dataset
                                        [+ "vlm": (frames, L, D), "vlm_mask": (frames, L) with Qwen3-VL
-                                       on the image: the VLM condition of each frame + its instruction]
+                                       on the image: the VLM condition of each frame + its instruction;
+                                       with encoders.vlm_finetune_layers = N > 0, "vlm" holds the hidden
+                                       states entering the VLM's last N layers instead of its outputs,
+                                       + "vlm_positions": (frames, 3, L) int32, their multimodal RoPE ids]
         latents-00001.safetensors      ...
         language.safetensors           "tokens": (tasks, L, D) float32, "mask": (tasks, L) (text-only
                                        encoders; empty when the condition is per frame)
 
 The fingerprint hashes (a) the dataset's contents: every file under ``meta/`` and ``data/`` in full
-(except the recorder's quality labels, ``meta/lda_episodes.json``, which are read afresh every run),
-and the chosen camera's video files (size + SHA-256 of the whole file up to 64 MiB, of 17 spread
-1 MiB blocks beyond); (b) the DINO checkpoint directory (config, processor, weights); (c) the
-language encoder directory; (d) the cache settings (camera, grid, dtype, video backend, format
-version; for Qwen3-VL also whether it sees the image, the image size and the prompt template's
-hash). Any change gives a new fingerprint, so a changed dataset, encoder or prompt never meets an
-old cache. A cache is written into a temporary sibling directory and renamed into place only when
-complete, so a killed build leaves nothing that looks valid. Loading re-checks every shard's size
-and SHA-256 and every shape; a corrupt or partial cache raises :class:`CacheCorrupt` and is rebuilt
+(except the recorder's quality labels, ``meta/lda_episodes.json``, which are read afresh every run), and
+the chosen camera's video files (size + SHA-256 of the whole file up to 64 MiB, of 17 spread 1 MiB
+blocks beyond); (b) the DINO checkpoint directory (config, processor, weights); (c) the language encoder
+directory; (d) the cache settings (camera, grid, dtype, video backend, format version; for Qwen3-VL also
+whether it sees the image, the image size and the prompt template's hash, and the number of fine-tuned
+VLM layers when not 0). Any change gives a new fingerprint, so a changed dataset, encoder or prompt
+never meets an old cache. A cache is written into a temporary sibling directory and renamed into place
+only when complete, so a killed build leaves nothing that looks valid. Loading re-checks every shard's
+size and SHA-256 and every shape; a corrupt or partial cache raises :class:`CacheCorrupt` and is rebuilt
 (or refused with ``cache.rebuild: never``), never used.
 """
 
@@ -157,6 +160,7 @@ class CacheSpec:
     vlm_image_size: int = 224
     vlm_prompt: str = DEFAULT_VLM_PROMPT
     vlm_batch: int = 8  # frames per VLM forward while building
+    vlm_finetune_layers: int = 0  # > 0: cache the hidden states entering the VLM's last N layers
 
     @property
     def per_frame_vlm(self) -> bool:
@@ -171,6 +175,8 @@ class CacheSpec:
         if self.language == "qwen3vl":  # minilm settings (and so its caches' fingerprints) stay as they were
             out["vlm"] = {"image": self.vlm_image, "image_size": self.vlm_image_size if self.vlm_image else 0,
                           "prompt_sha256": hashlib.sha256(self.vlm_prompt.encode()).hexdigest()}
+            if self.vlm_finetune_layers:  # other tensors than a frozen VLM's (whose fingerprints stay as they were)
+                out["vlm"]["finetune_layers"] = self.vlm_finetune_layers
         return out
 
     def language_dir(self) -> str | None:
@@ -203,7 +209,7 @@ def cache_spec(cfg: Any, grid: tuple[int, int]) -> CacheSpec:
                      dino_path=str(e.dino_path), language=e.language, language_path=e.language_path,
                      grid=tuple(grid), dtype=c.dtype, shard_frames=c.shard_frames, encoder_batch=e.batch_size,
                      vlm_image=e.vlm_image, vlm_image_size=e.vlm_image_size, vlm_prompt=e.vlm_prompt,
-                     vlm_batch=e.vlm_batch_size)
+                     vlm_batch=e.vlm_batch_size, vlm_finetune_layers=e.vlm_finetune_layers)
 
 
 def language_encoder(cfg: Any, device: torch.device | str) -> Any:
@@ -212,7 +218,7 @@ def language_encoder(cfg: Any, device: torch.device | str) -> Any:
 
     e = cfg.encoders
     return load_language_encoder(e.language, e.language_path, device=device, image_size=e.vlm_image_size,
-                                 prompt=e.vlm_prompt, use_image=e.per_frame_vlm)
+                                 prompt=e.vlm_prompt, use_image=e.per_frame_vlm, finetune_layers=e.vlm_finetune_layers)
 
 
 def default_cache_root() -> Path:
@@ -227,12 +233,13 @@ class LatentCache:
     """A verified cache in memory: ``latents`` (frames, gh, gw, C) and a :class:`LanguageTable`."""
 
     def __init__(self, directory: Path, manifest: dict[str, Any], latents: torch.Tensor,
-                 language: LanguageTable, vlm: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                 language: LanguageTable, vlm: tuple[torch.Tensor, ...] | None = None) -> None:
         self.directory = directory
         self.manifest = manifest
         self.latents = latents
         self.language = language
-        #: per-frame VLM condition (tokens (frames, L, D), mask (frames, L), real tokens first) or None
+        #: per-frame VLM condition (tokens (frames, L, D), mask (frames, L), real tokens first) or None;
+        #: with fine-tuned VLM layers the hidden states entering them + their RoPE ids (frames, 3, L) third
         self.vlm = vlm
 
     @property
@@ -268,9 +275,12 @@ class LatentCache:
         if vlm_entry is not None:
             try:
                 vlm_len, vlm_dim = int(vlm_entry["length"]), int(vlm_entry["dim"])
+                tail = int(vlm_entry.get("finetune_layers", 0))
             except (KeyError, TypeError, ValueError) as err:
                 raise CacheCorrupt(f"{path}: unreadable vlm entry: {err}") from None
             vlm = (torch.zeros((n, vlm_len, vlm_dim), dtype=dtype), torch.zeros((n, vlm_len), dtype=torch.bool))
+            if tail:
+                vlm += (torch.zeros((n, 3, vlm_len), dtype=torch.int32),)
         expected_start = 0
         for shard in shards:
             tensors = _read_verified(directory, shard)
@@ -289,6 +299,12 @@ class LatentCache:
                                        f"of at most {vlm_len} x {vlm_dim} tokens")
                 vlm[0][start:end, : tok.shape[1]] = tok.to(dtype)
                 vlm[1][start:end, : tok.shape[1]] = mask.bool()
+                if len(vlm) == 3:
+                    pos = tensors.get("vlm_positions")
+                    if pos is None or tuple(pos.shape) != (end - start, 3, tok.shape[1]):
+                        raise CacheCorrupt(f"{directory / shard['file']}: no VLM RoPE ids (vlm_positions) of "
+                                           f"shape ({end - start}, 3, {tok.shape[1]}) for the fine-tuned VLM layers")
+                    vlm[2][start:end, :, : tok.shape[1]] = pos.int()
             expected_start = end
         if expected_start != n:
             raise CacheCorrupt(f"{directory}: shards cover {expected_start} of {n} frames (partial cache)")
@@ -426,6 +442,8 @@ def build_cache(source: SourceDataset, spec: CacheSpec, dino: Any, language_enco
         if per_frame:
             manifest["vlm"] = {"length": max(int(s["vlm_length"]) for s in shards), "dim": int(language_encoder.dim),
                                "condition": dataclasses.asdict(language_encoder.condition())}
+            if spec.vlm_finetune_layers:
+                manifest["vlm"]["finetune_layers"] = spec.vlm_finetune_layers
         _write(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
         if final.exists():  # a concurrent builder won; keep theirs if it verifies
             try:
@@ -445,39 +463,50 @@ def build_cache(source: SourceDataset, spec: CacheSpec, dino: Any, language_enco
 def encode_vlm_frames(encoder: Any, source: SourceDataset, rows: np.ndarray, frames: torch.Tensor, batch: int,
                       dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The VLM condition of dataset ``rows`` (their decoded ``frames`` + each row's instruction):
-    ``vlm`` (n, L, D) with the real tokens first, ``vlm_mask`` (n, L)."""
+    ``vlm`` (n, L, D) with the real tokens first, ``vlm_mask`` (n, L) [+ ``vlm_positions`` (n, 3, L)
+    from an encoder that stops before fine-tuned layers]."""
     texts = [source.task_text[int(source.task_index[r])] for r in rows]
-    tokens, masks = [], []
+    tokens, masks, positions = [], [], []
     for i in range(0, len(rows), batch):
         emb = encoder.encode(texts[i:i + batch], list(frames[i:i + batch]))
         tokens.append(emb.tokens.cpu())
         masks.append(emb.mask.cpu())
-    return compact_tokens(tokens, masks, dtype)
+        if emb.positions is not None:
+            positions.append(emb.positions.cpu())
+    return compact_tokens(tokens, masks, dtype, positions or None)
 
 
-def compact_tokens(tokens: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
-                   dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Rows of several padded batches, real tokens moved first (left or right padding alike), padded to one length."""
+def compact_tokens(tokens: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], dtype: torch.dtype,
+                   positions: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Rows of several padded batches, real tokens moved first (left or right padding alike), padded to one
+    length; ``positions`` (B, 3, L) per batch (the RoPE ids of fine-tuned layers' inputs) follow their tokens."""
     length = max(int(m.sum(1).max()) for m in masks)
     n = sum(len(m) for m in masks)
     out = torch.zeros((n, length, tokens[0].shape[-1]), dtype=dtype)
     out_mask = torch.zeros((n, length), dtype=torch.bool)
+    out_pos = torch.zeros((n, 3, length), dtype=torch.int32) if positions is not None else None
     i = 0
-    for tok, mask in zip(tokens, masks, strict=True):
+    for k, (tok, mask) in enumerate(zip(tokens, masks, strict=True)):
         for j in range(len(mask)):
             real = tok[j][mask[j]]
             out[i, : len(real)] = real.to(dtype)
             out_mask[i, : len(real)] = True
+            if out_pos is not None:
+                out_pos[i, :, : len(real)] = positions[k][j][:, mask[j]].int()
             i += 1
-    return {"vlm": out, "vlm_mask": out_mask}
+    result = {"vlm": out, "vlm_mask": out_mask}
+    if out_pos is not None:
+        result["vlm_positions"] = out_pos
+    return result
 
 
 def _cat(parts: list[torch.Tensor], key: str) -> torch.Tensor:
     if not key.startswith("vlm"):
         return torch.cat(parts)
-    length = max(p.shape[1] for p in parts)  # VLM rows of different batches: pad the token axis
-    return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, length - p.shape[1]) if p.dim() == 3
-                                              else (0, length - p.shape[1])) for p in parts])
+    axis = 2 if key == "vlm_positions" else 1  # the token axis
+    length = max(p.shape[axis] for p in parts)  # VLM rows of different batches: pad the token axis
+    return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, length - p.shape[1]) if key == "vlm"
+                                              else (0, length - p.shape[axis])) for p in parts])
 
 
 def _flush(tmp: Path, buffer: list[dict[str, torch.Tensor]], shards: list[dict[str, Any]], start: int,
@@ -491,6 +520,8 @@ def _flush(tmp: Path, buffer: list[dict[str, torch.Tensor]], shards: list[dict[s
     if "vlm_mask" in x:  # trim the token axis to this shard's longest row
         length = max(1, int(x["vlm_mask"].sum(1).max()))
         x["vlm"], x["vlm_mask"] = x["vlm"][:, :length].contiguous(), x["vlm_mask"][:, :length].contiguous()
+        if "vlm_positions" in x:
+            x["vlm_positions"] = x["vlm_positions"][:, :, :length].contiguous()
     entry = _write(tmp / f"latents-{len(shards):05d}.safetensors", st_save(x))
     entry.update(start=start, end=start + len(x["latents"]))
     if "vlm" in x:
@@ -602,16 +633,20 @@ class CachedLatents:
             fut[idx] = lat[torch.from_numpy(w["future"])].float()
         return obs, fut
 
-    def condition(self, plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def condition(self, plan: BatchPlan) -> tuple[torch.Tensor, ...] | None:
         """The per-frame VLM condition of each sample's current frame (its anchor row, t = 0): tokens
-        (B, L, D) float32 and mask (B, L), L the batch's longest; None for text-only encoders."""
+        (B, L, D) float32 and mask (B, L), L the batch's longest [+ RoPE ids (B, 3, L) when the tokens are
+        the inputs of fine-tuned VLM layers]; None for text-only encoders."""
         if self.caches[0].vlm is None:
             return None
         rows = [(int(d), int(r)) for d, r in zip(plan.dataset, plan.row, strict=True)]
         masks = [self.caches[d].vlm[1][r] for d, r in rows]
         length = max(1, max(int(m.sum()) for m in masks))
         tokens = torch.stack([self.caches[d].vlm[0][r, :length].float() for d, r in rows])
-        return tokens, torch.stack([m[:length] for m in masks])
+        out = (tokens, torch.stack([m[:length] for m in masks]))
+        if len(self.caches[0].vlm) == 3:
+            out += (torch.stack([self.caches[d].vlm[2][r, :, :length] for d, r in rows]),)
+        return out
 
 
 class FrameWindowDataset(torch.utils.data.Dataset):

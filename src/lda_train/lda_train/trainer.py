@@ -342,7 +342,7 @@ class Trainer(TrainingCheckpoints):
         for step in range(start, t.steps):
             lr = lr_at(step, cfg)
             for g in optimizer.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             sums = torch.zeros(2 + 2 * len(Task), dtype=torch.float64)  # loss sum, n, per task (sum, n)
             for j, (m, plan) in enumerate(self._micro_plans(step)):
                 frames = next(frames_iter) if frames_iter is not None else None

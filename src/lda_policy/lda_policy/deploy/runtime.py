@@ -36,7 +36,9 @@ class ModelRuntime:
     ``"qwen3vl"`` with ``language_path``. The checkpoint records how its language condition was made
     (``config.condition``): a different encoder kind, or a ``prompt`` other than the recorded one, is
     refused at load; an image-conditioned checkpoint runs the VLM on the current frame at every replan
-    (bf16 on CUDA) and :meth:`observation` then needs the ``image``.
+    (bf16 on CUDA) and :meth:`observation` then needs the ``image``. A checkpoint that fine-tuned the
+    VLM's last N layers runs the frozen VLM at ``language_path`` up to layer L - N and then its own layers
+    (the VLM's language model must have the recorded shape, else the load is refused).
     """
 
     def __init__(self, checkpoint: str | Path, dino_path: str | Path, language: str = "minilm",
@@ -79,12 +81,12 @@ class ModelRuntime:
                                    f"(hash {cond.prompt_hash}), but this runtime was given the prompt {prompt!r} "
                                    f"(hash {prompt_hash(prompt)}); leave the prompt unset to use the checkpoint's")
         if cond.finetune_layers:
-            raise RuntimeLoadError(f"checkpoint '{checkpoint}' fine-tuned the last {cond.finetune_layers} VLM "
-                                   "layer(s), which this runtime cannot run yet")
+            self._check_vlm_shape(language_path)
         try:
             self.language = load_language_encoder(
                 language, language_path, device=self.device, image_size=cond.image_size or 224,
-                prompt=cond.prompt or prompt or DEFAULT_VLM_PROMPT, use_image=cond.image)
+                prompt=cond.prompt or prompt or DEFAULT_VLM_PROMPT, use_image=cond.image,
+                finetune_layers=cond.finetune_layers)
         except (ImportError, OSError, ValueError) as err:
             raise RuntimeLoadError(f"cannot load the {language} language encoder "
                                    f"({language_path or 'bundled'}): {err}") from None
@@ -94,6 +96,27 @@ class ModelRuntime:
         self._language_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.vlm_encodes = 0  # image-conditioned VLM runs so far (one per replan) and their time
         self.vlm_time_s = 0.0
+
+    def _check_vlm_shape(self, language_path: str | Path | None) -> None:
+        """A checkpoint with fine-tuned VLM layers runs them after the frozen VLM at ``language_path``,
+        which must be the VLM they were cut from: same language model shape (weights are not compared)."""
+        from lda_policy.model.vlm_tail import vlm_text_spec
+
+        cond = self.condition
+        if language_path is None:
+            raise RuntimeLoadError(f"checkpoint '{self.checkpoint}' fine-tuned the last {cond.finetune_layers} "
+                                   "VLM layer(s): pass language_path, the Qwen3-VL directory it was trained with")
+        try:
+            found = vlm_text_spec(language_path)
+        except ValueError as err:
+            raise RuntimeLoadError(str(err)) from None
+        want = cond.vlm_text
+        diff = [f"{f}: checkpoint {getattr(want, f)!r} vs VLM {getattr(found, f)!r}"
+                for f in want.__dataclass_fields__ if getattr(want, f) != getattr(found, f)]
+        if diff:
+            raise RuntimeLoadError(f"checkpoint '{self.checkpoint}' fine-tuned the last {cond.finetune_layers} "
+                                   f"layer(s) of a VLM shaped differently from the one at '{language_path}' ("
+                                   + "; ".join(diff) + "); deploy it with the Qwen3-VL directory it was trained with")
 
     # -- encoders ------------------------------------------------------------------------------------
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
@@ -120,11 +143,15 @@ class ModelRuntime:
                              f"({self.condition.describe()}), but no image was passed with the observation")
         t0 = time.perf_counter()
         emb = self.language.encode([text], [np.ascontiguousarray(image)])
+        tokens = emb.tokens
+        if self.model.vlm_tail is not None:  # the checkpoint's fine-tuned last VLM layers
+            with torch.inference_mode():
+                tokens = self.model.apply_vlm_tail(tokens, emb.positions, emb.mask)
         self.vlm_time_s += time.perf_counter() - t0
         self.vlm_encodes += 1
-        if not torch.isfinite(emb.tokens).all():
+        if not torch.isfinite(tokens).all():
             raise ValueError("NaN/inf in the VLM condition of the current camera frame")
-        return emb.tokens.float(), emb.mask
+        return tokens.float(), emb.mask
 
     # -- model calls ---------------------------------------------------------------------------------
     def observation(self, embodiment: str, history_latents: torch.Tensor, instruction: str,

@@ -143,6 +143,31 @@ def prompt_hash(prompt: str) -> str:
 
 
 @dataclass(frozen=True)
+class VLMTextSpec:
+    """The shape of a Qwen3-VL language model (its ``text_config``), recorded in a checkpoint whose last
+    VLM decoder layers were fine-tuned: the model builds those layers from it, and deployment refuses a
+    VLM directory whose language model differs."""
+
+    num_layers: int  # decoder layers of the whole VLM language model (the tail is the last N of them)
+    deepstack_layers: int  # first decoder layers that add deepstack visual features (never in the tail)
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    hidden_act: str
+    attention_bias: bool
+    rope_theta: float
+    mrope_section: tuple[int, int, int]  # multimodal RoPE: frequencies per (time, height, width)
+
+    def max_finetune_layers(self, image: bool) -> int:
+        """Most trailing layers that may be fine-tuned: with the image, none of the deepstack layers
+        (their input needs the vision tower's features, which the cache does not hold)."""
+        return self.num_layers - (self.deepstack_layers if image else 0)
+
+
+@dataclass(frozen=True)
 class LanguageCondition:
     """What the model's language/VLM tokens were computed from in training (stored in the checkpoint).
 
@@ -155,7 +180,8 @@ class LanguageCondition:
     image_size: int = 0  # side of the square the frame is resized to before the VLM processor (0: no image)
     prompt: str = ""  # VLM user-turn template ("{instruction}" is replaced); "" for minilm
     prompt_hash: str = ""  # prompt_hash(prompt)
-    finetune_layers: int = 0  # last VLM decoder layers trained with the model (their weights: vlm_layers.safetensors)
+    finetune_layers: int = 0  # last VLM decoder layers (+ final norm) trained with the model (LDAModel.vlm_tail)
+    vlm_text: VLMTextSpec | None = None  # the VLM language model's shape, recorded when finetune_layers > 0
 
     def describe(self) -> str:
         if not self.encoder:

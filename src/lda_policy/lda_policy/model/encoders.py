@@ -41,10 +41,15 @@ def pool_latents(latents: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 @dataclass
 class LanguageEmbedding:
-    """Token embeddings for the model's cross-attention: ``tokens`` (B, L, D) float32, ``mask`` (B, L) bool."""
+    """Token embeddings for the model's cross-attention: ``tokens`` (B, L, D) float32, ``mask`` (B, L) bool.
+
+    From a Qwen3-VL encoder with ``finetune_layers`` > 0, ``tokens`` are the hidden states entering the
+    fine-tuned layers and ``positions`` (B, 3, L) int their multimodal RoPE ids (the tail's other input).
+    """
 
     tokens: torch.Tensor
     mask: torch.Tensor
+    positions: torch.Tensor | None = None
 
     def mean_pooled(self) -> torch.Tensor:
         """(B, D) average of the real tokens (a sentence embedding)."""
@@ -182,6 +187,10 @@ def vlm_image(image: Any, size: int) -> np.ndarray:
 class Qwen3VLEncoder:
     """Frozen Qwen3-VL (``Qwen3VLForConditionalGeneration``): last hidden states of the prompt.
 
+    With ``finetune_layers`` = N > 0 the frozen VLM stops before its last N decoder layers (they are
+    dropped here; the LDA model holds and trains its own copy, :class:`~.vlm_tail.VLMTail`) and
+    :meth:`encode` returns the hidden states entering them plus the RoPE position ids they need.
+
     Each sample is one user turn of the chat template: the current camera frame (when
     ``use_image``; resized to ``image_size`` square by :func:`vlm_image`) followed by ``prompt`` with
     ``{instruction}`` replaced by the instruction. The processor adds ``mm_token_type_ids`` (needed
@@ -190,8 +199,11 @@ class Qwen3VLEncoder:
     """
 
     def __init__(self, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                 image_size: int = 224, prompt: str = DEFAULT_VLM_PROMPT, use_image: bool = False) -> None:
+                 image_size: int = 224, prompt: str = DEFAULT_VLM_PROMPT, use_image: bool = False,
+                 finetune_layers: int = 0) -> None:
         from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+        from .vlm_tail import check_finetune_layers, vlm_text_spec
 
         self.device = torch.device(device)
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -211,12 +223,23 @@ class Qwen3VLEncoder:
                                                                      dtype=self.dtype)
         self.model.to(self.device).eval().requires_grad_(False)
         self.dim = int(self.model.config.text_config.hidden_size)
+        self.finetune_layers = int(finetune_layers)
+        self.text_spec = None
+        if self.finetune_layers:
+            if not self.use_image:
+                raise ValueError("fine-tuning VLM layers needs the image-conditioned VLM (use_image / vlm_image)")
+            self.text_spec = vlm_text_spec(path)
+            check_finetune_layers(self.finetune_layers, self.text_spec, self.use_image, str(path))
+            lm = self.model.model.language_model
+            lm.layers = lm.layers[: len(lm.layers) - self.finetune_layers]  # the model runs its own copy
+            lm.norm = torch.nn.Identity()
 
     def condition(self) -> LanguageCondition:
         """The record of how this encoder conditions the model (stored in checkpoints)."""
         return LanguageCondition(encoder="qwen3vl", image=self.use_image,
                                  image_size=self.image_size if self.use_image else 0,
-                                 prompt=self.prompt, prompt_hash=prompt_hash(self.prompt))
+                                 prompt=self.prompt, prompt_hash=prompt_hash(self.prompt),
+                                 finetune_layers=self.finetune_layers, vlm_text=self.text_spec)
 
     def inputs(self, texts: Sequence[str], images: Sequence[Any] | None = None) -> Any:
         """The processor's batch (input ids, mask, pixel values, image grid) on the encoder's device."""
@@ -237,21 +260,31 @@ class Qwen3VLEncoder:
     def encode(self, texts: Sequence[str], images: Sequence[Any] | None = None) -> LanguageEmbedding:
         """``images``: None or one image per text (uint8 (H, W, 3) or float (3, H, W) in [0, 1])."""
         inputs = self.inputs(texts, images)
-        hidden = self.model.model(**inputs).last_hidden_state
-        return LanguageEmbedding(hidden.float(), inputs["attention_mask"].bool())
+        if not self.finetune_layers:
+            hidden = self.model.model(**inputs).last_hidden_state
+            return LanguageEmbedding(hidden.float(), inputs["attention_mask"].bool())
+        # the multimodal RoPE ids the VLM would compute itself, kept for the fine-tuned layers
+        positions, _ = self.model.model.get_rope_index(
+            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"), attention_mask=inputs["attention_mask"])
+        hidden = self.model.model(**inputs, position_ids=positions, use_cache=False).last_hidden_state
+        return LanguageEmbedding(hidden.float(), inputs["attention_mask"].bool(), positions.transpose(0, 1).int())
 
 
 def load_language_encoder(kind: str = "minilm", path: str | Path | None = None,
                           device: torch.device | str = "cpu", *, image_size: int = 224,
-                          prompt: str = DEFAULT_VLM_PROMPT, use_image: bool = False) -> MiniLMEncoder | Qwen3VLEncoder:
+                          prompt: str = DEFAULT_VLM_PROMPT, use_image: bool = False,
+                          finetune_layers: int = 0) -> MiniLMEncoder | Qwen3VLEncoder:
     """``kind="minilm"`` (default, bundled, 384-d, text only) or ``"qwen3vl"`` (needs ``path``; with
-    ``use_image`` it is conditioned on the camera frame, resized to ``image_size``, and ``prompt``)."""
+    ``use_image`` it is conditioned on the camera frame, resized to ``image_size``, and ``prompt``;
+    with ``finetune_layers`` it stops before that many last decoder layers)."""
     if kind == "minilm":
         return MiniLMEncoder(path, device=device)
     if kind == "qwen3vl":
         if path is None:
             raise ValueError("the qwen3vl language encoder needs a local checkpoint path")
-        return Qwen3VLEncoder(path, device=device, image_size=image_size, prompt=prompt, use_image=use_image)
+        return Qwen3VLEncoder(path, device=device, image_size=image_size, prompt=prompt, use_image=use_image,
+                              finetune_layers=finetune_layers)
     raise ValueError(f"unknown language encoder {kind!r}; expected 'minilm' or 'qwen3vl'")
 
 
@@ -286,11 +319,14 @@ _QWEN_CHAT_TEMPLATE = (
 
 
 def write_random_qwen3vl_checkpoint(directory: str | Path, hidden_size: int = 64, num_layers: int = 2,
-                                    vision_hidden_size: int = 32, vocab_size: int = 512, seed: int = 0) -> Path:
+                                    vision_hidden_size: int = 32, vocab_size: int = 512, seed: int = 0,
+                                    num_text_layers: int | None = None, deepstack_layers: int | None = None) -> Path:
     """Tiny random-weight Qwen3-VL in the real format: model, processor, tokenizer and chat template.
 
     The tokenizer is a byte-level BPE trained here on a few sentences with Qwen's special tokens,
-    so any text tokenises; dimensions are tiny so it runs in tests on a CPU.
+    so any text tokenises; dimensions are tiny so it runs in tests on a CPU. ``num_layers`` vision
+    blocks; ``num_text_layers`` decoder layers (default ``num_layers``), the first ``deepstack_layers``
+    of which take deepstack features (default all ``num_layers``; Qwen3-VL-4B: 3 of 36).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
@@ -314,15 +350,19 @@ def write_random_qwen3vl_checkpoint(directory: str | Path, hidden_size: int = 64
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     ids = {t: bpe.token_to_id(t) for t in _QWEN_SPECIAL_TOKENS}
     heads = max(1, hidden_size // 16)
+    text_layers = num_layers if num_text_layers is None else num_text_layers
+    deepstack = num_layers if deepstack_layers is None else deepstack_layers
+    if not deepstack <= min(num_layers, text_layers):
+        raise ValueError(f"{deepstack} deepstack layers need as many vision blocks and decoder layers")
     config = Qwen3VLConfig(
         text_config={"vocab_size": bpe.get_vocab_size(), "hidden_size": hidden_size,
-                     "intermediate_size": 2 * hidden_size, "num_hidden_layers": num_layers,
+                     "intermediate_size": 2 * hidden_size, "num_hidden_layers": text_layers,
                      "num_attention_heads": heads, "num_key_value_heads": heads, "head_dim": 16,
                      "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                          "mrope_section": [2, 3, 3], "mrope_interleaved": True}},
         vision_config={"depth": num_layers, "hidden_size": vision_hidden_size,
                        "intermediate_size": 2 * vision_hidden_size, "num_heads": 2,
-                       "out_hidden_size": hidden_size, "deepstack_visual_indexes": list(range(num_layers)),
+                       "out_hidden_size": hidden_size, "deepstack_visual_indexes": list(range(deepstack)),
                        "num_position_embeddings": 64},
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],

@@ -94,6 +94,17 @@ class LDAModel(nn.Module):
         nn.init.zeros_(self.latent_decoder.weight)
         nn.init.zeros_(self.latent_decoder.bias)
         self.language_proj = nn.Sequential(nn.LayerNorm(c.lang_dim), nn.Linear(c.lang_dim, h))
+        # Fine-tuned last VLM layers (paper, appendix A): the language input is then the frozen VLM's
+        # hidden states entering them, and this tail makes the tokens (see :meth:`apply_vlm_tail`).
+        self.vlm_tail = None
+        if c.condition.finetune_layers:
+            from .vlm_tail import VLMTail
+
+            spec = c.condition.vlm_text
+            if spec is None or spec.hidden_size != c.lang_dim:
+                raise ValueError(f"condition.finetune_layers={c.condition.finetune_layers} needs the VLM's text "
+                                 f"shape (condition.vlm_text) with hidden_size = lang_dim {c.lang_dim}, got {spec}")
+            self.vlm_tail = VLMTail(spec, c.condition.finetune_layers)
         # Always-valid context token: cross-attention never sees an all-masked row.
         self.null_language = nn.Parameter(torch.randn(1, 1, h) * 0.02)
 
@@ -189,7 +200,7 @@ class LDAModel(nn.Module):
         }
         counts = dict.fromkeys(list(groups) + [
             "embodiment_action_state_encoders_decoders", "latent_encoder_decoder", "language_projection",
-            "time_and_task_embedding", "tokens_and_positions"], 0)
+            "time_and_task_embedding", "tokens_and_positions", "vlm_tail"], 0)
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
@@ -202,6 +213,8 @@ class LDAModel(nn.Module):
                 key = "latent_encoder_decoder"
             elif parts[0] in ("language_proj",):
                 key = "language_projection"
+            elif parts[0] == "vlm_tail":
+                key = "vlm_tail"
             elif parts[0] in ("time_embed", "task_embed"):
                 key = "time_and_task_embedding"
             else:
@@ -296,6 +309,8 @@ class LDAModel(nn.Module):
         - ``actions`` (B, chunk_size, W_a) float; ``action_is_pad`` (B, chunk_size) bool, optional
         - ``action_valid`` (B,) bool: False = the sample has no usable actions (values ignored, may be NaN)
         - ``language`` (B, L, lang_dim) float; ``language_mask`` (B, L) bool
+        - ``language_positions`` (B, 3, L) int, with fine-tuned VLM layers only: ``language`` then holds
+          the hidden states entering them (see :meth:`apply_vlm_tail`)
 
         Role semantics are enforced here, not trusted to the caller: invalid actions never enter
         as tokens (history and chunk become stand-ins), a disallowed (role, task) pair, a task whose
@@ -419,7 +434,31 @@ class LDAModel(nn.Module):
                  else self.normalizer.normalize_action(x, eid))
             out[key] = torch.where(mask, x, 0.0)
         out["language"], out["language_mask"] = self._language(batch["language"], batch["language_mask"], b)
+        if self.vlm_tail is not None:
+            if "language_positions" not in batch:
+                raise InputError(f"this model fine-tunes the last {c.condition.finetune_layers} VLM layer(s): the "
+                                 "batch needs 'language_positions' (B, 3, L) with the VLM hidden states entering "
+                                 "them in 'language' (a latent cache built with encoders.vlm_finetune_layers)")
+            out["language"] = self.apply_vlm_tail(out["language"], batch["language_positions"], out["language_mask"])
+        elif "language_positions" in batch:
+            raise InputError("the batch holds VLM hidden states for fine-tuned layers ('language_positions'), but "
+                             "this model has none (condition.finetune_layers = 0): its cache and model disagree")
         return out
+
+    def apply_vlm_tail(self, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The language tokens (B, L, lang_dim) float32 of a model with fine-tuned VLM layers: its
+        :class:`~.vlm_tail.VLMTail` on the frozen VLM's hidden states entering them (B, L, lang_dim), their
+        RoPE ids (B, 3, L) and mask (B, L); padded rows are zero. Training, evaluation and deployment all
+        make the tokens through this one method."""
+        if self.vlm_tail is None:
+            raise InputError("this model has no fine-tuned VLM layers (condition.finetune_layers = 0)")
+        dev = self.action_pos.device
+        if not isinstance(positions, torch.Tensor) or tuple(positions.shape) != (mask.shape[0], 3, mask.shape[1]):
+            shape = tuple(positions.shape) if isinstance(positions, torch.Tensor) else type(positions).__name__
+            raise InputError(f"language_positions must have shape ({mask.shape[0]}, 3, {mask.shape[1]}), got {shape}")
+        mask = mask.to(dev)
+        tokens = self.vlm_tail(hidden.to(dev, torch.float32), positions.to(dev), mask)
+        return torch.where(mask[..., None], tokens.float(), 0.0)
 
     # ------------------------------------------------------------------ inference
 
