@@ -33,6 +33,7 @@ SCRIPTS = {
     "recorder_throughput.py": (150, "dropped_frames"),
     "train_throughput.py": (150, "samples/s"),
     "vlm_cost.py": (120, "per replan: VLM encode"),
+    "vlm_tail_cost.py": (120, "vlm_finetune_layers"),
 }
 ADDED_LATER: set[str] = set()  # a script without a smoke mode yet (none)
 
