@@ -24,6 +24,14 @@ from lda_testing import deploy as T
 INSTRUCTION = "pick up the red block"
 
 
+def feed(policy: PolicyCore, times) -> None:
+    """Scene-A frames with the hand at HOME, at each time of ``times``."""
+    for t in times:
+        policy.on_frame(t, T.scene_image("a", T.HOME[0], t))
+        policy.states.add_pose("right", t, *T.HOME)
+        policy.states.add_fingers("right", t, [0.04])
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     paths = T.cached_checkpoint(tmp_path_factory.getbasetemp() / "lda_deploy_model")
@@ -36,10 +44,7 @@ def setup(tmp_path_factory):
     robot = RobotInterface(paths["robot_config"])
     policy = PolicyCore(runtime, robot, PolicySettings(seed=0))
     policy.start_task(INSTRUCTION)
-    for t in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5):
-        policy.on_frame(t, T.scene_image("a", T.HOME[0], t))
-        policy.states.add_pose("right", t, *T.HOME)
-        policy.states.add_fingers("right", t, [0.04])
+    feed(policy, (0.0, 0.1, 0.2, 0.3, 0.4, 0.5))
     _chunk, obs = policy.propose(0.5)
     calibration = SafetyCalibration.load(paths["checkpoint"] / "safety_calibration.json")
     return runtime, robot, obs, calibration, paths
@@ -126,10 +131,7 @@ def test_nan_predictions_are_a_host_fault_not_a_silent_choice(setup):
         runtime.model.latent_decoder.bias.fill_(float("nan"))
     host = ModelHost(runtime, robot, calibration, PolicySettings(seed=0), selection=SelectionSettings(k=3))
     host.policy.start_task(INSTRUCTION)
-    for t in (0.0, 0.1, 0.2, 0.3):
-        host.policy.on_frame(t, T.scene_image("a", T.HOME[0], t))
-        host.policy.states.add_pose("right", t, *T.HOME)
-        host.policy.states.add_fingers("right", t, [0.04])
+    feed(host.policy, (0.0, 0.1, 0.2, 0.3))
     assert host.propose(0.3) is None
     assert host.faults == 1 and "no candidate of 3 has a finite selection score" in host.last_fault
 
@@ -138,10 +140,7 @@ def test_host_reports_the_selection_on_the_chunk_and_in_its_stats(setup):
     runtime, robot, _, calibration, _ = setup
     host = ModelHost(runtime, robot, calibration, PolicySettings(seed=1), selection=SelectionSettings(k=4))
     host.policy.start_task(INSTRUCTION)
-    for t in (0.0, 0.1, 0.2, 0.3):
-        host.policy.on_frame(t, T.scene_image("a", T.HOME[0], t))
-        host.policy.states.add_pose("right", t, *T.HOME)
-        host.policy.states.add_fingers("right", t, [0.04])
+    feed(host.policy, (0.0, 0.1, 0.2, 0.3))
     chunk = host.propose(0.3)
     assert chunk is not None and chunk.candidates == 4
     assert np.isfinite(chunk.selection_score) and chunk.selection_spread >= 0
@@ -158,10 +157,7 @@ def test_a_new_task_during_a_prediction_drops_the_chunk_instead_of_faulting(setu
     host = ModelHost(runtime, robot, calibration, PolicySettings(seed=1), selection=SelectionSettings(k=2))
     policy = host.policy
     policy.start_task(INSTRUCTION)
-    for t in (0.0, 0.1, 0.2, 0.3):
-        policy.on_frame(t, T.scene_image("a", T.HOME[0], t))
-        policy.states.add_pose("right", t, *T.HOME)
-        policy.states.add_fingers("right", t, [0.04])
+    feed(policy, (0.0, 0.1, 0.2, 0.3))
     select = policy.selector.select
 
     def reset_meanwhile(*args, **kwargs):
