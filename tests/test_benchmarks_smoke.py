@@ -26,6 +26,7 @@ RESULTS = BENCHMARKS / "results"
 
 # script -> (time limit [s], text of the table it prints). A script gets here with its --smoke mode.
 SCRIPTS = {
+    "chunk_selection.py": (240, "chunk latency median"),
     "deploy_latency.py": (240, "end-to-end / bare policy call"),
     "encoder_probe.py": (150, "MAE x, y [mm]"),
     "mixed_quality.py": (280, "held-out action L1"),
