@@ -72,9 +72,7 @@ class ModelHost:
         self.settings = settings or HostSettings()
         policy, judge = policy or PolicySettings(), judge or JudgeSettings()
         selection = selection or SelectionSettings()
-        if selection.k > 1 and policy.noise_scale == 0.0:
-            raise ValueError(f"selection k={selection.k} needs a stochastic policy (noise_scale > 0): from the "
-                             "flow's mean every candidate is the same chunk")
+        selection.require_stochastic(policy.noise_scale)  # at start-up, not at the first replan
         self.policy = PolicyCore(runtime, robot, policy, ChunkSelector(runtime, selection, calibration, judge))
         keep = max(self.policy.frames.keep_s, max(runtime.config.time.future_offsets_s) + 2.0)
         self.policy.frames.keep_s = keep  # the judge scores frames up to the last future offset

@@ -43,6 +43,12 @@ class SelectionSettings:
         if self.score not in SCORES:
             raise ValueError(f"unknown selection score {self.score!r}; expected one of {list(SCORES)}")
 
+    def require_stochastic(self, noise_scale: float) -> None:
+        """k > 1 needs sampled chunks: from the flow's mean (noise_scale 0) every candidate is the same."""
+        if self.k > 1 and noise_scale == 0.0:
+            raise ValueError(f"selection k={self.k} needs a stochastic policy (noise_scale > 0): from the flow's "
+                             "mean every candidate is the same chunk")
+
 
 @dataclass
 class Selection:
@@ -85,9 +91,7 @@ class ChunkSelector:
     def select(self, obs: Observation, seed: int | None = None, noise_scale: float = 1.0) -> Selection:
         """The chosen chunk of the batch-1 observation ``obs`` (see the module docstring)."""
         k = self.settings.k
-        if k > 1 and noise_scale == 0.0:
-            raise ValueError("selection k > 1 needs a stochastic policy (noise_scale > 0): from the flow's mean "
-                             "every candidate would be the same chunk")
+        self.settings.require_stochastic(noise_scale)
         candidates = self.runtime.policy_candidates(obs, k, seed=seed, noise_scale=noise_scale)
         if k == 1:
             return Selection(candidates[0], 0, np.full(1, np.nan), np.ones(1, dtype=bool), candidates)
