@@ -242,7 +242,9 @@ def run(args) -> dict:
     grip_received = sum(received.get(f"/robot/{h}/gripper_state", 0) for h in ("left", "right"))
     cpu_pct = 100 * (cpu1 - cpu0) / (wall1 - wall0)
     size_mb = sum(p.stat().st_size for p in dataset.rglob("*") if p.is_file()) / 2**20
+    video = ds.meta.features["observation.images.head"]["info"]
     return {
+        "video": f"{video['video.codec']} preset {video.get('video.preset')} crf {video.get('video.crf')}",
         "load_before": load_before,
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "frames_expected": expected_frames,
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--cam-hz", type=float, default=30.0)
     p.add_argument("--pose-hz", type=float, default=100.0)
-    p.add_argument("--codec", default="libsvtav1", help="video codec of the dataset (LeRobot default libsvtav1)")
+    p.add_argument("--codec", default="h264", help="video codec of the dataset (default h264, the recorder's)")
     p.add_argument("--repeat", type=int, default=3, help="recordings in a row (figures as min / median / max)")
     p.add_argument("--work", default=None, help="directory for the datasets (default: a new temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory with the recorded datasets")

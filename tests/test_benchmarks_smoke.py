@@ -33,6 +33,7 @@ SCRIPTS = {
     "model_latency.py": (120, "policy p50"),
     "recorder_throughput.py": (150, "dropped_frames"),
     "train_throughput.py": (150, "samples/s"),
+    "video_codec.py": (120, "CPU ms/frame"),
     "vlm_cost.py": (120, "per replan: VLM encode"),
     "vlm_tail_cost.py": (120, "vlm_finetune_layers"),
 }

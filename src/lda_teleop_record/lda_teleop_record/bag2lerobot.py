@@ -35,7 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="", help="task text (default: the bag's last instruction message)")
     p.add_argument("--repo-id", default=None, help="LeRobot repo id stored in a new dataset")
     p.add_argument("--events-topic", default=None, help="episode events topic (default /lda/episode_events)")
-    p.add_argument("--video-codec", default="libsvtav1", help="video codec (default libsvtav1)")
+    p.add_argument("--video-codec", default="h264",
+                   help="video codec of a new dataset (default h264, as the recorder; libsvtav1 is LeRobot's default)")
+    p.add_argument("--video-preset", default="", help="encoder preset (default: the codec's, veryfast for h264)")
+    p.add_argument("--video-crf", type=int, default=-1, help="encoder quality (default: the codec's, 23 for h264)")
     p.add_argument("--min-free-disk-mb", type=float, default=200.0, help="refuse to save below this free space")
     return p
 
@@ -80,6 +83,7 @@ def convert(args: argparse.Namespace, out=None, err=None) -> int:
 
     try:
         store = DatasetStore(args.out, config, repo_id=args.repo_id, video_codec=args.video_codec,
+                             video_preset=args.video_preset, video_crf=args.video_crf,
                              min_free_mb=args.min_free_disk_mb, on_event=lambda t: print(t, file=out))
     except DatasetError as exc:
         raise _Fail(str(exc)) from None

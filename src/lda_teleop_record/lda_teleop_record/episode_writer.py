@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import io
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 from lda_common.robot_config import RobotConfig
 from lda_common.schema import (
@@ -52,9 +54,25 @@ from lda_common.schema import (
 log = logging.getLogger("lda_teleop_record.episode_writer")
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 (LeRobot's default codec) prints banners on every episode otherwise
 
+# The recorder encodes every camera on the robot's computer while it records. x264 'veryfast' at crf 23
+# matches LeRobot's default (SVT-AV1 preset 12, crf 30) in PSNR on 640x480 simulator frames for under half
+# its CPU per frame, at about twice the size (benchmarks/results/video_codec.json). Codecs not listed here
+# keep LeRobot's own preset and crf.
+DEFAULT_VIDEO_CODEC = "h264"
+CODEC_DEFAULTS: dict[str, dict] = {"h264": {"preset": "veryfast", "crf": 23}}
+
 MUTABLE_FILES = ("meta/info.json", "meta/stats.json", "meta/tasks.parquet", EPISODES_FILE)
 APPEND_ONLY_DIRS = ("data", "videos", "meta/episodes")
 _STAGING_DIR = re.compile(r"^tmp[A-Za-z0-9_]{6,}$")  # tempfile.mkdtemp(dir=root) of LeRobot's encoders
+
+
+def _encode_one_frame(cfg) -> None:
+    """Open the encoder as LeRobot will: x264 accepts any preset name until it opens, mid-episode otherwise."""
+    with av.open(io.BytesIO(), "w", format="mp4") as out:
+        stream = out.add_stream(cfg.vcodec, rate=10, options=cfg.get_codec_options(encoder_threads=1, as_strings=True))
+        stream.width, stream.height, stream.pix_fmt = 64, 64, cfg.pix_fmt
+        out.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")))
+        out.mux(stream.encode(None))
 
 
 class DatasetError(RuntimeError):
@@ -83,12 +101,15 @@ class DatasetStore:
     """
 
     def __init__(self, root: str | Path, config: RobotConfig, *, repo_id: str | None = None,
-                 video_codec: str = "libsvtav1", encoder_queue_frames: int = 200, encoder_threads: int | None = 1,
+                 video_codec: str = DEFAULT_VIDEO_CODEC, video_preset: str = "", video_crf: int = -1,
+                 encoder_queue_frames: int = 200, encoder_threads: int | None = 1,
                  min_free_mb: float = 200.0, on_event: Callable[[str], None] | None = None):
         self.root = Path(root).expanduser().absolute()
         self.config = config
         self.repo_id = repo_id or f"lda/{self.root.name}"
         self.video_codec = video_codec
+        self.video_preset = video_preset  # "" or -1: the codec's default (CODEC_DEFAULTS, else LeRobot's)
+        self.video_crf = video_crf
         self.encoder_queue_frames = int(encoder_queue_frames)
         self.encoder_threads = encoder_threads or None  # per camera; None: the codec decides (one per core)
         self.min_free_mb = float(min_free_mb)
@@ -113,10 +134,34 @@ class DatasetStore:
     def _check_codec(self) -> None:
         from lerobot.configs import RGBEncoderConfig
 
+        settings = dict(CODEC_DEFAULTS.get(self.video_codec, {}))
+        if self.video_preset != "":
+            settings["preset"] = int(self.video_preset) if str(self.video_preset).isdigit() else self.video_preset
+        if self.video_crf >= 0:
+            settings["crf"] = self.video_crf
         try:
-            self._rgb_encoder = RGBEncoderConfig(vcodec=self.video_codec)
-        except ValueError as exc:
-            raise DatasetError(f"video codec '{self.video_codec}' cannot be used here: {exc}") from None
+            self._rgb_encoder = RGBEncoderConfig(vcodec=self.video_codec, **settings)
+            _encode_one_frame(self._rgb_encoder)
+        except (ValueError, av.error.FFmpegError) as exc:
+            named = f"video codec '{self.video_codec}'" + (f" {settings}" if settings else "")
+            raise DatasetError(f"{named} cannot be used here: {exc}") from None
+
+    def _keep_dataset_encoder(self, info: dict) -> None:
+        """Append with the encoder the dataset's videos were made with: LeRobot concatenates each camera's
+        episodes into shared MP4 files, which cannot mix codecs."""
+        from lerobot.configs import RGBEncoderConfig
+
+        have = next((ft["info"] for ft in info.get("features", {}).values()
+                     if ft.get("dtype") == "video" and "video.codec" in (ft.get("info") or {})), None)
+        if have is None:  # no episode saved yet: the requested encoder decides
+            return
+        existing = RGBEncoderConfig.from_video_info(have)
+        mine = self._rgb_encoder
+        if (existing.vcodec, existing.preset, existing.crf) != (mine.vcodec, mine.preset, mine.crf):
+            self._note(f"{self.root} holds {existing.vcodec} video (preset {existing.preset}, crf {existing.crf}): "
+                       f"appending with the same settings; {mine.vcodec} (preset {mine.preset}, crf {mine.crf}) "
+                       "applies to new datasets")
+        self._rgb_encoder = existing
 
     def _lock(self) -> None:
         fd = os.open(self.root / ".lda" / "lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -178,6 +223,7 @@ class DatasetStore:
             raise DatasetError(f"{self.root} was recorded with a different robot layout than "
                                f"'{self.config.robot}' ({Path(self.config.source).name}): {'; '.join(problems)}. "
                                "Record into a new dataset directory.")
+        self._keep_dataset_encoder(info)
         if not (self.root / EMBODIMENT_FILE).is_file():
             write_json_atomic(self.root / EMBODIMENT_FILE, embodiment_record(self.config))
         if not (self.root / EPISODES_FILE).is_file():

@@ -38,7 +38,7 @@ from std_msgs.msg import String  # noqa: E402
 
 from lda_msgs.srv import StartEpisode, StopEpisode  # noqa: E402
 
-from .episode_writer import DatasetError, DatasetStore  # noqa: E402
+from .episode_writer import DEFAULT_VIDEO_CODEC, DatasetError, DatasetStore  # noqa: E402
 from .recording import DEFAULT_EVENTS_TOPIC, EpisodeRecorder, RecorderError  # noqa: E402
 
 #: A stream received at under this fraction of the rate its stamps show (less one message per window, so
@@ -83,7 +83,8 @@ class TeleopRecorder(Node):
             bag_dir = Path(p["bag_dir"]).expanduser() if p["bag_dir"] else dataset.parent / f"{dataset.name}_bags"
         try:
             self.store = DatasetStore(dataset, self.config, repo_id=p["repo_id"] or None,
-                                      video_codec=p["video_codec"], encoder_queue_frames=p["encoder_queue_frames"],
+                                      video_codec=p["video_codec"], video_preset=p["video_preset"],
+                                      video_crf=p["video_crf"], encoder_queue_frames=p["encoder_queue_frames"],
                                       encoder_threads=p["encoder_threads"],
                                       min_free_mb=p["min_free_disk_mb"],
                                       on_event=lambda text: self.get_logger().info(text))
@@ -147,7 +148,12 @@ class TeleopRecorder(Node):
             ("default_task", "", S, "task text when neither StartEpisode.task nor the instruction topic gives one"),
             ("write_bag", False, B, "also write each episode's raw topics as a rosbag2 MCAP beside the dataset"),
             ("bag_dir", "", S, "where episode bags go (default <dataset>_bags next to the dataset)"),
-            ("video_codec", "libsvtav1", S, "video codec: libsvtav1 (LeRobot default), h264, hevc, ..."),
+            ("video_codec", DEFAULT_VIDEO_CODEC, S, "video codec of a new dataset: h264, libsvtav1 (LeRobot's "
+                                                    "default), hevc, auto (a hardware encoder if any); an existing "
+                                                    "dataset keeps its own"),
+            ("video_preset", "", S, "encoder preset ('' = the codec's default: veryfast for h264, LeRobot's else)"),
+            ("video_crf", -1, I, "encoder quality, lower is better and bigger (-1 = the codec's default: 23 for "
+                                 "h264, LeRobot's else)"),
             ("min_free_disk_mb", 500.0, D, "refuse to start or save an episode below this much free disk [MiB]"),
             ("encoder_queue_frames", 200, I, "frames per camera the video encoder may lag behind"),
             ("encoder_threads", 1, I, "encoder threads per camera (libsvtav1 'lp', h264/hevc 'threads'); "
@@ -166,6 +172,7 @@ class TeleopRecorder(Node):
             "save_timeout_s": dict(floating_point_range=[FloatingPointRange(from_value=1.0, to_value=3600.0)]),
             "encoder_queue_frames": dict(integer_range=[IntegerRange(from_value=10, to_value=100000)]),
             "encoder_threads": dict(integer_range=[IntegerRange(from_value=0, to_value=256)]),
+            "video_crf": dict(integer_range=[IntegerRange(from_value=-1, to_value=63)]),
             "ingest_queue_size": dict(integer_range=[IntegerRange(from_value=10, to_value=1000000)]),
             "sensor_queue_depth": dict(integer_range=[IntegerRange(from_value=1, to_value=10000)]),
         }

@@ -135,3 +135,40 @@ def test_short_or_discarded_episodes_leave_no_trace(tmp_path):
     acts = np.stack([ds[i]["action"].numpy() for i in range(len(ds))])
     assert not acts.any() and not any(ds[i]["action_valid"].item() for i in range(len(ds)))
     assert np.allclose(ds[4]["observation.state"].numpy(), syn.expected_state(0.4), atol=1e-6)  # state kept
+
+
+def _video_info(root) -> dict:
+    features = json.loads((root / "meta" / "info.json").read_text())["features"]
+    return next(ft["info"] for ft in features.values() if ft["dtype"] == "video")
+
+
+def test_new_dataset_gets_the_recorder_codec_and_an_old_one_keeps_its_own(tmp_path):
+    fresh, old = tmp_path / "fresh", tmp_path / "old"
+    store, recorder = _open(fresh)
+    syn.record(recorder, syn.Plan(duration_s=1.0), "high").save()
+    store.close()
+    info = _video_info(fresh)
+    assert (info["video.codec"], info["video.preset"], info["video.crf"]) == ("h264", "veryfast", 23)
+
+    # A dataset begun with LeRobot's AV1 default: later episodes must join its MP4 files with the same codec,
+    # whatever the recorder is asked for, and say so.
+    store, recorder = _open(old, video_codec="libsvtav1")
+    syn.record(recorder, syn.Plan(duration_s=1.0), "high").save()
+    store.close()
+    notes = []
+    store, recorder = _open(old, on_event=notes.append)  # the h264 default
+    syn.record(recorder, syn.Plan(duration_s=1.0), "low").save()
+    store.close()
+    assert any("holds libsvtav1 video" in n and "appending with the same settings" in n for n in notes), notes
+    info = _video_info(old)
+    assert (info["video.codec"], info["video.preset"], info["video.crf"]) == ("av1", 12, 30)
+    ds = _read(old)
+    assert ds.num_episodes == 2
+    last = ds[len(ds) - 1]["observation.images.head"]  # the appended episode decodes from the shared file
+    assert last.shape[0] == 3 and float(last.std()) > 0
+
+
+def test_unusable_encoder_settings_are_named(tmp_path):
+    with pytest.raises(DatasetError, match=r"codec 'h264' \{'preset': 'fastest-ever', 'crf': 23\} cannot be used"):
+        _open(tmp_path / "ds", video_preset="fastest-ever")
+    assert not (tmp_path / "ds").exists()
