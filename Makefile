@@ -9,6 +9,7 @@ DEMO_ARGS ?=
 
 help:
 	@echo "make demo   - end-to-end demo: record, cache, train, deploy in simulation (out/demo/); QUICK=1: ~5 min"
+	@echo "              ROBOT=gr1_humanoid: the GR-1 humanoid with both hands (out/demo_gr1_humanoid/)"
 	@echo "make test   - set up if needed, then run every package's tests"
 	@echo "make setup  - only the set-up (apt packages, .venv, colcon build); idempotent"
 	@echo "make lint   - ruff over the workspace"
@@ -27,7 +28,7 @@ selftest: setup
 	@$(ENV) && lda-launch launch/selftest.launch.yaml
 
 demo: setup
-	@$(ENV) && lda-demo $(if $(QUICK),--quick) $(DEMO_ARGS)
+	@$(ENV) && lda-demo $(if $(QUICK),--quick) $(if $(ROBOT),--robot $(ROBOT)) $(DEMO_ARGS)
 
 clean:
 	rm -rf build install log out

@@ -43,7 +43,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lda_bringup.demo import EVAL_SETTINGS, FULL, TRAIN_SETTINGS, calibration_command
+from lda_bringup.demo import DEMO_ROBOTS, EVAL_SETTINGS, FULL, TRAIN_SETTINGS, calibration_command
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -104,7 +104,9 @@ def one_run(variant: str, seed: int, args: argparse.Namespace, domain_id: int) -
     if not (checkpoint / "safety_calibration.json").is_file():  # on every bag, as the demo does
         bags = args.dataset.parent / f"{args.dataset.name}_bags"
         every = ["--every", str(args.calibrate_every)] if args.calibrate_every else []
-        run([*calibration_command(checkpoint, args.dino_path, bags), *every], log, domain_id)
+        panda = DEMO_ROBOTS["sim_panda"]
+        run([*calibration_command(checkpoint, args.dino_path, bags, REPO / "config/robots/sim_panda.yaml",
+                                  panda.instruction(REPO)), *every], log, domain_id)
     results = run_dir / "closed_loop.json"
     if not results.is_file() and args.episodes > 0:
         run(["lda-launch", "launch/sim_demo.launch.yaml", f"checkpoint:={checkpoint}",

@@ -3,14 +3,15 @@
     lda-demo                       # full demo into out/demo (make demo)
     lda-demo --quick               # a few episodes and steps: checks the plumbing (make demo QUICK=1)
     lda-demo --dino-path ~/models/dinov3-vits16   # a real DINOv3 ViT-S/16 instead of the random stand-in
+    lda-demo --robot gr1_humanoid  # the GR-1 humanoid (both hands) into out/demo_gr1_humanoid (make demo ROBOT=...)
 
 Phases, each a real command of the suite (what a user would type), run in order:
 
 1. ``encoder``   : no DINOv3 weights can be downloaded here, so unless ``--dino-path`` is given a
                    random-weight DINOv3-format ViT (ViT-S/16 width and patch grid, 2 layers) is written;
-2. ``record``    : ``lda-launch launch/sim_record.launch.yaml``: robosuite Panda Lift driven by the
-                   scripted operator (high / low / actionless episodes) and recorded by the real
-                   recorder node into ``dataset/`` (+ one MCAP bag per episode);
+2. ``record``    : ``lda-launch launch/sim_record.launch.yaml``: the robosuite task (Panda Lift, or GR-1
+                   picking the can) driven by the scripted operator (high / low / actionless episodes)
+                   and recorded by the real recorder node into ``dataset/`` (+ one MCAP bag per episode);
 3. ``cache``     : ``lda-cache-latents`` (frozen encoder once per frame);
 4. ``train``     : ``lda-train`` with role-aware ingestion -> ``checkpoint/``;
 5. ``calibrate`` : ``calibrate_safety`` on the recorded bags (surprise statistics of the judge);
@@ -54,6 +55,34 @@ class DemoSize:
 # so far took 14-28; a failure runs to the end, so this bounds the evaluation's time.
 FULL = DemoSize(n_high=30, n_low=10, n_actionless=6, train_steps=1200, eval_episodes=10, eval_max_steps=60)
 QUICK = DemoSize(n_high=3, n_low=2, n_actionless=1, train_steps=20, eval_episodes=2, eval_max_steps=60)
+# GR-1: a simulator step costs ~4x the Panda's (two arms, two 6-DoF hands, the torso), and the expert needs
+# about 3x the steps, so fewer episodes fit the 40-minute budget.
+FULL_GR1 = DemoSize(n_high=20, n_low=6, n_actionless=4, train_steps=1200, eval_episodes=10, eval_max_steps=100)
+QUICK_GR1 = DemoSize(n_high=2, n_low=1, n_actionless=1, train_steps=20, eval_episodes=2, eval_max_steps=30)
+
+
+@dataclass(frozen=True)
+class DemoRobot:
+    """What one demo records and deploys: a robot config, the simulated robot that serves it, the sizes."""
+
+    robot: str  # config/robots/<robot>.yaml: recorder, policy node, calibration
+    sim_robot: str  # lda_sim robot; config/sim/<sim_robot>.yaml holds the task text
+    full: DemoSize
+    quick: DemoSize
+
+    def instruction(self, repo: Path) -> str:
+        """The task the scripted operator records: the policy is asked for the same one."""
+        import yaml
+
+        config = yaml.safe_load((repo / "config" / "sim" / f"{self.sim_robot}.yaml").read_text())
+        return config["/**"]["ros__parameters"]["task"]
+
+
+DEMO_ROBOTS = {
+    "sim_panda": DemoRobot("sim_panda", "panda_lift", FULL, QUICK),
+    "gr1_humanoid": DemoRobot("gr1_humanoid", "gr1_pickplace", FULL_GR1, QUICK_GR1),
+}
+DEFAULT_ROBOT = "sim_panda"
 PHASES = ("encoder", "record", "cache", "train", "calibrate", "evaluate", "report")
 
 
@@ -77,8 +106,12 @@ class DemoError(RuntimeError):
 
 
 class Demo:
-    def __init__(self, out: Path, repo: Path, size: DemoSize, dino_path: Path | None, seed: int) -> None:
-        self.out, self.repo, self.size, self.seed = out, repo, size, seed
+    def __init__(self, out: Path, repo: Path, robot: DemoRobot, size: DemoSize, dino_path: Path | None,
+                 seed: int) -> None:
+        self.out, self.repo, self.robot, self.size, self.seed = out, repo, robot, size, seed
+        self.robot_config = repo / "config" / "robots" / f"{robot.robot}.yaml"
+        self.instruction = robot.instruction(repo)
+        self.robot_args = [f"robot:={robot.robot}", f"sim_robot:={robot.sim_robot}"]
         self.dino = dino_path or out / "dinov3-random"
         self.dataset = out / "dataset"
         self.bags = out / "dataset_bags"
@@ -121,7 +154,7 @@ class Demo:
         shutil.rmtree(self.dataset, ignore_errors=True)
         shutil.rmtree(self.bags, ignore_errors=True)
         s = self.size
-        self.run("record", ["lda-launch", "launch/sim_record.launch.yaml", f"dataset:={self.dataset}",
+        self.run("record", ["lda-launch", "launch/sim_record.launch.yaml", *self.robot_args, f"dataset:={self.dataset}",
                             f"n_high:={s.n_high}", f"n_low:={s.n_low}", f"n_actionless:={s.n_actionless}",
                             f"seed:={self.seed}"], timeout_s=1800)
 
@@ -145,12 +178,13 @@ class Demo:
         shutil.copytree(self.train_dir / "model", self.checkpoint)
 
     def calibrate(self) -> None:
-        self.run("calibrate", calibration_command(self.checkpoint, self.dino, self.bags), timeout_s=1800)
+        self.run("calibrate", calibration_command(self.checkpoint, self.dino, self.bags, self.robot_config,
+                                                  self.instruction), timeout_s=1800)
 
     def evaluate(self) -> None:
         s = self.size
-        common = ["lda-launch", "launch/sim_demo.launch.yaml", f"episodes:={s.eval_episodes}",
-                  f"max_steps:={s.eval_max_steps}", "seed:=1000"]
+        common = ["lda-launch", "launch/sim_demo.launch.yaml", *self.robot_args, f"episodes:={s.eval_episodes}",
+                  f"max_steps:={s.eval_max_steps}", "seed:=1000", f"instruction:={self.instruction}"]
         self.run("evaluate", [*common, f"checkpoint:={self.checkpoint}", f"dino_path:={self.dino}", *EVAL_SETTINGS,
                               "label:=lda", f"results_path:={self.out / 'eval_policy.json'}"], timeout_s=3600)
         self.run("evaluate", [*common, "policy:=false", "label:=frozen", "realtime:=false",
@@ -159,6 +193,7 @@ class Demo:
     def report(self) -> dict:
 
         return write_report(self.out, self.dataset, self.train_dir, self.checkpoint, self.dino,
+                            robot_config=self.robot_config, instruction=self.instruction,
                             size=asdict(self.size), timings=self._read_timings())
 
     # -- bookkeeping --------------------------------------------------------------------------------
@@ -182,7 +217,7 @@ class Demo:
         return result
 
 
-def calibration_command(checkpoint: Path, dino: Path, bags_dir: Path) -> list:
+def calibration_command(checkpoint: Path, dino: Path, bags_dir: Path, robot_config: Path, instruction: str) -> list:
     """``calibrate_safety`` of ``checkpoint`` on every episode bag in ``bags_dir`` (the demo's and the benchmark's).
 
     Every recorded episode, sloppy low-quality ones included, defines the judge's "normal": calibrated on
@@ -192,7 +227,7 @@ def calibration_command(checkpoint: Path, dino: Path, bags_dir: Path) -> list:
     if not bags:
         raise DemoError(f"no episode bags in {bags_dir}; the recorder should write them (write_bag:=true)")
     cmd = [_package_executable("lda_policy", "calibrate_safety"), "--checkpoint", checkpoint, "--dino-path", dino,
-           "--robot-config", "config/robots/sim_panda.yaml", "--instruction", "lift the red cube"]
+           "--robot-config", robot_config, "--instruction", instruction]
     for bag in bags:
         cmd += ["--bag", bag]
     return cmd
@@ -221,7 +256,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def latents_png(checkpoint: Path, dino: Path, bag: Path, out_png: Path, rows: int = 3) -> Path | None:
+def latents_png(checkpoint: Path, dino: Path, bag: Path, out_png: Path, robot_config: Path, instruction: str,
+                rows: int = 3) -> Path | None:
     """Observed vs predicted DINO latents (PCA colours) and the error map, a few moments of one episode."""
     import numpy as np
     from lda_policy.deploy.replay import DynamicsReplay, LatentPCA, heatmap, panel, read_episode
@@ -229,9 +265,9 @@ def latents_png(checkpoint: Path, dino: Path, bag: Path, out_png: Path, rows: in
     from lda_policy.deploy.runtime import ModelRuntime
     from PIL import Image
 
-    robot = RobotInterface(Path("config/robots/sim_panda.yaml"))
+    robot = RobotInterface(robot_config)
     runtime = ModelRuntime(checkpoint, dino)
-    replay = DynamicsReplay(runtime, robot, read_episode(bag, robot), instruction="lift the red cube")
+    replay = DynamicsReplay(runtime, robot, read_episode(bag, robot), instruction=instruction)
     # Each prediction is shown at its furthest future frame that was really recorded.
     shown = []
     for p in replay.predictions(every=1):
@@ -249,8 +285,8 @@ def latents_png(checkpoint: Path, dino: Path, bag: Path, out_png: Path, rows: in
     return out_png
 
 
-def write_report(out: Path, dataset: Path, train_dir: Path, checkpoint: Path, dino: Path,
-                 size: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+def write_report(out: Path, dataset: Path, train_dir: Path, checkpoint: Path, dino: Path, robot_config: Path,
+                 instruction: str, size: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     from lda_common.schema import QUALITIES, read_episode_labels
 
     labels = read_episode_labels(dataset)
@@ -268,12 +304,15 @@ def write_report(out: Path, dataset: Path, train_dir: Path, checkpoint: Path, di
     with_actions = [e for e in labels if e.get("quality") in ("high", "low") and e.get("bag")]
     for episode in sorted(with_actions, key=lambda e: e["quality"] != "high"):
         bag = (dataset / episode["bag"]).resolve()
-        if bag.is_dir() and latents_png(checkpoint, dino, bag, out / "latents_observed_vs_predicted.png"):
+        if bag.is_dir() and latents_png(checkpoint, dino, bag, out / "latents_observed_vs_predicted.png",
+                                        robot_config, instruction):
             pngs["latents"] = "latents_observed_vs_predicted.png"
             break
 
     pol, inv, fwd = (evaluation.get(k, {}) for k in ("policy", "inverse_dynamics", "forward_dynamics"))
     report = {
+        "robot": robot_config.stem,
+        "instruction": instruction,
         "dataset": {"path": str(dataset), "episodes": counts},
         "encoder": {"dino_path": str(dino), "random_weights": dino.name == "dinov3-random"},
         "training": {"steps": evaluation.get("step"), "heldout": evaluation},
@@ -303,7 +342,7 @@ def write_report(out: Path, dataset: Path, train_dir: Path, checkpoint: Path, di
     table = "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
     report["table"] = table
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = ["# LDA demo report", "", "| measure | value |", "|---|---|"]
+    md = [f"# LDA demo report: {robot_config.stem}", "", "| measure | value |", "|---|---|"]
     md += [f"| {name} | {value} |" for name, value in rows]
     if report["encoder"]["random_weights"]:
         md += ["", "The DINOv3 encoder has random weights (no pretrained weights can be downloaded on this "
@@ -325,7 +364,10 @@ def _rate(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lda-demo", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default out/demo)")
+    ap.add_argument("--robot", choices=sorted(DEMO_ROBOTS), default=DEFAULT_ROBOT,
+                    help=f"robot to record and deploy (default {DEFAULT_ROBOT})")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output directory (default out/demo, or out/demo_<robot> for another robot)")
     ap.add_argument("--quick", action="store_true", help="a few episodes and training steps (plumbing check)")
     ap.add_argument("--fresh", action="store_true", help="start over instead of resuming finished phases")
     ap.add_argument("--dino-path", type=Path, default=None, help="local DINOv3 ViT-S/16 directory")
@@ -337,15 +379,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lda-demo: error: {repo} is not the workspace root (no launch/sim_demo.launch.yaml); "
               "run from the repository or pass --repo", file=sys.stderr)
         return 2
+    robot = DEMO_ROBOTS[args.robot]
+    args.out = args.out or Path("out/demo" if args.robot == DEFAULT_ROBOT else f"out/demo_{args.robot}")
     out = (repo / args.out).resolve() if not args.out.is_absolute() else args.out
-    size = QUICK if args.quick else FULL
+    size = robot.quick if args.quick else robot.full
     stamp = out / ".done" / "size.json"
     if args.fresh or (stamp.exists() and json.loads(stamp.read_text()) != asdict(size)):
         shutil.rmtree(out, ignore_errors=True)  # a quick run's artefacts never mix with a full run's
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(asdict(size)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    demo = Demo(out, repo, size, args.dino_path.resolve() if args.dino_path else None, args.seed)
+    demo = Demo(out, repo, robot, size, args.dino_path.resolve() if args.dino_path else None, args.seed)
     try:
         report = demo.run_all()
     except DemoError as exc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -83,6 +83,17 @@ ROBOTS: dict[str, RobotSpec] = {
 REJECT_MARGIN_M = 0.3
 PANDA_MAX_WIDTH = 0.08  # fully open finger distance [m]
 HAND_MAX_WIDTH = 0.10  # openness scale reported for a dexterous hand (fully open) [m]
+# A Fourier hand's actuated finger joints, named as a real GR-1's hand driver publishes them
+# (config/robots/gr1_humanoid.yaml) after the side prefix L_ / R_; robosuite adds 'gripper0_<hand>_'.
+HAND_FINGER_JOINTS = ("thumb_proximal_yaw_joint", "thumb_proximal_pitch_joint", "index_proximal_joint",
+                      "middle_proximal_joint", "ring_proximal_joint", "pinky_proximal_joint")
+
+
+def finger_joint_names(robot: str, hand: str) -> list[str]:
+    """The finger joints a hand publishes and takes targets for; [] for a parallel gripper (width only)."""
+    if ROBOTS[robot].gripper != "hand":
+        return []
+    return [f"{hand[0].upper()}_{joint}" for joint in HAND_FINGER_JOINTS]
 
 
 @dataclass
@@ -97,6 +108,7 @@ class SimObservation:
     object_pos: np.ndarray
     object_quat: np.ndarray  # xyzw
     success: bool
+    finger_positions: dict[str, np.ndarray] = field(default_factory=dict)  # hand -> finger_joint_names [rad]
 
 
 class SimRobot:
@@ -136,6 +148,7 @@ class SimRobot:
         self._robot = self._env.robots[0]
         self._controller = self._robot.composite_controller
         self._object_body = self.spec.object_body(self._env)
+        self._fingers = {hand: self._finger_map(hand) for hand in self.hands if finger_joint_names(robot, hand)}
         if self.spec.init_joints:
             qpos, names = np.array(self._robot.init_qpos, dtype=float), list(self._robot.robot_joints)
             for joint, value in self.spec.init_joints:
@@ -210,7 +223,7 @@ class SimRobot:
         targets, grippers = dict(targets or {}), dict(grippers or {})
         # Check everything before changing anything, so a refused command leaves no half-applied state.
         checked = {hand: self.check_target(hand, *t) for hand, t in targets.items() if t is not None}
-        widths = {self._check_hand(hand): self.check_width(w) for hand, w in grippers.items() if w is not None}
+        widths = {self._check_hand(hand): self.check_fingers(hand, w) for hand, w in grippers.items() if w is not None}
         for hand in targets:
             self._check_hand(hand)
         for hand in self.hands:
@@ -260,6 +273,21 @@ class SimRobot:
             )
         return np.clip(pos, self._ws_low, self._ws_high), quat / norm
 
+    def check_fingers(self, hand: str, command) -> float | np.ndarray:
+        """A width (a number), or one target per finger joint [rad] of a dexterous hand, clipped to range."""
+        if np.ndim(command) == 0:
+            return self.check_width(command)
+        if hand not in self._fingers:
+            raise ValueError(f"{hand} has a gripper: give one width, not {np.size(command)} finger targets")
+        targets = np.asarray(command, dtype=float).reshape(-1)
+        qpos_ids, _, low, high = self._fingers[hand]
+        if targets.shape != (len(qpos_ids),):
+            raise ValueError(f"{hand} hand needs {len(qpos_ids)} finger targets "
+                             f"({finger_joint_names(self.name, hand)}), got {targets.size}")
+        if not np.all(np.isfinite(targets)):
+            raise ValueError(f"{hand} finger targets have a NaN or infinite value")
+        return np.clip(targets, low, high)
+
     def check_width(self, width) -> float:
         width = float(width)
         if not np.isfinite(width):
@@ -304,9 +332,32 @@ class SimRobot:
             want = 1.0 - 2.0 * width / PANDA_MAX_WIDTH
             diff = want - gripper.current_action[-1]  # [-a, a] once it has moved, [0] after reset
             return np.array([np.sign(diff) if abs(diff) > gripper.speed / 2 else 0.0])
+        if isinstance(width, np.ndarray):  # finger joint targets: each joint's action, scaled to its range
+            _, action_ids, low, high = self._fingers[hand]
+            action = np.full(gripper.dof, -1.0)
+            action[action_ids] = 2.0 * (width - low) / (high - low) - 1.0
+            return np.clip(action, -1.0, 1.0)
         # Dexterous hand: absolute joint targets, -1 open .. 1 closed, every finger alike; open until told.
         closure = -1.0 if width is None else 1.0 - 2.0 * width / HAND_MAX_WIDTH
         return np.full(gripper.dof, closure)
+
+    def _finger_map(self, hand: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For each named finger joint: its qpos index, the hand action entry that drives it, its range [rad].
+        The hand's action is copied onto coupled actuators (format_action); its range is that of the
+        joint's own actuator."""
+        gripper, model = self._robot.gripper[hand], self._env.sim.model
+        ctrl = self._controller.get_controller(f"{hand}_gripper")
+        driven_by = gripper.format_action(np.arange(gripper.dof))  # actuator -> action entry
+        actuators = list(gripper.actuators)
+        qpos_ids, action_ids, low, high = [], [], [], []
+        for joint in finger_joint_names(self.name, hand):
+            full = f"{gripper.naming_prefix}{joint}"
+            k = next(i for i, a in enumerate(actuators) if a == f"{full}_drive")
+            qpos_ids.append(model.get_joint_qpos_addr(full))
+            action_ids.append(int(driven_by[k]))
+            low.append(float(ctrl.actuator_min[k]))
+            high.append(float(ctrl.actuator_max[k]))
+        return (np.array(qpos_ids), np.array(action_ids), np.array(low), np.array(high))
 
     # -- observation -------------------------------------------------------------------------------
     def _base_pose(self) -> tuple[np.ndarray, Rotation]:
@@ -357,6 +408,7 @@ class SimRobot:
             eef_pos={hand: p for hand, (p, _) in poses.items()},
             eef_quat={hand: q for hand, (_, q) in poses.items()},
             gripper_width={hand: self._gripper_width(hand) for hand in self.hands},
+            finger_positions={hand: data.qpos[ids].copy() for hand, (ids, *_) in self._fingers.items()},
             object_pos=obj_pos,
             object_quat=obj_quat,
             success=bool(self._env._check_success()),

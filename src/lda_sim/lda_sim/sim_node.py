@@ -3,12 +3,15 @@
     ros2 run lda_sim sim_node --ros-args -p robot:=panda_lift -p image_size:=96
 
 Publishes (best-effort, one stamp per control step): camera/head/image_raw (rgb8, upright),
-robot/<hand>/eef_pose, robot/<hand>/gripper_state, lda/task_success and the privileged sim/object_pose.
+robot/<hand>/eef_pose, robot/<hand>/gripper_state (``gripper`` = width or a hand's openness [m], then a
+dexterous hand's actuated finger joints [rad] under the names config/robots/gr1_humanoid.yaml uses),
+lda/task_success and the privileged sim/object_pose.
 Simulated time: /clock advances exactly one control period per step (starting at the wall time the node
 started), and every stamp is that time. Nodes run with use_sim_time:=true (the sim launch files set it)
 then see a perfect 10 Hz grid even when a loaded machine steps the physics below real time.
 Subscribes (reliable): robot/<hand>/eef_target (absolute pose in the eef_pose frame) and
-robot/<hand>/gripper_command (target width [m]). Serves sim/reset (lda_msgs/srv/ResetSim).
+robot/<hand>/gripper_command (``gripper`` or one unnamed value: target width [m]; or every finger joint by
+name: joint targets [rad], as the safety gate sends them). Serves sim/reset (lda_msgs/srv/ResetSim).
 Physics runs on its own thread; callbacks only store the latest command, so the executor never waits on it.
 """
 
@@ -33,7 +36,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 
 from lda_msgs.srv import ResetSim
-from lda_sim.sim_core import ROBOTS, SimObservation, SimRobot
+from lda_sim.sim_core import ROBOTS, SimObservation, SimRobot, finger_joint_names
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -64,10 +67,11 @@ class SimNode(Node):
         super().__init__("sim_node")
         self.cfg = self._read_parameters()
         self.hands = ROBOTS[self.cfg["robot"]].hands
+        self.finger_joints = {h: finger_joint_names(self.cfg["robot"], h) for h in self.hands}  # [] for a gripper
         self._lock = threading.Lock()
         self._targets: dict[str, tuple[tuple, int]] = {}  # hand -> ((pos, quat), receive sim time [ns])
         self._sim_time_ns = self.get_clock().now().nanoseconds  # advanced by the physics thread only
-        self._grippers: dict[str, float] = {}
+        self._grippers: dict[str, float | np.ndarray] = {}  # hand -> width [m] or finger joint targets [rad]
         self._reset_request: tuple[int, threading.Event, dict] | None = None
         self._running = True
         self.ready = threading.Event()
@@ -128,12 +132,26 @@ class SimNode(Node):
             self._targets[hand] = (pose, self._sim_time_ns)
 
     def _on_gripper(self, hand: str, msg: JointState) -> None:
-        width = msg.position[0] if len(msg.position) == 1 else None
-        if width is None or not math.isfinite(width):
-            self._reject(hand, f"gripper_command needs one finite position, got {list(msg.position)}")
+        try:
+            command = self._gripper_command(hand, list(msg.name), list(msg.position))
+        except ValueError as exc:
+            self._reject(hand, str(exc))
             return
         with self._lock:
-            self._grippers[hand] = float(width)
+            self._grippers[hand] = command
+
+    def _gripper_command(self, hand: str, names: list[str], positions: list[float]) -> float | np.ndarray:
+        """A width (``gripper``, or one unnamed value) or every finger joint's target, by name."""
+        if not all(math.isfinite(v) for v in positions):
+            raise ValueError(f"gripper_command has a NaN or infinite position: {positions}")
+        if names in ([], ["gripper"]) and len(positions) == 1:
+            return float(positions[0])
+        joints = self.finger_joints[hand]
+        if joints and sorted(names) == sorted(joints) and len(positions) == len(names):
+            by_name = dict(zip(names, positions, strict=True))
+            return np.array([by_name[j] for j in joints])
+        wanted = f"'gripper' (width) or the finger joints {joints}" if joints else "'gripper' (width)"
+        raise ValueError(f"gripper_command needs {wanted}; got names {names} with {len(positions)} positions")
 
     def _reject(self, hand: str, why: str) -> None:
         # Log the first few rejections in full, then every 50th, so a bad stream cannot flood the log.
@@ -268,7 +286,9 @@ class SimNode(Node):
         self._pub_image.publish(image)
         for hand in self.hands:
             self._pub_pose[hand].publish(_pose_msg(stamp, frame, obs.eef_pos[hand], obs.eef_quat[hand]))
-            grip = JointState(name=["gripper"], position=[float(obs.gripper_width[hand])])
+            fingers = obs.finger_positions.get(hand, ())
+            grip = JointState(name=["gripper", *self.finger_joints[hand]],
+                              position=[float(obs.gripper_width[hand]), *(float(v) for v in fingers)])
             grip.header.stamp = stamp
             self._pub_grip[hand].publish(grip)
         self._pub_success.publish(Bool(data=obs.success))

@@ -100,12 +100,16 @@ def make_checkpoint(directory: str | Path, robot_config: str | Path, preset: str
     torch.manual_seed(seed)
     spec = EmbodimentSpec(robot.embodiment, robot.action_dim, robot.state_dim, "deployment test arm")
     model = LDAModel.from_preset(preset, embodiments=(spec,), **model_overrides)
-    # Small, safe actions: +-2 mm and +-0.01 rad per step, gripper near 4 cm.
-    n_f = robot.action_dim - 6
-    model.normalizer.set_embodiment_stats(
-        robot.embodiment,
-        RobustStats((-0.002,) * 3 + (-0.01,) * 3 + (0.039,) * n_f, (0.002,) * 3 + (0.01,) * 3 + (0.041,) * n_f),
-        RobustStats((0.2, -0.3, 0.0, -1, -1, -1, -1) + (0.0,) * n_f, (0.7, 0.3, 0.5, 1, 1, 1, 1) + (0.08,) * n_f))
+    # Small, safe actions for every hand: +-2 mm and +-0.01 rad per step, fingers near 0.04 (m or rad).
+    act_lo, act_hi, state_lo, state_hi = (), (), (), ()
+    for hand in robot.config.hands:
+        n_f = hand.fingers.dim
+        act_lo += (-0.002,) * 3 + (-0.01,) * 3 + (0.039,) * n_f
+        act_hi += (0.002,) * 3 + (0.01,) * 3 + (0.041,) * n_f
+        state_lo += (0.2, -0.3, 0.0, -1, -1, -1, -1) + (0.0,) * n_f
+        state_hi += (0.7, 0.3, 0.5, 1, 1, 1, 1) + (0.08,) * n_f
+    model.normalizer.set_embodiment_stats(robot.embodiment, RobustStats(act_lo, act_hi),
+                                          RobustStats(state_lo, state_hi))
     dino = DinoV3Encoder(dino_dir)
     rng = np.random.default_rng(seed)
     cam = robot.camera
