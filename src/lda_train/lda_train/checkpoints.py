@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -26,9 +27,12 @@ from .config import dump_config
 STATE_FORMAT = "lda-train-state"
 STATE_VERSION = 1
 #: Config sections a resumed run must share with the run it continues (else data order / shapes differ).
-RESUME_CRITICAL = ("seed", "data.datasets", "data.heldout_fraction", "data.task_weights", "model.preset",
+RESUME_CRITICAL = ("seed", "data.datasets", "data.heldout_fraction", "data.task_weights", "data.role_weights",
+                   "model.preset",
                    "model.checkpoint", "train.batch_size", "encoders.dino_path", "encoders.language",
                    "encoders.language_path", "encoders.vlm_finetune_layers", "cache.dtype")
+#: resume-critical keys added after runs were saved without them: a missing key reads as its default
+LATER_DEFAULTS = {"data.role_weights": {"high": 1.0, "low": 1.0, "actionless": 1.0}}
 
 
 def _flatten_optim(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
@@ -74,6 +78,11 @@ def _config_value(d: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         d = d.get(part) if isinstance(d, dict) else None
     return d
+
+
+def _saved_value(d: dict[str, Any], dotted: str) -> Any:
+    value = _config_value(d, dotted)
+    return LATER_DEFAULTS.get(dotted) if value is None else value
 
 
 class TrainingCheckpoints:
@@ -127,6 +136,7 @@ class TrainingCheckpoints:
                     "world_size": env.world, "micro_batch_size": self.micro, "accumulation": self.accum,
                     "param_groups": groups, "lr_last_step": lr_at(step - 1, self.cfg) if step else 0.0,
                     "samples_seen": step * self.cfg.train.batch_size, "elapsed_s": self.elapsed + self._since(),
+                    "effective_samples": self.drawn.tolist(),  # (roles, objectives) drawn in steps 0..step-1
                     "cache_fingerprints": self._fingerprints(), "saved_unix": time.time(),
                 }
                 (tmp / "training_state.json").write_text(json.dumps(state, indent=2) + "\n")
@@ -198,6 +208,12 @@ class TrainingCheckpoints:
         rng = load_file(str(path / "rng.safetensors"))
         torch.set_rng_state(rng["torch_cpu"])
         self.elapsed = float(state.get("elapsed_s", 0.0))
+        if "effective_samples" in state:
+            self.drawn[...] = np.asarray(state["effective_samples"], dtype=np.int64)
+        else:  # a checkpoint from before the counts were saved: the draws are a pure function of (seed, step)
+            self.drawn[...] = 0
+            for s in range(step):
+                self.drawn += self.sampler.counts(self.sampler.batch(s, self.cfg.train.batch_size))
         self._log(f"resumed from {path} (step {step})")
         return step
 
@@ -209,7 +225,7 @@ class TrainingCheckpoints:
         except (OSError, yaml.YAMLError) as err:
             raise TrainError(f"--resume: cannot read {path / 'config.yaml'}: {err}") from None
         now = self.cfg.to_dict()
-        diff = [k for k in RESUME_CRITICAL if _config_value(saved, k) != _config_value(now, k)]
+        diff = [k for k in RESUME_CRITICAL if _saved_value(saved, k) != _config_value(now, k)]
         if diff:
             raise TrainError(f"--resume: the config differs from the run being continued in {diff} (the data "
                              "order and model would change); use the original config or a new output_dir")

@@ -67,10 +67,40 @@ class TaskWeights:
 
 
 @dataclass
+class RoleWeights:
+    """How often a frame of each data role is drawn relative to its share of the frames.
+
+    A training frame of role ``r`` is drawn with probability proportional to ``weight[r]`` x the
+    dataset's ``weight``: all 1.0 (the default) draws every frame equally often; ``low: 2.0`` draws each
+    low-quality frame twice as often as a high one; ``low: 0`` leaves that role out of training (its
+    episodes still count for the held-out split and the statistics). The objective of a drawn frame still
+    comes from ``task_weights`` renormalised over what its role allows.
+    """
+
+    high: NonNegativeFloat = 1.0
+    low: NonNegativeFloat = 1.0
+    actionless: NonNegativeFloat = 1.0
+
+    def __post_init__(self) -> None:
+        check(self.high + self.low + self.actionless > 0, "",
+              "must not all be zero (set high, low or actionless above 0)")
+
+    def as_dict(self) -> dict[str, float]:
+        return {"high": self.high, "low": self.low, "actionless": self.actionless}
+
+    @property
+    def uniform(self) -> bool:
+        """Every role at the same weight: the sampler draws frames uniformly (as before role_weights)."""
+        return self.high == self.low == self.actionless
+
+
+@dataclass
 class DataConfig:
     datasets: list[DatasetConfig] = field(default_factory=list)
     heldout_fraction: Fraction = 0.1  # share of each dataset's episodes kept for evaluation
     task_weights: TaskWeights = field(default_factory=TaskWeights)
+    # per-role sampling weight of a frame relative to its share of frames (all 1.0: every frame equally often)
+    role_weights: RoleWeights = field(default_factory=RoleWeights)
     num_workers: NonNegativeInt = 0  # DataLoader workers decoding video (only without the latent cache)
 
 

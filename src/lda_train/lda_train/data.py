@@ -21,7 +21,8 @@ dataset in proportion to ``weight x frames``, the anchor uniformly, and the task
 configured ``task_weights`` renormalised over the tasks the sample's role allows *and* the sample
 can serve (forward/inverse dynamics and forecasting need at least one real future frame; policy
 and dynamics need valid actions). The draw is a pure function of (seed, step), so a resumed run
-and every DDP rank see the same global batch.
+and every DDP rank see the same global batch. ``role_weights`` scale how often a frame of each role
+is drawn relative to its share of frames (all 1.0 by default: every training frame equally often).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 from lda_common.schema import EMBODIMENT_FILE, EPISODES_FILE, Quality, read_episode_labels
 from lda_policy.model import LDAConfig, Task, TimeLayout, allowed_tasks
 
-from .config import DatasetConfig, TaskWeights
+from .config import DatasetConfig, RoleWeights, TaskWeights
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
@@ -400,28 +401,47 @@ class BatchPlan:
 
 
 class TaskSampler:
-    """Deterministic, role-aware sampler of global batches (a pure function of seed and step)."""
+    """Deterministic, role-aware sampler of global batches (a pure function of seed and step).
+
+    ``role_weights`` (``data.role_weights``; None = all 1.0) scales how often a frame of each role is
+    drawn: the dataset is chosen in proportion to ``weight x sum of its frames' role weights``, the anchor
+    in proportion to its role weight (uniformly when every frame has the same weight: then the draws are
+    exactly those of a sampler without role weights), and a role at weight 0 is never drawn.
+    """
 
     def __init__(self, sources: Sequence[SourceDataset], weights: TaskWeights, seed: int,
-                 split: str = "train") -> None:
+                 split: str = "train", role_weights: RoleWeights | None = None) -> None:
         self.seed = seed
         w = task_weight_vector(weights)
+        rw = role_weight_vector(role_weights)
+        rw = rw / rw.max()  # all equal -> all exactly 1.0, so the uniform path (and its floats) is today's
+        self.roles = [s.role for s in sources]
         self.rows: list[np.ndarray] = []
         self.cum_probs: list[np.ndarray] = []
+        #: per dataset: cumulative anchor weights, or None where every anchor weighs the same (uniform draw)
+        self.cum_rows: list[np.ndarray | None] = []
+        self._task_probs: list[np.ndarray] = []
+        self._row_probs: list[np.ndarray] = []
         mass = []
         for s in sources:
             rows = s.rows(split)
             p = s.feasible[rows] * w[None, :]
-            keep = p.sum(axis=1) > 0
+            keep = (p.sum(axis=1) > 0) & (rw[s.role[rows]] > 0)
             rows, p = rows[keep], p[keep]
             p = p / p.sum(axis=1, keepdims=True) if len(rows) else p
+            frame_w = rw[s.role[rows]]
+            uniform = len(rows) == 0 or bool(np.all(frame_w == frame_w[0]))
             self.rows.append(rows)
             self.cum_probs.append(np.cumsum(p, axis=1))
-            mass.append(s.cfg.weight * len(rows))
+            self.cum_rows.append(None if uniform else np.cumsum(frame_w))
+            self._task_probs.append(p)
+            self._row_probs.append(frame_w / frame_w.sum() if len(rows) else frame_w)
+            mass.append(s.cfg.weight * float(frame_w.sum()))  # all 1.0: weight x frames, as without role weights
         mass = np.asarray(mass, dtype=np.float64)
         if mass.sum() <= 0:
-            raise DataError(f"no {split} sample can train any objective with task_weights {w.tolist()} "
-                            "(check the roles, the held-out split and the episode lengths)")
+            raise DataError(f"no {split} sample can train any objective with task_weights {w.tolist()} and "
+                            f"role_weights {dict(zip(ROLE_NAMES.values(), rw.tolist(), strict=True))} "
+                            "(check the roles, the role weights, the held-out split and the episode lengths)")
         self.dataset_probs = mass / mass.sum()
         self.sample_counts = [len(r) for r in self.rows]
 
@@ -432,11 +452,64 @@ class TaskSampler:
         rows = np.empty(batch_size, dtype=np.int64)
         tasks = np.empty(batch_size, dtype=np.int64)
         for i, d in enumerate(ds):
-            k = min(int(u_row[i] * len(self.rows[d])), len(self.rows[d]) - 1)
+            n = len(self.rows[d])
+            cum_rows = self.cum_rows[d]
+            if cum_rows is None:
+                k = min(int(u_row[i] * n), n - 1)
+            else:
+                k = min(int(np.searchsorted(cum_rows, u_row[i] * cum_rows[-1], side="right")), n - 1)
             rows[i] = self.rows[d][k]
             cum = self.cum_probs[d][k]
             tasks[i] = min(int(np.searchsorted(cum, u_task[i] * cum[-1], side="right")), len(Task) - 1)
         return BatchPlan(ds.astype(np.int64), rows, tasks)
+
+    def counts(self, plan: BatchPlan) -> np.ndarray:
+        """(roles, tasks) int64: how many samples of ``plan`` have each data role and objective."""
+        role = np.empty(len(plan), dtype=np.int64)
+        for d in np.unique(plan.dataset):
+            sel = plan.dataset == d
+            role[sel] = self.roles[int(d)][plan.row[sel]]
+        out = np.zeros((len(Quality), len(Task)), dtype=np.int64)
+        np.add.at(out, (role, plan.task.astype(np.int64)), 1)
+        return out
+
+    def expected_shares(self) -> np.ndarray:
+        """(roles, tasks): the expected share of a sample's (role, objective) over all draws (sums to 1)."""
+        out = np.zeros((len(Quality), len(Task)))
+        for d, (rows, p, q) in enumerate(zip(self.rows, self._task_probs, self._row_probs, strict=True)):
+            if len(rows):
+                np.add.at(out, self.roles[d][rows], self.dataset_probs[d] * q[:, None] * p)
+        return out
+
+
+def role_weight_vector(weights: RoleWeights | None) -> np.ndarray:
+    """Per-role sampling weights indexed by :class:`Quality` (all 1.0 when ``weights`` is None)."""
+    if weights is None:
+        return np.ones(len(Quality), dtype=np.float64)
+    by_name = weights.as_dict()
+    return np.array([by_name[ROLE_NAMES[r]] for r in Quality], dtype=np.float64)
+
+
+def shares_dict(shares: np.ndarray) -> dict[str, Any]:
+    """JSON form of :meth:`TaskSampler.expected_shares`: expected share of a sample per objective, per role
+    and per role x objective."""
+    return {
+        "objective": {TASK_NAMES[t]: round(float(shares[:, t].sum()), 6) for t in Task},
+        "role": {ROLE_NAMES[r]: round(float(shares[r].sum()), 6) for r in Quality},
+        "role_objective": {ROLE_NAMES[r]: {TASK_NAMES[t]: round(float(shares[r, t]), 6) for t in Task}
+                           for r in Quality},
+    }
+
+
+def effective_samples(counts: np.ndarray) -> dict[str, Any]:
+    """JSON form of a (roles, tasks) count table: totals per objective, per role and per role x objective."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return {
+        "total": int(counts.sum()),
+        "objective": {TASK_NAMES[t]: int(counts[:, t].sum()) for t in Task},
+        "role": {ROLE_NAMES[r]: int(counts[r].sum()) for r in Quality},
+        "role_objective": {ROLE_NAMES[r]: {TASK_NAMES[t]: int(counts[r, t]) for t in Task} for r in Quality},
+    }
 
 
 # ---------------------------------------------------------------------------------------------- batches

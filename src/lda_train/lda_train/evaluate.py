@@ -207,7 +207,7 @@ def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
     """``{"policy/action_l1": ..., ...}`` of the overall metrics (for TensorBoard and curves)."""
     out = {}
     for head, values in result.items():
-        if head in ("per_dataset", "step", "num_heldout_samples") or not isinstance(values, dict):
+        if head in ("per_dataset", "step", "num_heldout_samples", "effective_samples") or not isinstance(values, dict):
             continue
         for k, v in values.items():
             if isinstance(v, (int, float)) and v is not None and math.isfinite(v) and k != "samples":

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from lda_common.schema import Quality
 from lda_policy.model import PRESETS, LDAModel, Task
 
 from .build import (
@@ -44,7 +45,7 @@ from .build import (
 )
 from .checkpoints import TrainingCheckpoints, list_checkpoints
 from .config import TrainingRunConfig, dump_config
-from .data import TaskSampler, open_sources
+from .data import TaskSampler, effective_samples, open_sources, shares_dict
 from .evaluate import EvalSet, evaluate, flat_metrics, plot_curves, write_eval
 from .latent_cache import (
     CachedLatents,
@@ -90,11 +91,7 @@ class Trainer(TrainingCheckpoints):
 
     def _build(self) -> None:
         cfg, env = self.cfg, self.env
-        layout = PRESETS[cfg.model.preset].time if cfg.model.checkpoint is None else None
-        if layout is None:
-            from lda_policy.model import read_config
-
-            layout = read_config(cfg.model.checkpoint).time
+        layout = time_layout(cfg)
         self.sources = open_sources(cfg.data.datasets, layout, cfg.data.heldout_fraction, cfg.seed)
         if cfg.encoders.dino_path is None:
             raise TrainError("encoders.dino_path is not set: name the local DINOv3 checkpoint directory")
@@ -128,7 +125,10 @@ class Trainer(TrainingCheckpoints):
             frames = FrameWindowDataset(self.sources, list(layout.obs_offsets_s) + list(layout.future_offsets_s))
             latent_sample = self._online_latent_sample(latents, frames)
         self.data = TrainingData(self.sources, self.model.config, language, latents, frames)
-        self.sampler = TaskSampler(self.sources, cfg.data.task_weights, cfg.seed, "train")
+        self.sampler = TaskSampler(self.sources, cfg.data.task_weights, cfg.seed, "train",
+                                   role_weights=cfg.data.role_weights)
+        #: (roles, objectives): samples drawn so far in this run (all steps up to the current one)
+        self.drawn = np.zeros((len(Quality), len(Task)), dtype=np.int64)
         self.stats = embodiment_stats(self.sources, "train", seed=cfg.seed)
         self.stats_notes = install_stats(self.model, self.stats, latent_stats(latent_sample, seed=cfg.seed),
                                          keep_existing=self.from_checkpoint)
@@ -286,9 +286,9 @@ class Trainer(TrainingCheckpoints):
         if self.env.main:
             print(f"[lda-train] {msg}", flush=True)
 
-    def _micro_plans(self, step: int) -> Iterator[tuple[int, Any]]:
-        """(global micro index, plan) of this process's micro-batches of ``step``."""
-        plan = self.sampler.batch(step, self.cfg.train.batch_size)
+    def _micro_plans(self, step: int, plan: Any = None) -> Iterator[tuple[int, Any]]:
+        """(global micro index, plan) of this process's micro-batches of ``step`` (of ``plan``, its global batch)."""
+        plan = self.sampler.batch(step, self.cfg.train.batch_size) if plan is None else plan
         for j in range(self.accum):
             m = self.env.rank * self.accum + j
             yield m, plan.slice(m * self.micro, (m + 1) * self.micro)
@@ -344,7 +344,9 @@ class Trainer(TrainingCheckpoints):
             for g in optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             sums = torch.zeros(2 + 2 * len(Task), dtype=torch.float64)  # loss sum, n, per task (sum, n)
-            for j, (m, plan) in enumerate(self._micro_plans(step)):
+            global_plan = self.sampler.batch(step, t.batch_size)
+            self.drawn += self.sampler.counts(global_plan)  # the same global batch on every process
+            for j, (m, plan) in enumerate(self._micro_plans(step, global_plan)):
                 frames = next(frames_iter) if frames_iter is not None else None
                 batch = self.data.batch(plan, frames)
                 torch.manual_seed(_micro_seed(cfg.seed, step, m))
@@ -388,12 +390,16 @@ class Trainer(TrainingCheckpoints):
                     n = float(sums[3 + 2 * i])
                     record[f"loss/{tk.name.lower()}"] = float(sums[2 + 2 * i] / n) if n else None
                     record[f"count/{tk.name.lower()}"] = int(n)
+                drawn = effective_samples(self.drawn)  # cumulative over the run
+                record.update({f"samples/{k}": v for k, v in drawn["objective"].items()})
+                record.update({f"samples/{k}": v for k, v in drawn["role"].items()})
                 self._write_log(record, writer)
                 eta = (t.steps - done) * t.batch_size / max(rate, 1e-9)
                 self._log(f"step {done}/{t.steps} loss {record['loss']:.4f} lr {lr:.2e} grad_norm {grad_norm:.3f} "
                           f"{rate:.1f} samples/s eta {datetime.timedelta(seconds=round(eta))}")
                 window_t0, window_samples = time.monotonic(), 0
             if done % t.checkpoint_every == 0 or done == t.steps:
+                self._write_effective_samples(done)
                 path = self.save(done, optimizer)
                 if path is not None:
                     self._log(f"saved checkpoint {path} (step {done})")
@@ -403,6 +409,10 @@ class Trainer(TrainingCheckpoints):
                 window_t0, window_samples = time.monotonic(), 0
         if bar is not None:
             bar.close()
+        drawn = effective_samples(self.drawn)
+        self._log(f"effective samples over steps 0-{t.steps}: " + ", ".join(
+            f"{k} {v}" for k, v in drawn["objective"].items()) + "; by role: " + ", ".join(
+            f"{k} {v}" for k, v in drawn["role"].items()))
         if env.main:
             self._export_final()
         if writer is not None:
@@ -423,6 +433,7 @@ class Trainer(TrainingCheckpoints):
                 result = evaluate(model, self.data, self.eval_set, self.stats, self.cfg.eval)
                 result["eval_seconds"] = round(time.monotonic() - t0, 3)
                 result["weights"] = "ema" if self.ema is not None else "raw"
+                result["effective_samples"] = effective_samples(self.drawn)  # drawn in steps 0..step-1
         if result:
             write_eval(result, self.run_dir / "eval", step)
             if writer is not None:
@@ -473,6 +484,21 @@ class Trainer(TrainingCheckpoints):
                 if k != "step" and isinstance(v, (int, float)):
                     writer.add_scalar(f"train/{k}", v, record["step"])
 
+    def _write_effective_samples(self, step: int) -> None:
+        """<output_dir>/effective_samples.json: the samples drawn per objective and role in steps 0..step-1."""
+        if not self.env.main:
+            return
+        cfg = self.cfg
+        record = {"step": step, "batch_size": cfg.train.batch_size,
+                  "task_weights": dataclasses.asdict(cfg.data.task_weights),
+                  "role_weights": cfg.data.role_weights.as_dict(),
+                  "expected_share": shares_dict(self.sampler.expected_shares()),
+                  **effective_samples(self.drawn)}
+        path = self.run_dir / "effective_samples.json"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(path)
+
     def _write_run_files(self) -> None:
         if not self.env.main:
             return
@@ -482,6 +508,8 @@ class Trainer(TrainingCheckpoints):
                    "embodiments": [dataclasses.asdict(e) for e in self.model.config.embodiments],
                    "train_samples": dict(zip([s.name for s in self.sources], self.sampler.sample_counts, strict=True)),
                    "heldout_eval_samples": self.eval_set.size,
+                   "role_weights": self.cfg.data.role_weights.as_dict(),
+                   "expected_share": shares_dict(self.sampler.expected_shares()),
                    "normalization": self.stats_notes}
         (self.run_dir / "data_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (self.run_dir / "stats.json").write_text(json.dumps(
@@ -507,6 +535,24 @@ def _micro_seed(seed: int, step: int, micro: int) -> int:
 
 def _fmt(x: Any) -> str:
     return f"{x:.4f}" if isinstance(x, (int, float)) else "n/a"
+
+
+def time_layout(cfg: TrainingRunConfig) -> Any:
+    """The model's TimeLayout: the preset's, or the checkpoint's when fine-tuning."""
+    if cfg.model.checkpoint is None:
+        return PRESETS[cfg.model.preset].time
+    from lda_policy.model import read_config
+
+    return read_config(cfg.model.checkpoint).time
+
+
+def expected_sample_shares(cfg: TrainingRunConfig) -> dict[str, Any]:
+    """What share of a batch each objective and role is expected to get under ``cfg`` (its datasets, split,
+    ``task_weights`` and ``role_weights``), without building a model or touching the latent cache: the
+    sampler's exact expectation over its draws (``data_summary.json`` of a run holds the same figures)."""
+    sources = open_sources(cfg.data.datasets, time_layout(cfg), cfg.data.heldout_fraction, cfg.seed)
+    sampler = TaskSampler(sources, cfg.data.task_weights, cfg.seed, "train", role_weights=cfg.data.role_weights)
+    return shares_dict(sampler.expected_shares())
 
 
 def run_training(cfg: TrainingRunConfig, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
