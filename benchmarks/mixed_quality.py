@@ -2,36 +2,70 @@
 
     python benchmarks/mixed_quality.py                         # on the demo's recording (run `make demo` first)
     python benchmarks/mixed_quality.py --seeds 0 1 2 --steps 1200 --episodes 10 --jobs 2
-    python benchmarks/mixed_quality.py --smoke --out /tmp/mixed_quality.json   # ~2 min: own tiny recording, 2 steps
+    python benchmarks/mixed_quality.py --compute policy_samples --steps 1200   # equal policy samples instead
+    python benchmarks/mixed_quality.py --smoke --out /tmp/mixed_quality.json   # ~2.5 min: own tiny recording, 2 steps
 
-Same data, same compute (optimiser steps x batch), three trainings per seed:
+Same data, four trainings per seed:
 
 (a) ``policy_high``      policy objective only, on the ``high`` episodes;
 (b) ``policy_high_low``  policy objective only, on ``high`` + ``low`` episodes, both treated as demonstrations;
-(c) ``lda_role_aware``   all four objectives, role-aware: high -> all, low -> dynamics + forecasting,
+(c) ``lda_high_only``    all four objectives, on the ``high`` episodes only (``data.role_weights`` low and
+                         actionless at 0): the paper's own baseline in Table IV, LDA without the extra data;
+(d) ``lda_role_aware``   all four objectives, role-aware: high -> all, low -> dynamics + forecasting,
                          actionless -> forecasting.
 
-Each is scored by its held-out policy action L1 (from ``lda-train``'s evaluation, with the
-predict-the-mean baseline) and by closed-loop success on the simulator (model host and safety gate), on
-the same unseen seeds. Figures are written to ``benchmarks/results/mixed_quality.json`` and printed as
-a table with the mean and spread over seeds. It reuses the demo's dataset, latent cache and encoder, and
-trains with the demo's settings (``lda_bringup.demo.TRAIN_SETTINGS``). ``--jobs N`` runs N trainings and
-closed loops at once, each on its own ROS_DOMAIN_ID. A finished run is not repeated (delete its folder
-under ``--work`` to redo it).
+(c) against (d) separates the data from the objectives: both train the same four objectives, (d) also
+sees the ``low`` and ``actionless`` episodes in their roles.
+
+Same compute, by one of two definitions (``--compute``, recorded in the JSON as ``compute.definition``):
+
+- ``steps`` (the default): every variant runs ``--steps`` optimiser steps of the same batch (16), so the
+  same number of samples. The LDA variants then spend part of their batch on dynamics and forecasting:
+  their policy sees a fraction of the policy samples of (a) and (b).
+- ``policy_samples``: every variant gets the same number of *policy-objective* samples,
+  ``--steps`` x batch (what (a) and (b), whose every sample is a policy sample, get from ``--steps``);
+  the LDA variants get their dynamics and forecasting samples on top, i.e. more steps. A variant's steps
+  are ``ceil(--steps / p)``, where ``p`` is the expected policy share of a sample under that variant's
+  config: the sampler's exact expectation over its draws (``lda_train.trainer.expected_sample_shares``:
+  the datasets, the held-out split, ``task_weights`` and ``role_weights``; 1.0 for (a) and (b)). The
+  number actually drawn is random around it (binomial: within a few per cent at these sizes); each run
+  records what its sampler drew (``effective_samples``, per objective and per role, from ``lda-train``'s
+  evaluation JSON) next to the target.
+
+Whatever the definition, the JSON holds each variant's steps under both (``compute.steps``,
+``compute.policy_samples_steps``) and its expected shares.
+
+Each run is scored by its held-out policy action L1 (from ``lda-train``'s evaluation, with the
+predict-the-mean baseline, on the same held-out ``high`` episodes for every variant) and by closed-loop
+success on the simulator on the same unseen seeds. The judge: every variant runs with the safety
+monitor *off* (``judge: monitor_off`` in the JSON). The model host gets a parameter file
+(``host_params:=``, written under ``--work``) with ``require_calibration: false`` and
+``warn_surprise``/``stop_surprise`` at 1e9: no calibration is made and surprise never STOPs the robot, so
+the success measures the policy alone. (With the monitor on, the policy-only variants ran under a
+forward-dynamics head that was never trained: one re-run had 3 of 10 ``policy_high_low`` episodes with
+51-60 STOP statuses each.) The safety gate's hard limits and heartbeats stay on for every variant, and each
+run still records its episodes' ``stop_statuses``.
+
+Figures are written to ``benchmarks/results/mixed_quality.json`` and printed as a table with the mean and
+spread over seeds. It reuses the demo's dataset, latent cache and encoder, and trains with the demo's
+settings (``lda_bringup.demo.TRAIN_SETTINGS``). ``--jobs N`` runs N trainings and closed loops at once,
+each on its own ROS_DOMAIN_ID. A finished run is not repeated (its folder under ``--work`` is named by
+variant, seed and steps; delete it to redo it).
 
 ``--smoke`` (run by ``tests/test_benchmarks_smoke.py``) needs no ``make demo``: in a temporary directory it
 writes a one-layer random DINOv3, records 3 high + 1 low + 1 actionless simulator episodes with
 ``launch/sim_record.launch.yaml`` (the demo's ``encoder`` and ``record`` phases; the first training builds
-the latent cache, or ``lda-cache-latents`` does with ``--jobs`` above 1), then runs all three
-variants for one seed: 2 training steps, a calibration from every 25th control tick and one 5-step
-closed-loop episode each (about 2 minutes on 2 cores).
+the latent cache, or ``lda-cache-latents`` does with ``--jobs`` above 1), then runs all four
+variants for one seed: 2 training steps and one 5-step closed-loop episode each (2 min 18 s on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
+import math
 import os
 import queue
 import shutil
@@ -43,12 +77,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lda_bringup.demo import DEMO_ROBOTS, EVAL_SETTINGS, FULL, TRAIN_SETTINGS, calibration_command
+import yaml
+from lda_bringup.demo import EVAL_SETTINGS, FULL, TRAIN_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 # --smoke: every phase of every variant at the smallest sizes; arguments given on the command line still win.
-SMOKE = {"seeds": [0], "steps": 2, "episodes": 1, "max_steps": 5, "jobs": 1, "calibrate_every": 25}
+SMOKE = {"seeds": [0], "steps": 2, "episodes": 1, "max_steps": 5, "jobs": 1}
 # The smoke's own recording: 3 expert episodes (2 are held out, as in every run), one low, one actionless.
 # From seed 1 the low-quality operator's episode (sim seed 4) takes ~45 steps; from seed 0 it took ~140.
 SMOKE_RECORDING = ("n_high:=3", "n_low:=1", "n_actionless:=1", "seed:=1")
@@ -60,8 +95,14 @@ VARIANTS = {
     "policy_high_low": ["data.datasets.0.role=high", "data.task_weights.policy=1.0",
                         "data.task_weights.forward_dynamics=0.0", "data.task_weights.inverse_dynamics=0.0",
                         "data.task_weights.forecast=0.0"],
+    "lda_high_only": ["data.datasets.0.role=quality", "data.role_weights.low=0.0", "data.role_weights.actionless=0.0"],
     "lda_role_aware": ["data.datasets.0.role=quality"],
 }
+COMPUTE = ("steps", "policy_samples")
+TRAIN_CONFIG = "config/train/demo_cpu.yaml"
+# The judge of every variant's closed loop: the monitor off (see the module docstring).
+JUDGE = {"mode": "monitor_off", "host_params": {"require_calibration": False, "warn_surprise": 1.0e9,
+                                                "stop_surprise": 1.0e9}}
 
 
 def run(cmd: list[str], log: Path, domain_id: int) -> None:
@@ -84,47 +125,88 @@ def heldout_episodes(dataset: Path, count: int = 2) -> list[int]:
     return high[-count:]
 
 
+def train_overrides(variant: str, args: argparse.Namespace) -> list[str]:
+    """The variant's lda-train overrides on top of config/train/demo_cpu.yaml, before steps and seed."""
+    return [f"data.datasets.0.root={args.dataset}", f"cache.dir={args.cache_dir}",
+            f"encoders.dino_path={args.dino_path}", *TRAIN_SETTINGS,
+            # The same held-out episodes for every variant: expert ones, where action L1 means something.
+            f"data.datasets.0.heldout_episodes={json.dumps(heldout_episodes(args.dataset))}",
+            *VARIANTS[variant]]
+
+
+@functools.cache
+def _plan(variant: str, dataset: Path, cache_dir: Path, dino_path: Path) -> dict:
+    """The variant's batch size and expected shares per objective and role (the sampler's expectation)."""
+    from lda_train.config import load_config
+    from lda_train.trainer import expected_sample_shares
+
+    ns = argparse.Namespace(dataset=dataset, cache_dir=cache_dir, dino_path=dino_path)
+    cfg = load_config(REPO / TRAIN_CONFIG, train_overrides(variant, ns))
+    return {"batch_size": cfg.train.batch_size, "expected_share": expected_sample_shares(cfg)}
+
+
+def plan(variant: str, args: argparse.Namespace) -> dict:
+    """Steps of ``variant`` under both definitions of same compute, and the one this run uses.
+
+    ``policy_samples``: ``ceil(--steps / p)`` steps, p the expected policy share of a sample, so that
+    steps x batch x p reaches ``--steps`` x batch policy samples (what a policy-only variant gets)."""
+    info = _plan(variant, args.dataset, args.cache_dir, args.dino_path)
+    share = info["expected_share"]["objective"]["policy"]
+    if share <= 0:
+        raise SystemExit(f"mixed_quality: variant {variant} draws no policy samples; it cannot be compared")
+    by = {"steps": args.steps, "policy_samples": math.ceil(args.steps / share - 1e-9)}
+    return {**info, "policy_share": share, "steps_by_compute": by, "steps": by[args.compute],
+            "policy_samples_target": args.steps * info["batch_size"]}
+
+
+def host_params(args: argparse.Namespace) -> Path:
+    """The model host's parameters for every closed loop: the shipped file with the monitor off."""
+    params = yaml.safe_load((REPO / "config/deploy/model_host.yaml").read_text())
+    params["/**"]["ros__parameters"].update(JUDGE["host_params"])
+    path = args.work / "host_monitor_off.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
 def one_run(variant: str, seed: int, args: argparse.Namespace, domain_id: int) -> dict:
-    run_dir = args.work / f"{variant}_seed{seed}"
+    p = plan(variant, args)
+    steps = p["steps"]
+    run_dir = args.work / f"{variant}_seed{seed}_{steps}steps"
     log = run_dir / "log.txt"
-    overrides = [f"output_dir={run_dir / 'train'}", f"data.datasets.0.root={args.dataset}",
-                 f"cache.dir={args.cache_dir}", f"encoders.dino_path={args.dino_path}", f"seed={seed}",
-                 f"train.steps={args.steps}", *TRAIN_SETTINGS, f"train.checkpoint_every={args.steps}",
-                 "train.eval_every=0",
-                 f"optim.warmup_steps={max(args.steps // 10, 1)}",
-                 # The same held-out episodes for every variant: expert ones, where action L1 means something.
-                 f"data.datasets.0.heldout_episodes={json.dumps(heldout_episodes(args.dataset))}",
-                 *VARIANTS[variant]]
+    overrides = [f"output_dir={run_dir / 'train'}", *train_overrides(variant, args), f"seed={seed}",
+                 f"train.steps={steps}", f"train.checkpoint_every={steps}", "train.eval_every=0",
+                 f"optim.warmup_steps={max(steps // 10, 1)}"]
     start = time.monotonic()
     if not (run_dir / "train" / "model").is_dir():
-        run(["lda-train", "--config", "config/train/demo_cpu.yaml", *overrides], log, domain_id)
+        run(["lda-train", "--config", TRAIN_CONFIG, *overrides], log, domain_id)
     train_s = time.monotonic() - start
     evaluation = json.loads((run_dir / "train" / "eval" / "latest.json").read_text())
     checkpoint = run_dir / "train" / "model"
-    if not (checkpoint / "safety_calibration.json").is_file():  # on every bag, as the demo does
-        bags = args.dataset.parent / f"{args.dataset.name}_bags"
-        every = ["--every", str(args.calibrate_every)] if args.calibrate_every else []
-        panda = DEMO_ROBOTS["sim_panda"]
-        run([*calibration_command(checkpoint, args.dino_path, bags, REPO / "config/robots/sim_panda.yaml",
-                                  panda.instruction(REPO)), *every], log, domain_id)
     results = run_dir / "closed_loop.json"
     if not results.is_file() and args.episodes > 0:
         run(["lda-launch", "launch/sim_demo.launch.yaml", f"checkpoint:={checkpoint}",
-             f"dino_path:={args.dino_path}", f"episodes:={args.episodes}", f"max_steps:={args.max_steps}",
-             "seed:=1000", *EVAL_SETTINGS, f"label:={variant}", f"results_path:={results}"], log, domain_id)
+             f"dino_path:={args.dino_path}", f"host_params:={args.host_params}", f"episodes:={args.episodes}",
+             f"max_steps:={args.max_steps}", "seed:=1000", *EVAL_SETTINGS, f"label:={variant}",
+             f"results_path:={results}"], log, domain_id)
     closed = json.loads(results.read_text()) if results.is_file() else {}
     policy = evaluation.get("policy", {})
+    drawn = evaluation.get("effective_samples") or {}
     return {"variant": variant, "seed": seed, "heldout_action_l1": policy.get("action_l1"),
             "predict_mean_action_l1": policy.get("baseline_mean_action_l1"),
             "success_rate": closed.get("success_rate"), "episodes": closed.get("episodes"),
-            "train_wall_s": round(train_s, 1)}
+            "stop_statuses": sum(e.get("stop_statuses", 0) for e in closed.get("per_episode", [])) if closed else None,
+            "train_wall_s": round(train_s, 1), "compute": args.compute, "steps": steps,
+            "batch_size": p["batch_size"], "policy_share_expected": p["policy_share"],
+            "policy_samples": drawn.get("objective", {}).get("policy"), "effective_samples": drawn,
+            "judge": JUDGE["mode"]}
 
 
 def summarise(rows: list[dict]) -> dict:
     out = {}
     for variant in VARIANTS:
         mine = [r for r in rows if r["variant"] == variant]
-        for key in ("heldout_action_l1", "success_rate"):
+        for key in ("heldout_action_l1", "success_rate", "policy_samples", "steps"):
             values = [r[key] for r in mine if r[key] is not None]
             if values:
                 out.setdefault(variant, {})[key] = {
@@ -159,14 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=REPO / "out/demo/latent_cache")
     ap.add_argument("--work", type=Path, default=REPO / "out/mixed_quality")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--steps", type=int, default=1200, help="optimiser steps per training (batch 16)")
+    ap.add_argument("--steps", type=int, default=1200,
+                    help="optimiser steps per training (batch 16); with --compute policy_samples: the steps of a "
+                         "policy-only variant, whose policy samples every variant gets")
+    ap.add_argument("--compute", choices=COMPUTE, default="steps",
+                    help="same compute as equal optimiser steps x batch (steps) or as equal policy-objective "
+                         "samples, the LDA variants' dynamics and forecasting on top (policy_samples)")
     ap.add_argument("--episodes", type=int, default=10, help="closed-loop episodes per run (0: skip)")
     ap.add_argument("--max-steps", type=int, default=FULL.eval_max_steps,
                     help="control steps per closed-loop episode (the demo's)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each trains on one CPU thread)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--calibrate-every", type=int, default=None,
-                    help="calibrate_safety --every: predict from every n-th control tick (default: its own)")
     ap.add_argument("--out", type=Path, default=RESULTS / "mixed_quality.json")
     ap.add_argument("--smoke", action="store_true",
                     help="minutes-long check of every phase on its own tiny recording; needs --out outside "
@@ -195,6 +280,12 @@ def benchmark(args: argparse.Namespace, scratch: Path | None) -> int:
         print(f"mixed_quality: no dataset at {args.dataset}; run `make demo` first or pass --dataset",
               file=sys.stderr)
         return 2
+    args.host_params = host_params(args)
+    plans = {v: plan(v, args) for v in args.variants}  # before the runs: a variant without policy fails early
+    for v, p in plans.items():
+        print(f"[plan] {v}: expected policy share {p['policy_share']:.3f}, {p['steps']} steps "
+              f"(steps: {p['steps_by_compute']['steps']}, policy_samples: {p['steps_by_compute']['policy_samples']})",
+              flush=True)
     runs = [(v, s) for s in args.seeds for v in args.variants]
     # One DDS domain per concurrent job, so parallel closed loops never hear each other's topics.
     domains: queue.Queue[int] = queue.Queue()
@@ -222,14 +313,24 @@ def benchmark(args: argparse.Namespace, scratch: Path | None) -> int:
         rows = list(pool.map(job, range(len(runs))))
     summary = summarise(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "runs": rows,
-                                    "summary": summary}, indent=2) + "\n")
-    print(f"\n{'variant':<18} {'held-out action L1 (mean, min..max)':<38} {'closed-loop success (mean, min..max)'}")
+    compute = {"definition": args.compute,
+               "policy_samples_target": args.steps * next(iter(plans.values()))["batch_size"] if plans else None,
+               "steps": {v: p["steps_by_compute"]["steps"] for v, p in plans.items()},
+               "policy_samples_steps": {v: p["steps_by_compute"]["policy_samples"] for v, p in plans.items()},
+               "expected_share": {v: p["expected_share"] for v, p in plans.items()}}
+    judge = {**JUDGE, "why": "the same judge for every variant: the policy-only variants' forward-dynamics head "
+                             "is never trained, so a monitor would judge them with noise"}
+    args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "compute": compute,
+                                    "judge": judge, "runs": rows, "summary": summary}, indent=2) + "\n")
+    print(f"\nsame compute: {args.compute}; judge: {JUDGE['mode']}")
+    print(f"\n{'variant':<16} {'steps':>6} {'policy samples':>14} {'held-out action L1 (mean, min..max)':<38} "
+          f"{'closed-loop success (mean, min..max)'}")
     for variant, s in summary.items():
-        l1, sr = s.get("heldout_action_l1"), s.get("success_rate")
+        l1, sr, ps = s.get("heldout_action_l1"), s.get("success_rate"), s.get("policy_samples")
         l1_txt = f"{l1['mean']:.4f} ({l1['min']:.4f}..{l1['max']:.4f})" if l1 else "n/a"
         sr_txt = f"{sr['mean']:.2f} ({sr['min']:.2f}..{sr['max']:.2f}), n={sr['n']}" if sr else "n/a"
-        print(f"{variant:<18} {l1_txt:<38} {sr_txt}")
+        ps_txt = f"{ps['mean']:.0f}" if ps else "n/a"
+        print(f"{variant:<16} {plans[variant]['steps']:>6} {ps_txt:>14} {l1_txt:<38} {sr_txt}")
     print(f"\nwritten to {args.out}")
     return 0
 
