@@ -7,9 +7,10 @@
         obs = sim.step(targets, grippers)
 
 Modes mimic the data an LDA user collects: ``high`` is a clean expert (approach above the object, descend,
-close, lift; a dexterous hand descends beside the object, moves in palm first and wraps round it); ``low`` is the real-world kind of teleoperation the paper keeps instead of discarding (pauses,
-detours, hand jitter and drift, sloppy grasps that need retries, some failures); ``actionless`` moves the
-robot through the task like a demonstrator whose actions are not kept, so it is an expert with some jitter.
+close, lift; a dexterous hand descends beside the object, moves in palm first and wraps round it); ``low``
+is the real-world kind of teleoperation the paper keeps instead of discarding (pauses, detours, hand jitter
+and drift, sloppy grasps that need retries, some failures); ``actionless`` moves the robot through the task
+like a demonstrator whose actions are not kept, so it is an expert with some jitter.
 The operator reads the privileged object pose, like a human who sees the scene.
 """
 
@@ -77,10 +78,11 @@ TASKS: dict[str, TaskScript] = {
     # expert keeps the gripper's yaw, so the policy has no per-episode rotation to
     # reproduce that its image features may not show.
     "panda_lift": TaskScript(hand="right", open_width=0.08),
-    # The can starts in the right-hand bin; the right hand lifts it with a side power grasp (19-20/20 seeds
-    # lifted in high mode). Open is a pre-shaped hand, fingers a third curled and the thumb beside them,
-    # so the fingertips clear the bin floor; the can is held 1.5 cm above its centre. Placing it in the
-    # other bin (robosuite's success) is out of the right arm's reach, so the verdict is the lift.
+    # The can starts in the right-hand bin; the right hand lifts it with a side power grasp (high mode:
+    # 20/20 on seeds 0-9 and 100-109, 17/20 on 200-219; low: 12/20 on 0-9 and 100-109; actionless: 10/10
+    # on 0-9). Open is a pre-shaped hand, fingers a third curled and the thumb beside them, so the
+    # fingertips clear the bin floor; the can is held 1.5 cm above its centre. Carrying it to the other
+    # bin (robosuite's success) is not scripted, so the operator's verdict is the lift.
     "gr1_pickplace": TaskScript(
         hand="right", open_width=0.065, hover=0.12, grasp_offset=(0.0, 0.0, 0.015), lift=0.15,
         side_grasp=SideGrasp(palm_offset=(0.0, -0.075, 0.04), pitch_deg=(30.0, 15.0), pitch_x=(0.38, 0.48),
@@ -125,7 +127,7 @@ GR1_STYLES: dict[str, Style] = {
     "actionless": Style(speed=(0.025, 0.035), jitter=0.002, close_steps=10),
     "low": Style(
         speed=(0.01, 0.025), jitter=0.004, drift=0.003, pause_prob=0.05, pause_steps=(3, 12),
-        detour_prob=0.6, detour=0.12, grasp_error=0.010, height_error=0.010, yaw_error=0.25, close_steps=12,
+        detour_prob=0.6, detour=0.12, grasp_error=0.008, height_error=0.008, yaw_error=0.12, close_steps=12,
         max_attempts=2,
     ),
 }
@@ -211,7 +213,7 @@ class ScriptedOperator:
             else:
                 self._goto("detour" if self._detour is not None else "approach")
         elif self.phase == "raise":
-            if self._move(self._raise_to, eef, tol=0.02) or self._phase_steps > 10:
+            if self._move(self._raise_to, eef, tol=0.02) or self._phase_steps > 40:
                 self._goto("detour" if self._detour is not None else "approach")
         elif self.phase == "detour":
             if self._move(self._detour, eef, tol=0.03) or self._phase_steps > 40:

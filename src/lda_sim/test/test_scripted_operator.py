@@ -56,3 +56,47 @@ def test_operator_refuses_unknown_mode_and_robot():
         ScriptedOperator("panda_lift", "medium")
     with pytest.raises(ValueError, match="no scripted task for robot 'ur5'"):
         ScriptedOperator("ur5", "high")
+
+
+GR1_HIGH_SEEDS = (0, 7)  # 0: the can stands under the fingers at the start; 7: near the robot and the midline
+
+
+def run_gr1_episode(sim: SimRobot, mode: str, seed: int) -> dict:
+    obs = sim.reset(seed)
+    operator = ScriptedOperator("gr1_pickplace", mode, seed=seed, max_steps=150)
+    start = obs.object_pos.copy()
+    heights, widths = [], []
+    while not operator.done:
+        obs = sim.step(*operator.act(obs))
+        heights.append(obs.object_pos[2])
+        widths.append(obs.gripper_width["right"])
+    return {"success": operator.success, "steps": operator.steps, "attempts": operator.attempts,
+            "pauses": operator.pauses, "lift": max(heights) - start[2], "final_lift": obs.object_pos[2] - start[2],
+            "hand_to_can": float(np.linalg.norm(obs.object_pos - obs.eef_pos["right"])), "min_width": min(widths)}
+
+
+@pytest.fixture(scope="module")
+def gr1_runs():
+    sim = SimRobot("gr1_pickplace", render=False)
+    try:
+        yield {
+            "high": [run_gr1_episode(sim, "high", seed) for seed in GR1_HIGH_SEEDS],
+            "low": run_gr1_episode(sim, "low", 1),
+        }
+    finally:
+        sim.close()
+
+
+def test_gr1_expert_lifts_the_can_in_its_hand(gr1_runs):
+    for r in gr1_runs["high"]:
+        assert r["success"] and r["attempts"] == 1 and r["pauses"] == 0, r
+        # Still held up at the end, in the hand (its grip site is at the wrist, ~9 cm from the can's centre).
+        assert r["final_lift"] > 0.10 and r["hand_to_can"] < 0.13, r
+        assert r["min_width"] < 0.04, r  # the hand closed on the can
+        assert r["steps"] < 60, r
+
+
+def test_gr1_low_operator_is_slower_and_pauses(gr1_runs):
+    high, low = gr1_runs["high"], gr1_runs["low"]
+    assert low["pauses"] > 0, low
+    assert low["steps"] > 1.5 * np.mean([r["steps"] for r in high]), (low, high)
