@@ -56,11 +56,11 @@ class DemoSize:
 # so far took 14-28; a failure runs to the end, so this bounds the evaluation's time.
 FULL = DemoSize(n_high=30, n_low=10, n_actionless=6, train_steps=1200, eval_episodes=10, eval_max_steps=60)
 QUICK = DemoSize(n_high=3, n_low=2, n_actionless=1, train_steps=20, eval_episodes=2, eval_max_steps=60)
-# GR-1: a simulator step costs ~4x the Panda's (two arms, two 6-DoF hands, the torso), and the expert needs
-# about 3x the steps, so fewer episodes fit the 40-minute budget. Its 224 px camera makes each calibration
-# window ~0.5 s of CPU (4 bags: 268 windows in 141 s), so the judge is calibrated on every 4th tick.
-FULL_GR1 = DemoSize(n_high=20, n_low=6, n_actionless=4, train_steps=1200, eval_episodes=10, eval_max_steps=100,
-                    calibrate_every=4)
+# GR-1: the same mix as the Panda. Its expert lifts the can in ~35 steps (the Panda's cube: ~28, with 60
+# closed-loop steps), so the closed loop gets 80. The 224 px camera makes each calibration window ~0.5 s
+# of CPU (4 bags: 268 windows in 141 s), so the judge is calibrated on every 6th tick.
+FULL_GR1 = DemoSize(n_high=30, n_low=10, n_actionless=6, train_steps=1200, eval_episodes=10, eval_max_steps=80,
+                    calibrate_every=6)
 QUICK_GR1 = DemoSize(n_high=2, n_low=1, n_actionless=1, train_steps=20, eval_episodes=2, eval_max_steps=30,
                      calibrate_every=4)
 

@@ -68,9 +68,6 @@ class TaskScript:
     align_yaw: bool = False  # turn the gripper to the object's yaw (a box: 90-degree symmetric)
     lifted_dz: float = 0.03  # the object rose this much: the grasp held
     side_grasp: SideGrasp | None = None  # None: a top grasp in the start orientation (a parallel gripper)
-    # The operator's verdict: the object lifted by lifted_dz and still in the hand (the sim's own success
-    # flag is a task the script does not do, e.g. placing the object in another bin); False: the sim's flag.
-    success_when_lifted: bool = False
 
 
 TASKS: dict[str, TaskScript] = {
@@ -82,12 +79,11 @@ TASKS: dict[str, TaskScript] = {
     # 20/20 on seeds 0-9 and 100-109, 17/20 on 200-219; low: 12/20 on 0-9 and 100-109; actionless: 10/10
     # on 0-9). Open is a pre-shaped hand, fingers a third curled and the thumb beside them, so the
     # fingertips clear the bin floor; the can is held 1.5 cm above its centre. Carrying it to the other
-    # bin (robosuite's success) is not scripted, so the operator's verdict is the lift.
+    # bin (robosuite's success) is not scripted: the sim scores the pick (RobotSpec.held_up).
     "gr1_pickplace": TaskScript(
         hand="right", open_width=0.065, hover=0.12, grasp_offset=(0.0, 0.0, 0.015), lift=0.15,
         side_grasp=SideGrasp(palm_offset=(0.0, -0.075, 0.04), pitch_deg=(30.0, 15.0), pitch_x=(0.38, 0.48),
                             yaw_deg=(0.0, 30.0), yaw_y=(-0.12, -0.04)),
-        success_when_lifted=True,
     ),
 }
 
@@ -271,13 +267,7 @@ class ScriptedOperator:
                 self._finish(self._succeeded(obs))
 
     def _succeeded(self, obs: SimObservation) -> bool:
-        if not self.task.success_when_lifted:
-            return bool(obs.success)
-        if self._object_z is None:
-            return False
-        obj, eef = np.asarray(obs.object_pos), np.asarray(obs.eef_pos[self.task.hand])
-        # Lifted and still in the hand (the grip site is ~9 cm from a held object's centre, at the wrist).
-        return bool(obj[2] - self._object_z >= self.task.lifted_dz and np.linalg.norm(obj - eef) < 0.13)
+        return bool(obs.success)  # the sim's task success, the one the closed-loop evaluation scores
 
     def _begin_attempt(self, obs: SimObservation) -> None:
         """New grasp attempt: draw this attempt's speed and sloppiness."""
