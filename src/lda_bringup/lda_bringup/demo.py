@@ -73,6 +73,7 @@ class DemoRobot:
     sim_robot: str  # lda_sim robot; config/sim/<sim_robot>.yaml holds the task text
     full: DemoSize
     quick: DemoSize
+    safety_limits: str | None = None  # the gate's limits file (default: config/deploy/limits/<robot>.yaml)
 
     def instruction(self, repo: Path) -> str:
         """The task the scripted operator records: the policy is asked for the same one."""
@@ -84,7 +85,9 @@ class DemoRobot:
 
 DEMO_ROBOTS = {
     "sim_panda": DemoRobot("sim_panda", "panda_lift", FULL, QUICK),
-    "gr1_humanoid": DemoRobot("gr1_humanoid", "gr1_pickplace", FULL_GR1, QUICK_GR1),
+    # The simulated GR-1 moves and bends its fingers past the real robot's limits (see the file).
+    "gr1_humanoid": DemoRobot("gr1_humanoid", "gr1_pickplace", FULL_GR1, QUICK_GR1,
+                              safety_limits="config/deploy/limits/gr1_humanoid_sim.yaml"),
 }
 DEFAULT_ROBOT = "sim_panda"
 PHASES = ("encoder", "record", "cache", "train", "calibrate", "evaluate", "report")
@@ -116,6 +119,7 @@ class Demo:
         self.robot_config = repo / "config" / "robots" / f"{robot.robot}.yaml"
         self.instruction = robot.instruction(repo)
         self.robot_args = [f"robot:={robot.robot}", f"sim_robot:={robot.sim_robot}"]
+        self.limits_args = [f"safety_limits:={repo / robot.safety_limits}"] if robot.safety_limits else []
         self.dino = dino_path or out / "dinov3-random"
         self.dataset = out / "dataset"
         self.bags = out / "dataset_bags"
@@ -191,6 +195,7 @@ class Demo:
         common = ["lda-launch", "launch/sim_demo.launch.yaml", *self.robot_args, f"episodes:={s.eval_episodes}",
                   f"max_steps:={s.eval_max_steps}", "seed:=1000", f"instruction:={self.instruction}"]
         self.run("evaluate", [*common, f"checkpoint:={self.checkpoint}", f"dino_path:={self.dino}", *EVAL_SETTINGS,
+                              *self.limits_args,
                               "label:=lda", f"results_path:={self.out / 'eval_policy.json'}"], timeout_s=3600)
         self.run("evaluate", [*common, "policy:=false", "label:=frozen", "realtime:=false",
                               f"results_path:={self.out / 'eval_frozen.json'}"], timeout_s=1800)
