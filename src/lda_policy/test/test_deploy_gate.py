@@ -17,7 +17,7 @@ from lda_policy.deploy.safety import SANITY_BOUNDS, STATUS_OK, STATUS_STOP, STAT
 
 REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "config" / "deploy"
-ROBOTS = sorted(p.stem for p in (DEPLOY / "limits").glob("*.yaml"))
+ROBOTS = sorted(p.stem for p in (DEPLOY / "limits").glob("*.yaml"))  # <robot>.yaml, or <robot>_sim.yaml
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])  # EEF pointing down
 
 
@@ -30,7 +30,8 @@ def shipped_limits(robot: str) -> SafetyLimits:
 
 
 def make_gate(robot_name: str, anchor: np.ndarray | None = None, now: float = 100.0):
-    robot = RobotInterface(REPO / "config" / "robots" / f"{robot_name}.yaml")
+    # <robot>_sim.yaml: that robot's limits in the simulator (gr1_humanoid_sim.yaml for the GR-1 demo)
+    robot = RobotInterface(REPO / "config" / "robots" / f"{robot_name.removesuffix('_sim')}.yaml")
     limits = shipped_limits(robot_name)
     gate = SafetyGateCore(robot, limits, GateSettings())
     centre = (np.array(limits.workspace_min) + np.array(limits.workspace_max)) / 2
