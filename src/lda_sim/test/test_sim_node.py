@@ -174,3 +174,31 @@ def test_bad_parameters_exit_with_a_clear_error(args, message):
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert message in output and "Traceback" not in output
+
+
+def test_gr1_hand_takes_finger_joints_by_name_and_names_what_is_wrong():
+    ns = f"{NS}_gr1"
+    cmd = [SIM_NODE, "--ros-args", "-r", f"__ns:={ns}", "-p", "robot:=gr1_pickplace", "-p", "image_size:=32",
+           "-p", "realtime:=false", "-p", "seed:=0"]
+    joints = [f"R_{j}" for j in ("thumb_proximal_yaw_joint", "thumb_proximal_pitch_joint", "index_proximal_joint",
+                                 "middle_proximal_joint", "ring_proximal_joint", "pinky_proximal_joint")]
+    target = [0.3, 0.6, 1.0, 0.2, 0.5, 1.2]
+    with NodeProcess(cmd) as sim, ros_node("probe_gr1") as node:
+        assert sim.wait_for_output("sim_node ready", timeout=90), sim.output
+        states = []
+        node.create_subscription(JointState, f"{ns}/robot/right/gripper_state", states.append, qos_profile_sensor_data)
+        pub = node.create_publisher(JointState, f"{ns}/robot/right/gripper_command", RELIABLE)
+        assert wait_for(lambda: pub.get_subscription_count() and states, timeout=20)
+        assert list(states[-1].name) == ["gripper", *joints]  # the names config/robots/gr1_humanoid.yaml reads
+        pub.publish(JointState(name=joints[::-1], position=target[::-1]))  # any order, by name
+
+        def fingers_near():
+            return np.abs(np.array(states[-1].position[1:]) - target).max() < 0.25
+
+        assert wait_for(fingers_near, timeout=30), (list(states[-1].position), sim.output[-2000:])
+        pub.publish(JointState(name=joints[:5], position=target[:5]))  # one joint missing
+        pub.publish(JointState(name=joints, position=[float("nan")] + target[1:]))
+        assert wait_for(lambda: sim.output.count("rejected right command") >= 2, timeout=10), sim.output[-2000:]
+        assert "needs 'gripper' (width) or the finger joints ['R_thumb_proximal_yaw_joint'" in sim.output
+        assert "NaN or infinite position" in sim.output
+        assert fingers_near() and sim.proc.poll() is None  # the last good command still holds
