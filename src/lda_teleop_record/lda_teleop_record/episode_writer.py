@@ -158,7 +158,11 @@ class DatasetStore:
                      if ft.get("dtype") == "video" and "video.codec" in (ft.get("info") or {})), None)
         if have is None:  # no episode saved yet: the requested encoder decides
             return
-        existing = RGBEncoderConfig.from_video_info(have)
+        try:
+            existing = RGBEncoderConfig.from_video_info(have)
+        except ValueError as exc:  # e.g. a hardware codec another machine recorded with
+            raise DatasetError(f"{self.root} holds {have.get('video.codec')} video, which cannot be appended to "
+                               f"here ({exc}); record into a new dataset directory") from None
         mine = self._rgb_encoder
         if (existing.vcodec, existing.preset, existing.crf) != (mine.vcodec, mine.preset, mine.crf):
             self._note(f"{self.root} holds {existing.vcodec} video (preset {existing.preset}, crf {existing.crf}): "

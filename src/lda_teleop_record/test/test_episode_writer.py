@@ -172,3 +172,18 @@ def test_unusable_encoder_settings_are_named(tmp_path):
     with pytest.raises(DatasetError, match=r"codec 'h264' \{'preset': 'fastest-ever', 'crf': 23\} cannot be used"):
         _open(tmp_path / "ds", video_preset="fastest-ever")
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_dataset_in_a_codec_this_machine_cannot_write_is_refused_by_name(tmp_path):
+    root = tmp_path / "ds"
+    store, recorder = _open(root)
+    syn.record(recorder, syn.Plan(duration_s=1.0), "high").save()
+    store.close()
+    info = json.loads((root / "meta" / "info.json").read_text())
+    for ft in info["features"].values():
+        if ft["dtype"] == "video":
+            ft["info"]["video.codec"] = "h264_videotoolbox"  # as recorded on a Mac
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=r"holds h264_videotoolbox video, which cannot be appended to here"):
+        _open(root)
+    assert _read(root).num_episodes == 1  # nothing lost
