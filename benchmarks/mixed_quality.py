@@ -5,6 +5,11 @@
     python benchmarks/mixed_quality.py --compute policy_samples --steps 1200   # equal policy samples instead
     python benchmarks/mixed_quality.py --smoke --out /tmp/mixed_quality.json   # ~2.5 min: own tiny recording, 2 steps
 
+    # the study: how it depends on the number of expert episodes, on one recording of its own
+    python benchmarks/mixed_quality.py --record 30 20 12 --n-high 6 12 24 --heldout 4 --seeds 0 1 \
+        --steps 600 --episodes 6 --jobs 2 --out benchmarks/results/mixed_quality_study.json \
+        --plot docs/results/mixed_quality_study.png
+
 Same data, four trainings per seed:
 
 (a) ``policy_high``      policy objective only, on the ``high`` episodes;
@@ -35,6 +40,16 @@ Same compute, by one of two definitions (``--compute``, recorded in the JSON as 
 Whatever the definition, the JSON holds each variant's steps under both (``compute.steps``,
 ``compute.policy_samples_steps``) and its expected shares.
 
+The study (``--n-high``): every run trains on the first N of the ``high`` episodes that are not held out
+(``data.datasets.0.train_episodes``), with every ``low`` and ``actionless`` episode of the recording (in
+their roles for (d), as demonstrations for (b), unused by (a) and (c)); the held-out ``high`` episodes
+(``--heldout``, the last ones) and the closed-loop seeds are the same for every run. ``--record HIGH LOW
+ACTIONLESS`` records that pool once under ``--work`` (the scripted operator on the simulator, through the
+recorder; an expert episode that fails is saved as ``low``) with a random DINOv3 and one latent cache,
+reused by every run. Each record of the JSON carries ``variant``, ``n_high``, ``seed``, ``heldout_l1`` and
+``success_rate``; the JSON is rewritten after every finished run, and ``--plot`` draws success and L1
+against ``n_high``, one line per variant, the mean over seeds with min..max bars.
+
 Each run is scored by its held-out policy action L1 (from ``lda-train``'s evaluation, with the
 predict-the-mean baseline, on the same held-out ``high`` episodes for every variant) and by closed-loop
 success on the simulator on the same unseen seeds. The judge: every variant runs with the safety
@@ -56,7 +71,9 @@ variant, seed and steps; delete it to redo it).
 writes a one-layer random DINOv3, records 3 high + 1 low + 1 actionless simulator episodes with
 ``launch/sim_record.launch.yaml`` (the demo's ``encoder`` and ``record`` phases; the first training builds
 the latent cache, or ``lda-cache-latents`` does with ``--jobs`` above 1), then runs all four
-variants for one seed: 2 training steps and one 5-step closed-loop episode each (2 min 18 s on 2 cores).
+variants for one seed on the study's path (``--n-high 1``: one of the high episodes, every low and
+actionless one; the plot into the temporary directory): 2 training steps and one 5-step closed-loop
+episode each (2 min 18 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -73,6 +90,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,11 +100,13 @@ from lda_bringup.demo import EVAL_SETTINGS, FULL, TRAIN_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-# --smoke: every phase of every variant at the smallest sizes; arguments given on the command line still win.
-SMOKE = {"seeds": [0], "steps": 2, "episodes": 1, "max_steps": 5, "jobs": 1}
+# --smoke: every phase of every variant at the smallest sizes, on the study's path (a subset of one high
+# episode, and the plot); arguments given on the command line still win.
+SMOKE = {"seeds": [0], "steps": 2, "episodes": 1, "max_steps": 5, "jobs": 1, "n_high": [1]}
 # The smoke's own recording: 3 expert episodes (2 are held out, as in every run), one low, one actionless.
 # From seed 1 the low-quality operator's episode (sim seed 4) takes ~45 steps; from seed 0 it took ~140.
 SMOKE_RECORDING = ("n_high:=3", "n_low:=1", "n_actionless:=1", "seed:=1")
+RECORDING_DONE = "recording.json"  # written beside a --record dataset once all its episodes are saved
 
 VARIANTS = {
     "policy_high": ["data.datasets.0.role=quality", "data.task_weights.policy=1.0",
@@ -116,41 +136,55 @@ def run(cmd: list[str], log: Path, domain_id: int) -> None:
                          f"it ends:\n{tail}")
 
 
-def heldout_episodes(dataset: Path, count: int = 2) -> list[int]:
+def split_high(dataset: Path, heldout: int) -> tuple[list[int], list[int]]:
+    """The ``high`` episodes for training (in recording order) and the last ``heldout`` ones, held out."""
     from lda_common.schema import episodes_with_quality
 
     high = episodes_with_quality(dataset, "high")
-    if len(high) <= count:
-        raise SystemExit(f"mixed_quality: {dataset} has {len(high)} high episodes; need more than {count}")
-    return high[-count:]
+    if len(high) <= heldout:
+        raise SystemExit(f"mixed_quality: {dataset} has {len(high)} high episodes; need more than {heldout}")
+    return high[:-heldout], high[-heldout:]
 
 
-def train_overrides(variant: str, args: argparse.Namespace) -> list[str]:
+def train_episodes(dataset: Path, n_high: int, heldout: int) -> list[int]:
+    """The first ``n_high`` training ``high`` episodes and every ``low`` and ``actionless`` one."""
+    from lda_common.schema import episodes_with_quality
+
+    pool, _ = split_high(dataset, heldout)
+    if n_high > len(pool):
+        raise SystemExit(f"mixed_quality: --n-high {n_high} needs {n_high} high episodes besides the {heldout} "
+                         f"held out; {dataset} has {len(pool)} (record more with --record)")
+    return sorted(pool[:n_high] + episodes_with_quality(dataset, "low", "actionless"))
+
+
+def train_overrides(variant: str, args: argparse.Namespace, n_high: int | None = None) -> list[str]:
     """The variant's lda-train overrides on top of config/train/demo_cpu.yaml, before steps and seed."""
+    subset = ([] if n_high is None else
+              [f"data.datasets.0.train_episodes={json.dumps(train_episodes(args.dataset, n_high, args.heldout))}"])
     return [f"data.datasets.0.root={args.dataset}", f"cache.dir={args.cache_dir}",
             f"encoders.dino_path={args.dino_path}", *TRAIN_SETTINGS,
             # The same held-out episodes for every variant: expert ones, where action L1 means something.
-            f"data.datasets.0.heldout_episodes={json.dumps(heldout_episodes(args.dataset))}",
-            *VARIANTS[variant]]
+            f"data.datasets.0.heldout_episodes={json.dumps(split_high(args.dataset, args.heldout)[1])}",
+            *subset, *VARIANTS[variant]]
 
 
 @functools.cache
-def _plan(variant: str, dataset: Path, cache_dir: Path, dino_path: Path) -> dict:
+def _plan(variant: str, n_high: int | None, dataset: Path, cache_dir: Path, dino_path: Path, heldout: int) -> dict:
     """The variant's batch size and expected shares per objective and role (the sampler's expectation)."""
     from lda_train.config import load_config
     from lda_train.trainer import expected_sample_shares
 
-    ns = argparse.Namespace(dataset=dataset, cache_dir=cache_dir, dino_path=dino_path)
-    cfg = load_config(REPO / TRAIN_CONFIG, train_overrides(variant, ns))
+    ns = argparse.Namespace(dataset=dataset, cache_dir=cache_dir, dino_path=dino_path, heldout=heldout)
+    cfg = load_config(REPO / TRAIN_CONFIG, train_overrides(variant, ns, n_high))
     return {"batch_size": cfg.train.batch_size, "expected_share": expected_sample_shares(cfg)}
 
 
-def plan(variant: str, args: argparse.Namespace) -> dict:
+def plan(variant: str, args: argparse.Namespace, n_high: int | None = None) -> dict:
     """Steps of ``variant`` under both definitions of same compute, and the one this run uses.
 
     ``policy_samples``: ``ceil(--steps / p)`` steps, p the expected policy share of a sample, so that
     steps x batch x p reaches ``--steps`` x batch policy samples (what a policy-only variant gets)."""
-    info = _plan(variant, args.dataset, args.cache_dir, args.dino_path)
+    info = _plan(variant, n_high, args.dataset, args.cache_dir, args.dino_path, args.heldout)
     share = info["expected_share"]["objective"]["policy"]
     if share <= 0:
         raise SystemExit(f"mixed_quality: variant {variant} draws no policy samples; it cannot be compared")
@@ -169,12 +203,13 @@ def host_params(args: argparse.Namespace) -> Path:
     return path
 
 
-def one_run(variant: str, seed: int, args: argparse.Namespace, domain_id: int) -> dict:
-    p = plan(variant, args)
+def one_run(variant: str, seed: int, n_high: int | None, args: argparse.Namespace, domain_id: int) -> dict:
+    p = plan(variant, args, n_high)
     steps = p["steps"]
-    run_dir = args.work / f"{variant}_seed{seed}_{steps}steps"
+    subset = "" if n_high is None else f"_high{n_high}"
+    run_dir = args.work / f"{variant}{subset}_seed{seed}_{steps}steps"
     log = run_dir / "log.txt"
-    overrides = [f"output_dir={run_dir / 'train'}", *train_overrides(variant, args), f"seed={seed}",
+    overrides = [f"output_dir={run_dir / 'train'}", *train_overrides(variant, args, n_high), f"seed={seed}",
                  f"train.steps={steps}", f"train.checkpoint_every={steps}", "train.eval_every=0",
                  f"optim.warmup_steps={max(steps // 10, 1)}"]
     start = time.monotonic()
@@ -192,7 +227,8 @@ def one_run(variant: str, seed: int, args: argparse.Namespace, domain_id: int) -
     closed = json.loads(results.read_text()) if results.is_file() else {}
     policy = evaluation.get("policy", {})
     drawn = evaluation.get("effective_samples") or {}
-    return {"variant": variant, "seed": seed, "heldout_action_l1": policy.get("action_l1"),
+    trained_high = n_high if n_high is not None else len(split_high(args.dataset, args.heldout)[0])
+    return {"variant": variant, "n_high": trained_high, "seed": seed, "heldout_l1": policy.get("action_l1"),
             "predict_mean_action_l1": policy.get("baseline_mean_action_l1"),
             "success_rate": closed.get("success_rate"), "episodes": closed.get("episodes"),
             "stop_statuses": sum(e.get("stop_statuses", 0) for e in closed.get("per_episode", [])) if closed else None,
@@ -202,36 +238,87 @@ def one_run(variant: str, seed: int, args: argparse.Namespace, domain_id: int) -
             "judge": JUDGE["mode"]}
 
 
-def summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict], by_n_high: bool) -> dict:
+    """Mean, min, max and stdev over seeds per variant (per variant and n_high, as ``"<variant>@<n_high>"``,
+    in the study)."""
     out = {}
-    for variant in VARIANTS:
-        mine = [r for r in rows if r["variant"] == variant]
-        for key in ("heldout_action_l1", "success_rate", "policy_samples", "steps"):
+    for r in rows:
+        out.setdefault(f"{r['variant']}@{r['n_high']}" if by_n_high else r["variant"], []).append(r)
+    for name, mine in out.items():
+        stats = {}
+        for key in ("heldout_l1", "success_rate", "policy_samples", "steps"):
             values = [r[key] for r in mine if r[key] is not None]
             if values:
-                out.setdefault(variant, {})[key] = {
-                    "mean": statistics.fmean(values), "min": min(values), "max": max(values),
-                    "stdev": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+                stats[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
+                              "stdev": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+        out[name] = stats
     return out
 
 
-def smoke_inputs(args: argparse.Namespace, scratch: Path, domain_id: int) -> None:
-    """What ``make demo`` leaves for the benchmark, in ``scratch``: an encoder, a recording with its bags and,
-    for runs at once, the latent cache."""
+def prepare_inputs(args: argparse.Namespace, scratch: Path, recording: tuple[str, ...], domain_id: int) -> None:
+    """What ``make demo`` leaves for the benchmark, in ``scratch``: an encoder, a recording and, for runs at
+    once, the latent cache. Done once: a finished recording is marked by ``recording.json`` beside it."""
     log = scratch / "inputs.log"
     start = time.monotonic()
-    if args.dino_path == scratch / "dinov3-random":
+    done = scratch / RECORDING_DONE
+    if done.is_file():
+        return
+    scratch.mkdir(parents=True, exist_ok=True)
+    if args.dino_path == scratch / "dinov3-random" and not (args.dino_path / "config.json").is_file():
         from lda_policy.model import write_random_dinov3_checkpoint
 
         write_random_dinov3_checkpoint(args.dino_path, num_layers=1)  # ViT-S/16 width and patch grid
     if args.dataset == scratch / "dataset":
-        run(["lda-launch", "launch/sim_record.launch.yaml", f"dataset:={args.dataset}", *SMOKE_RECORDING], log,
+        if args.dataset.exists():  # a killed recording: appending to it would change the pool
+            raise SystemExit(f"mixed_quality: {args.dataset} is an unfinished recording (no {done.name} beside "
+                             f"it); delete {args.dataset} to record again")
+        print(f"[inputs] recording {' '.join(recording)} into {args.dataset} (log: {log})", flush=True)
+        run(["lda-launch", "launch/sim_record.launch.yaml", f"dataset:={args.dataset}", *recording], log,
             domain_id)
     if args.jobs > 1:  # as the demo does, before the runs: runs at once must not build one cache side by side
         run(["lda-cache-latents", "--config", "config/train/demo_cpu.yaml", f"output_dir={scratch / 'cache_run'}",
              f"data.datasets.0.root={args.dataset}", f"cache.dir={args.cache_dir}",
              f"encoders.dino_path={args.dino_path}", *TRAIN_SETTINGS], log, domain_id)
-    print(f"[smoke] inputs in {scratch} ready ({time.monotonic() - start:.0f} s)", flush=True)
+    done.write_text(json.dumps({"recording": list(recording), "wall_s": round(time.monotonic() - start, 1)}) + "\n")
+    print(f"[inputs] in {scratch} ready ({time.monotonic() - start:.0f} s)", flush=True)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Closed-loop success and held-out action L1 against n_high: one line per variant, the mean over seeds
+    with min..max bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, ax, label in (("success_rate", axes[0], "closed-loop success rate"),
+                           ("heldout_l1", axes[1], "held-out policy action L1")):
+        for k, variant in enumerate(v for v in VARIANTS if any(r["variant"] == v for r in rows)):
+            by_n: dict[int, list[float]] = {}
+            for r in rows:
+                if r["variant"] == variant and r[key] is not None:
+                    by_n.setdefault(r["n_high"], []).append(r[key])
+            xs = sorted(by_n)
+            mean = [statistics.fmean(by_n[x]) for x in xs]
+            err = [[m - min(by_n[x]) for x, m in zip(xs, mean, strict=True)],
+                   [max(by_n[x]) - m for x, m in zip(xs, mean, strict=True)]]
+            # a small sideways shift per variant keeps overlapping bars readable
+            ax.errorbar([x * (1 + 0.025 * (k - 1.5)) for x in xs], mean, yerr=err, marker="o", capsize=3,
+                        label=variant)
+        ax.set_xscale("log", base=2)
+        xs_all = sorted({r["n_high"] for r in rows})
+        ax.set_xticks(xs_all, [str(x) for x in xs_all])
+        ax.set_xlabel("high (expert) episodes trained on")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    seeds = sorted({r["seed"] for r in rows})
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"mixed-quality study: mean over training seeds {seeds}, bars min..max")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dino-path", type=Path, default=REPO / "out/demo/dinov3-random")
     ap.add_argument("--cache-dir", type=Path, default=REPO / "out/demo/latent_cache")
     ap.add_argument("--work", type=Path, default=REPO / "out/mixed_quality")
+    ap.add_argument("--record", type=int, nargs=3, metavar=("HIGH", "LOW", "ACTIONLESS"),
+                    help="record this pool once under --work/recording (with its own encoder and latent cache) "
+                         "instead of using the demo's; a failed expert episode is saved as low")
+    ap.add_argument("--n-high", type=int, nargs="+", metavar="N",
+                    help="the study: train on the first N high episodes (each N a set of runs); default: all "
+                         "that are not held out")
+    ap.add_argument("--heldout", type=int, default=2, help="the last K high episodes are held out for the L1")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=1200,
                     help="optimiser steps per training (batch 16); with --compute policy_samples: the steps of a "
@@ -253,86 +347,113 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each trains on one CPU thread)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", type=Path, default=RESULTS / "mixed_quality.json")
+    ap.add_argument("--plot", type=Path, help="also draw success and L1 against --n-high into this PNG")
     ap.add_argument("--smoke", action="store_true",
                     help="minutes-long check of every phase on its own tiny recording; needs --out outside "
                          "benchmarks/results")
     args = ap.parse_args(argv)
-    scratch = None
+    scratch, recording = None, None
     if args.smoke:
         scratch = Path(tempfile.mkdtemp(prefix="lda_mixed_quality_smoke_"))
         ap.set_defaults(**SMOKE, dataset=scratch / "dataset", dino_path=scratch / "dinov3-random",
-                        cache_dir=scratch / "latent_cache", work=scratch / "runs")
+                        cache_dir=scratch / "latent_cache", work=scratch / "runs", plot=scratch / "study.png")
         args = ap.parse_args(argv)
+        recording = SMOKE_RECORDING
         if args.out.resolve().is_relative_to(RESULTS):
             shutil.rmtree(scratch)
             ap.error("--smoke must not overwrite the committed figures: pass --out outside benchmarks/results")
+    elif args.record:
+        high, low, actionless = args.record
+        inputs = args.work / "recording"
+        ap.set_defaults(dataset=inputs / "dataset", dino_path=inputs / "dinov3-random",
+                        cache_dir=inputs / "latent_cache")
+        args = ap.parse_args(argv)
+        recording = (f"n_high:={high}", f"n_low:={low}", f"n_actionless:={actionless}", "seed:=0",
+                     "write_bag:=false")
     try:
-        return benchmark(args, scratch)
+        if recording is not None:
+            prepare_inputs(args, args.dataset.parent, recording, domain_id=50 + os.getpid() % 50)
+        return benchmark(args)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def benchmark(args: argparse.Namespace, scratch: Path | None) -> int:
-    if scratch is not None:
-        smoke_inputs(args, scratch, domain_id=50 + os.getpid() % 50)
+def benchmark(args: argparse.Namespace) -> int:
     if not (args.dataset / "meta" / "info.json").is_file():
-        print(f"mixed_quality: no dataset at {args.dataset}; run `make demo` first or pass --dataset",
+        print(f"mixed_quality: no dataset at {args.dataset}; run `make demo` first, pass --dataset or --record",
               file=sys.stderr)
         return 2
     args.host_params = host_params(args)
-    plans = {v: plan(v, args) for v in args.variants}  # before the runs: a variant without policy fails early
-    for v, p in plans.items():
-        print(f"[plan] {v}: expected policy share {p['policy_share']:.3f}, {p['steps']} steps "
-              f"(steps: {p['steps_by_compute']['steps']}, policy_samples: {p['steps_by_compute']['policy_samples']})",
-              flush=True)
-    runs = [(v, s) for s in args.seeds for v in args.variants]
+    n_highs = args.n_high or [None]
+    # before the runs: a variant without policy samples, or an n_high the recording lacks, fails early
+    plans = {(v, n): plan(v, args, n) for n in n_highs for v in args.variants}
+    for (v, n), p in plans.items():
+        print(f"[plan] {v}{'' if n is None else f' n_high {n}'}: expected policy share {p['policy_share']:.3f}, "
+              f"{p['steps']} steps (steps: {p['steps_by_compute']['steps']}, "
+              f"policy_samples: {p['steps_by_compute']['policy_samples']})", flush=True)
+    runs = [(v, s, n) for n in n_highs for s in args.seeds for v in args.variants]
     # One DDS domain per concurrent job, so parallel closed loops never hear each other's topics.
     domains: queue.Queue[int] = queue.Queue()
     for k in range(max(args.jobs, 1)):
         domains.put(50 + (os.getpid() + k) % 50)
     started = time.monotonic()
     finished = itertools.count(1)
+    rows: dict[int, dict] = {}  # by position in `runs`
+    lock = threading.Lock()
 
-    def job(i: int) -> dict:
-        variant, seed = runs[i]
+    def job(i: int) -> None:
+        variant, seed, n_high = runs[i]
         start = time.monotonic()
         domain = domains.get()
         try:
-            row = one_run(variant, seed, args, domain_id=domain)
+            row = one_run(variant, seed, n_high, args, domain_id=domain)
         finally:
             domains.put(domain)
-        done = next(finished)
+        with lock:  # the JSON after every run: an interrupted study keeps what it measured
+            rows[i] = row
+            write_results(args, plans, [rows[k] for k in sorted(rows)])
+            done = next(finished)
         eta = (time.monotonic() - started) / done * (len(runs) - done)
-        print(f"[{done}/{len(runs)}] {variant} seed {seed}: held-out action L1 {row['heldout_action_l1']}, "
-              f"success {row['success_rate']} ({time.monotonic() - start:.0f} s; ETA {eta / 60:.0f} min)",
-              flush=True)
-        return row
+        print(f"[{done}/{len(runs)}] {variant} n_high {row['n_high']} seed {seed}: held-out action L1 "
+              f"{row['heldout_l1']}, success {row['success_rate']} ({time.monotonic() - start:.0f} s; "
+              f"ETA {eta / 60:.0f} min)", flush=True)
 
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-        rows = list(pool.map(job, range(len(runs))))
-    summary = summarise(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    compute = {"definition": args.compute,
-               "policy_samples_target": args.steps * next(iter(plans.values()))["batch_size"] if plans else None,
-               "steps": {v: p["steps_by_compute"]["steps"] for v, p in plans.items()},
-               "policy_samples_steps": {v: p["steps_by_compute"]["policy_samples"] for v, p in plans.items()},
-               "expected_share": {v: p["expected_share"] for v, p in plans.items()}}
-    judge = {**JUDGE, "why": "the same judge for every variant: the policy-only variants' forward-dynamics head "
-                             "is never trained, so a monitor would judge them with noise"}
-    args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "compute": compute,
-                                    "judge": judge, "runs": rows, "summary": summary}, indent=2) + "\n")
+        list(pool.map(job, range(len(runs))))
+    summary = write_results(args, plans, [rows[k] for k in sorted(rows)])
+    if args.plot:
+        plot(list(rows.values()), args.plot)
+        print(f"plot: {args.plot} ({args.plot.stat().st_size} bytes)")
     print(f"\nsame compute: {args.compute}; judge: {JUDGE['mode']}")
-    print(f"\n{'variant':<16} {'steps':>6} {'policy samples':>14} {'held-out action L1 (mean, min..max)':<38} "
+    print(f"\n{'variant':<24} {'steps':>6} {'policy samples':>14} {'held-out action L1 (mean, min..max)':<38} "
           f"{'closed-loop success (mean, min..max)'}")
-    for variant, s in summary.items():
-        l1, sr, ps = s.get("heldout_action_l1"), s.get("success_rate"), s.get("policy_samples")
+    for name, s in summary.items():
+        l1, sr, ps, st = (s.get(k) for k in ("heldout_l1", "success_rate", "policy_samples", "steps"))
         l1_txt = f"{l1['mean']:.4f} ({l1['min']:.4f}..{l1['max']:.4f})" if l1 else "n/a"
         sr_txt = f"{sr['mean']:.2f} ({sr['min']:.2f}..{sr['max']:.2f}), n={sr['n']}" if sr else "n/a"
         ps_txt = f"{ps['mean']:.0f}" if ps else "n/a"
-        print(f"{variant:<16} {plans[variant]['steps']:>6} {ps_txt:>14} {l1_txt:<38} {sr_txt}")
-    print(f"\nwritten to {args.out}")
+        print(f"{name:<24} {st['mean']:>6.0f} {ps_txt:>14} {l1_txt:<38} {sr_txt}")
+    print(f"\nwritten to {args.out}" + (f" and {args.plot}" if args.plot else ""))
     return 0
+
+
+def write_results(args: argparse.Namespace, plans: dict, rows: list[dict]) -> dict:
+    summary = summarise(rows, by_n_high=args.n_high is not None)
+    name = {(v, n): v if n is None else f"{v}@{n}" for v, n in plans}
+    compute = {"definition": args.compute,
+               "policy_samples_target": args.steps * next(iter(plans.values()))["batch_size"] if plans else None,
+               "steps": {name[k]: p["steps_by_compute"]["steps"] for k, p in plans.items()},
+               "policy_samples_steps": {name[k]: p["steps_by_compute"]["policy_samples"] for k, p in plans.items()},
+               "expected_share": {name[k]: p["expected_share"] for k, p in plans.items()}}
+    judge = {**JUDGE, "why": "the same judge for every variant: the policy-only variants' forward-dynamics head "
+                             "is never trained, so a monitor would judge them with noise"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "compute": compute,
+                               "judge": judge, "runs": rows, "summary": summary}, indent=2) + "\n")
+    tmp.replace(args.out)
+    return summary
 
 
 if __name__ == "__main__":

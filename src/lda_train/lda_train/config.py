@@ -50,6 +50,9 @@ class DatasetConfig:
     weight: PositiveFloat = 1.0  # sampling weight per frame relative to other datasets (2.0 = twice as often)
     heldout_fraction: Fraction | None = None  # default: data.heldout_fraction
     heldout_episodes: list[int] | None = None  # explicit held-out episode indices (overrides the fraction)
+    # train only on these episode indices (held-out ones excluded); the other episodes are not used at all.
+    # Default: every episode that is not held out. For studies on a subset of one recording.
+    train_episodes: list[int] | None = None
 
 
 @dataclass

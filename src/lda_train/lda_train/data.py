@@ -88,6 +88,7 @@ class Episode:
     end: int  # one past the last row
     role: Quality
     heldout: bool = False
+    trained: bool = True  # drawn for training (not held out, and in train_episodes when that is set)
 
 
 def _column(table: Any, name: str) -> np.ndarray:
@@ -216,12 +217,14 @@ class SourceDataset:
         self.ep_lo = np.empty(self.num_frames, dtype=np.int64)
         self.ep_hi = np.empty(self.num_frames, dtype=np.int64)
         self.heldout = np.zeros(self.num_frames, dtype=bool)
+        self.trained = np.zeros(self.num_frames, dtype=bool)
         self._split(default_heldout, seed)
         for ep in self.episodes:
             self.role[ep.start:ep.end] = int(ep.role)
             self.ep_lo[ep.start:ep.end] = ep.start
             self.ep_hi[ep.start:ep.end] = ep.end
             self.heldout[ep.start:ep.end] = ep.heldout
+            self.trained[ep.start:ep.end] = ep.trained
         finite = np.isfinite(self.action).all(axis=1) if self.has_action else np.zeros(self.num_frames, bool)
         #: per-frame action usable as a training target or condition
         self.frame_action_valid = valid & finite & (self.role != int(Quality.ACTIONLESS)) & self.has_action
@@ -302,6 +305,17 @@ class SourceDataset:
                     chosen.update(int(group[i]) for i in rng.choice(n, size=k, replace=False))
         for ep in self.episodes:
             ep.heldout = ep.index in chosen
+        if cfg.train_episodes is not None:
+            where = f"data.datasets.{self.position}.train_episodes"
+            unknown = sorted(set(cfg.train_episodes) - known)
+            if unknown:
+                raise DataError(f"{where}: episode(s) {unknown} not in {self.name!r} (it has {len(known)} episodes)")
+            both = sorted(set(cfg.train_episodes) & chosen)
+            if both:
+                raise DataError(f"{where}: episode(s) {both} are also held out; an episode is trained on or "
+                                f"held out, not both")
+        for ep in self.episodes:
+            ep.trained = not ep.heldout and (cfg.train_episodes is None or ep.index in cfg.train_episodes)
 
     # ------------------------------------------------------------------ windows
 
@@ -339,16 +353,18 @@ class SourceDataset:
         """Anchor rows of the ``train`` or ``heldout`` episodes."""
         if split not in ("train", "heldout"):
             raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-        return np.flatnonzero(self.heldout if split == "heldout" else ~self.heldout)
+        return np.flatnonzero(self.heldout if split == "heldout" else self.trained)
 
     def episodes_of(self, split: str) -> list[Episode]:
-        return [ep for ep in self.episodes if ep.heldout == (split == "heldout")]
+        return [ep for ep in self.episodes if (ep.heldout if split == "heldout" else ep.trained)]
 
     def summary(self) -> dict[str, Any]:
         counts = {ROLE_NAMES[r]: sum(1 for e in self.episodes if e.role == r) for r in Quality}
         return {"name": self.name, "root": str(self.root), "embodiment": self.embodiment, "fps": self.fps,
                 "image_key": self.image_key, "frames": self.num_frames, "episodes": len(self.episodes),
                 "episodes_by_role": counts, "heldout_episodes": [e.index for e in self.episodes if e.heldout],
+                "train_episodes_by_role": {ROLE_NAMES[r]: sum(1 for e in self.episodes if e.trained and e.role == r)
+                                           for r in Quality},
                 "action_dim": self.action_dim, "state_dim": self.state_dim}
 
 

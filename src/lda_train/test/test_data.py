@@ -225,3 +225,20 @@ def test_dataset_names_must_be_unique(mixed_dataset):
     with pytest.raises(DataError, match="appear twice"):
         open_sources([DatasetConfig(root=str(mixed_dataset)), DatasetConfig(root=str(Path(mixed_dataset)))],
                      LAYOUT, 0.1, 0)
+
+
+def test_train_episodes_restrict_training_to_a_subset_and_leave_the_heldout_split_alone(mixed_dataset):
+    # MIXED: high 0 1 3 5 7, low 2 6, actionless 4; episodes 7 and 6 held out, train on high 0 and 1 + low 2
+    src = _source(mixed_dataset, heldout_episodes=[6, 7], train_episodes=[0, 1, 2])
+    assert [e.index for e in src.episodes_of("heldout")] == [6, 7]
+    assert [e.index for e in src.episodes_of("train")] == [0, 1, 2]
+    assert src.summary()["train_episodes_by_role"] == {"high": 2, "low": 1, "actionless": 0}
+    plans = [TaskSampler([src], TaskWeights(), seed=1).batch(step, 64) for step in range(20)]
+    drawn = {e.index for e in src.episodes for p in plans if ((p.row >= e.start) & (p.row < e.end)).any()}
+    assert drawn == {0, 1, 2}, "the sampler drew an episode outside train_episodes"
+    # without the list, every episode that is not held out trains (high 3 and 5, actionless 4 too)
+    assert [e.index for e in _source(mixed_dataset, heldout_episodes=[6, 7]).episodes_of("train")] == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(DataError, match=r"train_episodes: episode\(s\) \[42\] not in"):
+        _source(mixed_dataset, train_episodes=[0, 42])
+    with pytest.raises(DataError, match=r"train_episodes: episode\(s\) \[7\] are also held out"):
+        _source(mixed_dataset, heldout_episodes=[7], train_episodes=[0, 7])
