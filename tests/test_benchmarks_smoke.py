@@ -6,7 +6,7 @@ code paths) and writes the JSON keys of its committed figures, so a renamed help
 
 Each script runs as a subprocess, as a user runs it, with ``--out`` in the test's temporary directory (the
 figures in benchmarks/results/ are never overwritten), on loopback DDS and a ROS domain of its own. All
-together they take about 5 minutes on 2 cores, ``mixed_quality.py`` (its own simulator recording, four
+together they take about 5 minutes on 2 cores, ``mixed_quality_study.py`` (its own simulator recording, four
 trainings and closed loops) about 2 of them.
 """
 
@@ -29,7 +29,7 @@ SCRIPTS = {
     "chunk_selection.py": (240, "chunk latency median"),
     "deploy_latency.py": (240, "end-to-end / bare policy call"),
     "encoder_probe.py": (150, "MAE x, y [mm]"),
-    "mixed_quality.py": (420, "held-out action L1"),
+    "mixed_quality_study.py": (420, "held-out action L1"),
     "model_latency.py": (120, "policy p50"),
     "recorder_throughput.py": (150, "dropped_frames"),
     "train_throughput.py": (150, "samples/s"),

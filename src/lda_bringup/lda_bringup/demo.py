@@ -93,7 +93,7 @@ DEFAULT_ROBOT = "sim_panda"
 PHASES = ("encoder", "record", "cache", "train", "calibrate", "evaluate", "report")
 
 
-# Training settings of the demo's small CPU run (benchmarks/mixed_quality.py trains with the same ones).
+# Training settings of the demo's small CPU run (benchmarks/mixed_quality_study.py trains with the same ones).
 # lda-tiny learnt clearly faster at lr 1e-3 than the config's 3e-4; the exported model is the EMA of the
 # weights (a steadier closed loop than the last step's weights); one torch thread is the fastest on a
 # small CPU shared with the simulator and other jobs.

@@ -1,14 +1,13 @@
 """The paper's Table IV on the simulator: does low-quality data help when each piece of data keeps its role?
 
-    python benchmarks/mixed_quality.py                         # on the demo's recording (run `make demo` first)
-    python benchmarks/mixed_quality.py --seeds 0 1 2 --steps 1200 --episodes 10 --jobs 2
-    python benchmarks/mixed_quality.py --compute policy_samples --steps 1200   # equal policy samples instead
-    python benchmarks/mixed_quality.py --smoke --out /tmp/mixed_quality.json   # ~2.5 min: own tiny recording, 2 steps
+    python benchmarks/mixed_quality_study.py                         # on the demo's recording (run `make demo` first)
+    python benchmarks/mixed_quality_study.py --seeds 0 1 2 --steps 1200 --episodes 10 --jobs 2
+    python benchmarks/mixed_quality_study.py --compute policy_samples --steps 1200   # equal policy samples instead
+    python benchmarks/mixed_quality_study.py --smoke --out /tmp/mq.json   # ~2.5 min: own tiny recording, 2 steps
 
     # the study: how it depends on the number of expert episodes, on one recording of its own
-    python benchmarks/mixed_quality.py --record 30 20 12 --n-high 6 12 24 --heldout 4 --seeds 0 1 \
-        --steps 600 --episodes 6 --jobs 2 --out benchmarks/results/mixed_quality_study.json \
-        --plot docs/results/mixed_quality_study.png
+    python benchmarks/mixed_quality_study.py --record 32 20 12 --n-high 6 12 24 --heldout 4 --seeds 0 1 \
+        --steps 600 --episodes 8 --jobs 2 --plot docs/results/mixed_quality_study.png
 
 Same data, four trainings per seed:
 
@@ -61,11 +60,13 @@ forward-dynamics head that was never trained: one re-run had 3 of 10 ``policy_hi
 51-60 STOP statuses each.) The safety gate's hard limits and heartbeats stay on for every variant, and each
 run still records its episodes' ``stop_statuses``.
 
-Figures are written to ``benchmarks/results/mixed_quality.json`` and printed as a table with the mean and
-spread over seeds. It reuses the demo's dataset, latent cache and encoder, and trains with the demo's
-settings (``lda_bringup.demo.TRAIN_SETTINGS``). ``--jobs N`` runs N trainings and closed loops at once,
-each on its own ROS_DOMAIN_ID. A finished run is not repeated (its folder under ``--work`` is named by
-variant, seed and steps; delete it to redo it).
+Figures are written to ``benchmarks/results/mixed_quality_study.json`` (``runs``: one record per run;
+``summary``: per variant and n_high, the mean, min, max and stdev over seeds) and printed as a table. (Its
+forerunner, ``mixed_quality.py``, wrote ``mixed_quality.json``: the demo's recording, three variants.)
+Without ``--record`` it reuses the demo's dataset, latent cache and encoder; it always trains with the
+demo's settings (``lda_bringup.demo.TRAIN_SETTINGS``). ``--jobs N`` runs N trainings and closed loops at
+once, each on its own ROS_DOMAIN_ID. A finished run is not repeated (its folder under ``--work`` is named
+by variant, n_high, seed and steps; delete it to redo it).
 
 ``--smoke`` (run by ``tests/test_benchmarks_smoke.py``) needs no ``make demo``: in a temporary directory it
 writes a one-layer random DINOv3, records 3 high + 1 low + 1 actionless simulator episodes with
@@ -238,20 +239,20 @@ def one_run(variant: str, seed: int, n_high: int | None, args: argparse.Namespac
             "judge": JUDGE["mode"]}
 
 
-def summarise(rows: list[dict], by_n_high: bool) -> dict:
-    """Mean, min, max and stdev over seeds per variant (per variant and n_high, as ``"<variant>@<n_high>"``,
-    in the study)."""
-    out = {}
+def summarise(rows: list[dict]) -> dict:
+    """``{variant: {n_high: {figure: mean, min, max, stdev, n}}}`` over the training seeds."""
+    groups: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
-        out.setdefault(f"{r['variant']}@{r['n_high']}" if by_n_high else r["variant"], []).append(r)
-    for name, mine in out.items():
-        stats = {}
-        for key in ("heldout_l1", "success_rate", "policy_samples", "steps"):
-            values = [r[key] for r in mine if r[key] is not None]
-            if values:
-                stats[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
-                              "stdev": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
-        out[name] = stats
+        groups.setdefault(r["variant"], {}).setdefault(str(r["n_high"]), []).append(r)
+    out: dict[str, dict[str, dict]] = {}
+    for variant, by_n in groups.items():
+        for n_high, mine in sorted(by_n.items(), key=lambda kv: int(kv[0])):
+            stats = out.setdefault(variant, {}).setdefault(n_high, {})
+            for key in ("heldout_l1", "success_rate", "policy_samples", "steps"):
+                values = [r[key] for r in mine if r[key] is not None]
+                if values:
+                    stats[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
+                                  "stdev": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
     return out
 
 
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="control steps per closed-loop episode (the demo's)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each trains on one CPU thread)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--out", type=Path, default=RESULTS / "mixed_quality.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "mixed_quality_study.json")
     ap.add_argument("--plot", type=Path, help="also draw success and L1 against --n-high into this PNG")
     ap.add_argument("--smoke", action="store_true",
                     help="minutes-long check of every phase on its own tiny recording; needs --out outside "
@@ -392,7 +393,8 @@ def benchmark(args: argparse.Namespace) -> int:
         print(f"[plan] {v}{'' if n is None else f' n_high {n}'}: expected policy share {p['policy_share']:.3f}, "
               f"{p['steps']} steps (steps: {p['steps_by_compute']['steps']}, "
               f"policy_samples: {p['steps_by_compute']['policy_samples']})", flush=True)
-    runs = [(v, s, n) for n in n_highs for s in args.seeds for v in args.variants]
+    # seed by seed: a study cut short still has every variant and n_high on its first seeds
+    runs = [(v, s, n) for s in args.seeds for n in n_highs for v in args.variants]
     # One DDS domain per concurrent job, so parallel closed loops never hear each other's topics.
     domains: queue.Queue[int] = queue.Queue()
     for k in range(max(args.jobs, 1)):
@@ -426,26 +428,38 @@ def benchmark(args: argparse.Namespace) -> int:
         plot(list(rows.values()), args.plot)
         print(f"plot: {args.plot} ({args.plot.stat().st_size} bytes)")
     print(f"\nsame compute: {args.compute}; judge: {JUDGE['mode']}")
-    print(f"\n{'variant':<24} {'steps':>6} {'policy samples':>14} {'held-out action L1 (mean, min..max)':<38} "
-          f"{'closed-loop success (mean, min..max)'}")
-    for name, s in summary.items():
-        l1, sr, ps, st = (s.get(k) for k in ("heldout_l1", "success_rate", "policy_samples", "steps"))
-        l1_txt = f"{l1['mean']:.4f} ({l1['min']:.4f}..{l1['max']:.4f})" if l1 else "n/a"
-        sr_txt = f"{sr['mean']:.2f} ({sr['min']:.2f}..{sr['max']:.2f}), n={sr['n']}" if sr else "n/a"
-        ps_txt = f"{ps['mean']:.0f}" if ps else "n/a"
-        print(f"{name:<24} {st['mean']:>6.0f} {ps_txt:>14} {l1_txt:<38} {sr_txt}")
+    print(f"\n{'variant':<16} {'n_high':>6} {'steps':>6} {'policy samples':>14} "
+          f"{'held-out action L1 (mean, min..max)':<38} {'closed-loop success (mean, min..max)'}")
+    for n_high in sorted({n for by_n in summary.values() for n in by_n}, key=int):
+        for variant, by_n in summary.items():
+            s = by_n.get(n_high)
+            if s is None:
+                continue
+            l1, sr, ps, st = (s.get(k) for k in ("heldout_l1", "success_rate", "policy_samples", "steps"))
+            l1_txt = f"{l1['mean']:.4f} ({l1['min']:.4f}..{l1['max']:.4f})" if l1 else "n/a"
+            sr_txt = f"{sr['mean']:.2f} ({sr['min']:.2f}..{sr['max']:.2f}), n={sr['n']}" if sr else "n/a"
+            ps_txt = f"{ps['mean']:.0f}" if ps else "n/a"
+            print(f"{variant:<16} {n_high:>6} {st['mean']:>6.0f} {ps_txt:>14} {l1_txt:<38} {sr_txt}")
     print(f"\nwritten to {args.out}" + (f" and {args.plot}" if args.plot else ""))
     return 0
 
 
 def write_results(args: argparse.Namespace, plans: dict, rows: list[dict]) -> dict:
-    summary = summarise(rows, by_n_high=args.n_high is not None)
-    name = {(v, n): v if n is None else f"{v}@{n}" for v, n in plans}
+    summary = summarise(rows)
+
+    every_high = len(split_high(args.dataset, args.heldout)[0])
+
+    def per_run_kind(figure) -> dict:  # {variant: {n_high: figure}}, as the summary
+        out: dict[str, dict] = {}
+        for (v, n), p in plans.items():
+            out.setdefault(v, {})[str(every_high if n is None else n)] = figure(p)
+        return out
+
     compute = {"definition": args.compute,
                "policy_samples_target": args.steps * next(iter(plans.values()))["batch_size"] if plans else None,
-               "steps": {name[k]: p["steps_by_compute"]["steps"] for k, p in plans.items()},
-               "policy_samples_steps": {name[k]: p["steps_by_compute"]["policy_samples"] for k, p in plans.items()},
-               "expected_share": {name[k]: p["expected_share"] for k, p in plans.items()}}
+               "steps": per_run_kind(lambda p: p["steps_by_compute"]["steps"]),
+               "policy_samples_steps": per_run_kind(lambda p: p["steps_by_compute"]["policy_samples"]),
+               "expected_share": per_run_kind(lambda p: p["expected_share"])}
     judge = {**JUDGE, "why": "the same judge for every variant: the policy-only variants' forward-dynamics head "
                              "is never trained, so a monitor would judge them with noise"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
