@@ -54,8 +54,10 @@ from lda_common.schema import (
 log = logging.getLogger("lda_teleop_record.episode_writer")
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 (LeRobot's default codec) prints banners on every episode otherwise
 # x264 prints a banner and statistics per video at FFmpeg's info level once LeRobot has restored FFmpeg's
-# own log callback (13 lines per episode); warnings and errors still show.
+# own log callback after the first episode (11-13 lines per episode): FFmpeg's own threshold
+# (set_libav_level) silences that callback, PyAV's (set_level) its Python logger; warnings and errors show.
 av.logging.set_level(av.logging.WARNING)
+av.logging.set_libav_level(av.logging.WARNING)
 
 # The recorder encodes every camera on the robot's computer while it records. x264 'veryfast' at crf 23
 # matches LeRobot's default (SVT-AV1 preset 12, crf 30) in PSNR on 640x480 simulator frames for under half

@@ -187,3 +187,15 @@ def test_a_dataset_in_a_codec_this_machine_cannot_write_is_refused_by_name(tmp_p
     with pytest.raises(DatasetError, match=r"holds h264_videotoolbox video, which cannot be appended to here"):
         _open(root)
     assert _read(root).num_episodes == 1  # nothing lost
+
+
+def test_episodes_encode_without_ffmpeg_chatter(tmp_path):
+    """x264's banner and statistics (FFmpeg's info level) stay out of the recorder's log on every episode,
+    also after LeRobot restores FFmpeg's own log callback at the end of the first one."""
+    root = tmp_path / "ds"
+    child = subprocess.run([sys.executable, str(HERE / "writer_child.py"), str(root), "none"],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0 and "saved both" in child.stdout, child.stdout + child.stderr
+    assert _read(root).num_episodes == 2
+    chatter = [line for line in child.stderr.splitlines() if "x264" in line]
+    assert not chatter, f"{len(chatter)} lines of encoder chatter, e.g. {chatter[:3]}"

@@ -1,6 +1,7 @@
-"""Child process for test_episode_writer: saves one episode, then dies by SIGKILL inside the next save.
+"""Child process for test_episode_writer: saves one episode, then dies by SIGKILL inside the next save
+(or, with ``none``, saves the second one too and exits).
 
-    python writer_child.py ROOT KILL_POINT       KILL_POINT: after_save_episode | before_commit
+    python writer_child.py ROOT KILL_POINT       KILL_POINT: after_save_episode | before_commit | none
 """
 
 import os
@@ -29,7 +30,8 @@ recorder = EpisodeRecorder(config, store)
 print(syn.record(recorder, syn.Plan(duration_s=1.0), "high").save().describe(), flush=True)
 if point == "after_save_episode":
     EpisodeWriter._check_video_lengths = staticmethod(die)  # runs right after save_episode + finalize
-else:
+elif point == "before_commit":
     episode_writer.DatasetStore._commit = die
-syn.record(recorder, syn.Plan(duration_s=1.0), "low").save()
-print("not reached", flush=True)
+print(syn.record(recorder, syn.Plan(duration_s=1.0), "low").save().describe(), flush=True)
+store.close()
+print("not reached" if point != "none" else "saved both", flush=True)
