@@ -283,16 +283,22 @@ class SourceDataset:
         out.sort(key=lambda e: e.start)
         return out
 
+    def _listed_episodes(self, field: str) -> set[int] | None:
+        """The episode indices in ``data.datasets.<i>.<field>`` (None when unset); an unknown one is refused."""
+        listed = getattr(self.cfg, field)
+        if listed is None:
+            return None
+        known = {ep.index for ep in self.episodes}
+        unknown = sorted(set(listed) - known)
+        if unknown:
+            raise DataError(f"data.datasets.{self.position}.{field}: episode(s) {unknown} not in {self.name!r} "
+                            f"(it has {len(known)} episodes)")
+        return set(listed)
+
     def _split(self, default_fraction: float, seed: int) -> None:
         cfg = self.cfg
-        known = {ep.index for ep in self.episodes}
-        if cfg.heldout_episodes is not None:
-            unknown = sorted(set(cfg.heldout_episodes) - known)
-            if unknown:
-                raise DataError(f"data.datasets.{self.position}.heldout_episodes: episode(s) {unknown} not in "
-                                f"{self.name!r} (it has {len(known)} episodes)")
-            chosen = set(cfg.heldout_episodes)
-        else:
+        chosen = self._listed_episodes("heldout_episodes")
+        if chosen is None:
             # stratified by role, so held-out data exists for every role with >= 2 episodes
             fraction = default_fraction if cfg.heldout_fraction is None else cfg.heldout_fraction
             rng = np.random.default_rng([seed, 0x4E1D, _stable_hash(self.name)])
@@ -303,19 +309,13 @@ class SourceDataset:
                 k = min(n - 1, max(1, round(fraction * n))) if fraction > 0 and n >= 2 else 0
                 if k:
                     chosen.update(int(group[i]) for i in rng.choice(n, size=k, replace=False))
+        trained = self._listed_episodes("train_episodes")
+        if trained is not None and trained & chosen:
+            raise DataError(f"data.datasets.{self.position}.train_episodes: episode(s) {sorted(trained & chosen)} "
+                            f"are also held out; an episode is trained on or held out, not both")
         for ep in self.episodes:
             ep.heldout = ep.index in chosen
-        if cfg.train_episodes is not None:
-            where = f"data.datasets.{self.position}.train_episodes"
-            unknown = sorted(set(cfg.train_episodes) - known)
-            if unknown:
-                raise DataError(f"{where}: episode(s) {unknown} not in {self.name!r} (it has {len(known)} episodes)")
-            both = sorted(set(cfg.train_episodes) & chosen)
-            if both:
-                raise DataError(f"{where}: episode(s) {both} are also held out; an episode is trained on or "
-                                f"held out, not both")
-        for ep in self.episodes:
-            ep.trained = not ep.heldout and (cfg.train_episodes is None or ep.index in cfg.train_episodes)
+            ep.trained = not ep.heldout and (trained is None or ep.index in trained)
 
     # ------------------------------------------------------------------ windows
 

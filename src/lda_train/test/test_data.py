@@ -240,5 +240,7 @@ def test_train_episodes_restrict_training_to_a_subset_and_leave_the_heldout_spli
     assert [e.index for e in _source(mixed_dataset, heldout_episodes=[6, 7]).episodes_of("train")] == [0, 1, 2, 3, 4, 5]
     with pytest.raises(DataError, match=r"train_episodes: episode\(s\) \[42\] not in"):
         _source(mixed_dataset, train_episodes=[0, 42])
+    with pytest.raises(DataError, match=r"heldout_episodes: episode\(s\) \[9\] not in"):
+        _source(mixed_dataset, heldout_episodes=[9])
     with pytest.raises(DataError, match=r"train_episodes: episode\(s\) \[7\] are also held out"):
         _source(mixed_dataset, heldout_episodes=[7], train_episodes=[0, 7])
