@@ -64,9 +64,9 @@ Figures are written to ``benchmarks/results/mixed_quality_study.json`` (``runs``
 ``summary``: per variant and n_high, the mean, min, max and stdev over seeds) and printed as a table. (Its
 forerunner, ``mixed_quality.py``, wrote ``mixed_quality.json``: the demo's recording, three variants.)
 Without ``--record`` it reuses the demo's dataset, latent cache and encoder; it always trains with the
-demo's settings (``lda_bringup.demo.TRAIN_SETTINGS``). ``--jobs N`` runs N trainings and closed loops at
-once, each on its own ROS_DOMAIN_ID. A finished run is not repeated (its folder under ``--work`` is named
-by variant, n_high, seed and steps; delete it to redo it).
+demo's settings (``lda_bringup.demo.TRAIN_SETTINGS``), on one torch thread per training. ``--jobs N`` runs N
+trainings and closed loops at once, each on its own ROS_DOMAIN_ID. A finished run is not repeated (its
+folder under ``--work`` is named by variant, n_high, seed and steps; delete it to redo it).
 
 ``--smoke`` (run by ``tests/test_benchmarks_smoke.py``) needs no ``make demo``: in a temporary directory it
 writes a one-layer random DINOv3, records 3 high + 1 low + 1 actionless simulator episodes with
@@ -121,6 +121,9 @@ VARIANTS = {
 }
 COMPUTE = ("steps", "policy_samples")
 TRAIN_CONFIG = "config/train/demo_cpu.yaml"
+# One torch thread per training: with --jobs 2 on 2 cores, two threads each would wait for each other.
+# (The recorded study ran so; the demo itself trains on every core, as it runs alone.)
+ONE_THREAD = "train.num_threads=1"
 # The judge of every variant's closed loop: the monitor off (see the module docstring).
 JUDGE = {"mode": "monitor_off", "host_params": {"require_calibration": False, "warn_surprise": 1.0e9,
                                                 "stop_surprise": 1.0e9}}
@@ -163,7 +166,7 @@ def train_overrides(variant: str, args: argparse.Namespace, n_high: int | None =
     subset = ([] if n_high is None else
               [f"data.datasets.0.train_episodes={json.dumps(train_episodes(args.dataset, n_high, args.heldout))}"])
     return [f"data.datasets.0.root={args.dataset}", f"cache.dir={args.cache_dir}",
-            f"encoders.dino_path={args.dino_path}", *TRAIN_SETTINGS,
+            f"encoders.dino_path={args.dino_path}", *TRAIN_SETTINGS, ONE_THREAD,
             # The same held-out episodes for every variant: expert ones, where action L1 means something.
             f"data.datasets.0.heldout_episodes={json.dumps(split_high(args.dataset, args.heldout)[1])}",
             *subset, *VARIANTS[variant]]
@@ -284,7 +287,7 @@ def prepare_inputs(args: argparse.Namespace, scratch: Path, recording: tuple[str
     if args.jobs > 1:  # as the demo does, before the runs: runs at once must not build one cache side by side
         run(["lda-cache-latents", "--config", "config/train/demo_cpu.yaml", f"output_dir={scratch / 'cache_run'}",
              f"data.datasets.0.root={args.dataset}", f"cache.dir={args.cache_dir}",
-             f"encoders.dino_path={args.dino_path}", *TRAIN_SETTINGS], log, domain_id)
+             f"encoders.dino_path={args.dino_path}", *TRAIN_SETTINGS, ONE_THREAD], log, domain_id)
     done.write_text(json.dumps({"recording": list(recording), "wall_s": round(time.monotonic() - start, 1)}) + "\n")
     print(f"[inputs] in {scratch} ready ({time.monotonic() - start:.0f} s)", flush=True)
 
