@@ -6,7 +6,8 @@ Per episode: reset the sim with seed + i, ask the safety gate to clear a STOP la
 (lda_msgs/srv/SafetyReset, with the episode as the reason; the gate accepts it only while holding), publish
 the instruction (transient-local, as a real operator would), then
 watch ``lda/task_success`` for up to ``max_steps`` control steps while whatever drives the robot (the
-policy node, or nothing for the frozen baseline) acts. Writes per-episode results and the success rate
+policy node, or nothing for the frozen baseline) acts. An episode succeeds once the sim has reported success
+on ``success_hold_steps`` consecutive steps. Writes per-episode results and the success rate
 as JSON and exits 0 (so a launch file can mark it ``on_exit: shutdown``); 1 when the sim is missing.
 """
 
@@ -37,6 +38,8 @@ PARAMETERS = {
     "episodes": (5, "closed-loop episodes to run"),
     "seed": (1000, "episode i resets the sim with seed + i (use seeds not seen in training)"),
     "max_steps": (150, "control steps (sim eef_pose messages) before an episode counts as a failure"),
+    "success_hold_steps": (1, "consecutive lda/task_success=true steps that make a success (1: the first; "
+                              "more: a knock that lifts the object for a moment does not count)"),
     "instruction": ("lift the red cube", "instruction published on /lda/instruction"),
     "reset_service": ("sim/reset", "simulator's ResetSim service"),
     "safety_reset_service": (Topics.SAFETY_RESET, "the safety gate's reset, called after each sim reset ('' = none)"),
@@ -53,15 +56,20 @@ class EvaluationNode(Node):
         for name, (default, description) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=True))
         self.cfg = {name: self.get_parameter(name).value for name in PARAMETERS}
-        if self.cfg["episodes"] < 1 or self.cfg["max_steps"] < 1:
-            raise ValueError("episodes and max_steps must be >= 1")
+        if min(self.cfg["episodes"], self.cfg["max_steps"], self.cfg["success_hold_steps"]) < 1:
+            raise ValueError("episodes, max_steps and success_hold_steps must be >= 1")
         self._lock = threading.Lock()
         self._steps = 0
         self._success = False
+        self._streak = 0  # consecutive task_success=true messages
         self._stops = 0
         self._absent: set[str] = set()  # optional services not found when last called
-        self.create_subscription(PoseStamped, "robot/right/eef_pose", self._on_step, qos_profile_sensor_data)
-        self.create_subscription(Bool, "lda/task_success", self._on_success, qos_profile_sensor_data)
+        # Every step counts (a success must hold for consecutive ones): the sim's best-effort topics with a
+        # deep queue, so a busy moment of this node's thread does not drop the messages in between.
+        steps_qos = QoSProfile(depth=100, reliability=qos_profile_sensor_data.reliability,
+                               durability=qos_profile_sensor_data.durability)
+        self.create_subscription(PoseStamped, "robot/right/eef_pose", self._on_step, steps_qos)
+        self.create_subscription(Bool, "lda/task_success", self._on_success, steps_qos)
         self.create_subscription(SafetyStatus, Topics.SAFETY_STATUS, self._on_status, 10)
         self._instruction = self.create_publisher(String, Topics.INSTRUCTION, LATCHED)
         self._reset = self.create_client(ResetSim, self.cfg["reset_service"])
@@ -74,7 +82,8 @@ class EvaluationNode(Node):
 
     def _on_success(self, msg: Bool) -> None:
         with self._lock:
-            self._success = self._success or msg.data
+            self._streak = self._streak + 1 if msg.data else 0
+            self._success = self._success or self._streak >= self.cfg["success_hold_steps"]
 
     def _on_status(self, msg: SafetyStatus) -> None:
         with self._lock:
@@ -114,7 +123,7 @@ class EvaluationNode(Node):
         self._instruction.publish(String(data=self.cfg["instruction"]))
         time.sleep(self.cfg["settle_s"])
         with self._lock:
-            self._steps, self._success, self._stops = 0, False, 0
+            self._steps, self._success, self._streak, self._stops = 0, False, 0, 0
         start = time.monotonic()
         while True:
             with self._lock:
@@ -134,7 +143,8 @@ class EvaluationNode(Node):
         episodes = [self.episode(i) for i in range(self.cfg["episodes"])]
         successes = sum(e["success"] for e in episodes)
         summary = {"label": self.cfg["label"], "episodes": len(episodes), "successes": successes,
-                   "success_rate": successes / len(episodes), "per_episode": episodes}
+                   "success_rate": successes / len(episodes), "success_hold_steps": self.cfg["success_hold_steps"],
+                   "per_episode": episodes}
         self.get_logger().info(f"{self.cfg['label']}: {successes}/{len(episodes)} episodes succeeded")
         if self.cfg["results_path"]:
             path = Path(self.cfg["results_path"])
