@@ -50,20 +50,18 @@ class DemoSize:
     calibrate_every: int = 1  # calibrate the judge from every n-th control tick of the bags
 
 
-# 40 expert episodes: the policy can only learn where the cube is from the placements the experts show
-# (benchmarks/encoder_probe.py); with 16 it lifted 1-3/10, with 30 3-5/10, 3/10 at the median of four
-# fresh clones. Training on both cores (1.37x the samples/s of one, with nothing else running) pays for the
-# 10 more expert episodes (~7 s each to record) and 1400 steps instead of 1200, within the 20 minutes.
-# 60 closed-loop steps (6 s): the expert lifts in about 28 steps, and every policy lift seen so far took
-# 14-28; a failure runs to the end, so this bounds the evaluation's time.
-FULL = DemoSize(n_high=40, n_low=10, n_actionless=6, train_steps=1400, eval_episodes=10, eval_max_steps=60)
+# 30 expert episodes: the policy can only learn where the cube is from the placements the experts show
+# (benchmarks/encoder_probe.py); with 16 it lifted 1-3/10, with 30 3-5/10 (3/10 at the median of four fresh
+# clones). 40 expert episodes and 1400 steps on both cores lifted 2/10 and 1/10 in two fresh clones, in
+# 20-22 min (docs/results/demo.md). 60 closed-loop steps (6 s): the expert lifts in about 28 steps, and
+# every policy lift seen so far took 14-28; a failure runs to the end, so this bounds the evaluation's time.
+FULL = DemoSize(n_high=30, n_low=10, n_actionless=6, train_steps=1200, eval_episodes=10, eval_max_steps=60)
 QUICK = DemoSize(n_high=3, n_low=2, n_actionless=1, train_steps=20, eval_episodes=2, eval_max_steps=60)
-# GR-1: the Panda's mix of low and actionless episodes. Its expert lifts the can in ~35 steps (the Panda's
+# GR-1: the same mix as the Panda. Its expert lifts the can in ~35 steps (the Panda's
 # cube: ~28, with 60 closed-loop steps), so the closed loop gets 80. The 224 px camera makes each
 # calibration window ~0.5 s of CPU (4 bags: 268 windows in 141 s), so the judge is calibrated on every 6th
-# tick. Its first run (30 expert episodes, 1200 steps on one thread) took 27 min 40 s of the 40-minute
-# budget and lifted 1/10; training on both cores pays for most of 40 expert episodes and 2400 steps.
-FULL_GR1 = DemoSize(n_high=40, n_low=10, n_actionless=6, train_steps=2400, eval_episodes=10, eval_max_steps=80,
+# tick. Its first run (1200 steps on one thread) took 27 min 40 s of the 40-minute budget.
+FULL_GR1 = DemoSize(n_high=30, n_low=10, n_actionless=6, train_steps=1200, eval_episodes=10, eval_max_steps=80,
                     calibrate_every=6)
 QUICK_GR1 = DemoSize(n_high=2, n_low=1, n_actionless=1, train_steps=20, eval_episodes=2, eval_max_steps=30,
                      calibrate_every=4)
