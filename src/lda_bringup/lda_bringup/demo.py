@@ -57,10 +57,10 @@ class DemoSize:
 # every policy lift seen so far took 14-28; a failure runs to the end, so this bounds the evaluation's time.
 FULL = DemoSize(n_high=30, n_low=10, n_actionless=6, train_steps=1200, eval_episodes=10, eval_max_steps=60)
 QUICK = DemoSize(n_high=3, n_low=2, n_actionless=1, train_steps=20, eval_episodes=2, eval_max_steps=60)
-# GR-1: the same mix as the Panda. Its expert lifts the can in ~35 steps (the Panda's
-# cube: ~28, with 60 closed-loop steps), so the closed loop gets 80. The 224 px camera makes each
-# calibration window ~0.5 s of CPU (4 bags: 268 windows in 141 s), so the judge is calibrated on every 6th
-# tick. Its first run (1200 steps on one thread) took 27 min 40 s of the 40-minute budget.
+# GR-1: the same mix as the Panda. Its expert lifts the can in ~35 steps (the Panda's cube: ~28, with 60
+# closed-loop steps), so the closed loop gets 80. The 224 px camera makes each calibration window ~0.5 s
+# of CPU (4 bags: 268 windows in 141 s), so the judge is calibrated on every 6th tick. Its first run
+# (1200 steps on one thread) took 27 min 40 s of the 40-minute budget.
 FULL_GR1 = DemoSize(n_high=30, n_low=10, n_actionless=6, train_steps=1200, eval_episodes=10, eval_max_steps=80,
                     calibrate_every=6)
 QUICK_GR1 = DemoSize(n_high=2, n_low=1, n_actionless=1, train_steps=20, eval_episodes=2, eval_max_steps=30,
@@ -102,10 +102,10 @@ PHASES = ("encoder", "record", "cache", "train", "calibrate", "evaluate", "repor
 # lda-tiny learnt clearly faster at lr 1e-3 than the config's 3e-4; the exported model is the EMA of the
 # weights (a steadier closed loop than the last step's weights).
 TRAIN_SETTINGS = ("model.preset=lda-tiny", "train.batch_size=16", "optim.lr=1e-3", "optim.ema=true")
-# The demo's cache and train phases run alone, so they use every core (torch's default): on the 2-core
-# development machine 50.7 samples/s against 37.0 with one thread (lda-tiny, batch 16). One thread is the
-# faster choice only where other jobs share the CPU (the study's --jobs).
-DEMO_THREADS = "train.num_threads=0"
+# No thread setting: the demo's cache and train phases run alone, so config/train/demo_cpu.yaml's
+# train.num_threads 0 (torch's default, every core) applies: on the 2-core development machine 50.7 samples/s
+# against 37.0 with one thread (lda-tiny, batch 16). One thread is faster only where other jobs share the
+# CPU (the study's --jobs sets it).
 # The closed loop runs the policy's deterministic flow sample: in a ROS-free check on the same checkpoint
 # it lifted 4/8 cubes against 2/8 with sampled noise, whose chunk-to-chunk jitter blurs the grasp. The sim
 # runs at 0.3x real time: on 2 CPU cores the old layout (a policy node and a monitor node, each with its own
@@ -179,7 +179,7 @@ class Demo:
                 f"seed={self.seed}", f"train.steps={self.size.train_steps}",
                 f"train.checkpoint_every={self.size.train_steps}",
                 f"train.eval_every={max(self.size.train_steps // 4, 1)}",
-                f"optim.warmup_steps={max(self.size.train_steps // 10, 1)}", *TRAIN_SETTINGS, DEMO_THREADS]
+                f"optim.warmup_steps={max(self.size.train_steps // 10, 1)}", *TRAIN_SETTINGS]
 
     def cache(self) -> None:
         self.run("cache", ["lda-cache-latents", "--config", "config/train/demo_cpu.yaml",
