@@ -11,6 +11,7 @@ from lda_common.robot_config import load_robot_config
 from lda_common.schema import read_episode_labels
 from lda_testing.deploy import make_checkpoint, write_params
 from lda_testing.ros import NodeProcess, ros_node
+from lda_sim.sim_core import finger_targets_for_width
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from rclpy.qos import qos_profile_sensor_data
 
@@ -53,10 +54,18 @@ def test_gr1_recording_holds_both_hands_blocks(tmp_path):
     right_fingers_s = _columns(state_names, "right/R_")
     right_fingers_a = _columns(action_names, "right/R_")
     assert len(right_fingers_s) == 6 and np.ptp(state[:, right_fingers_s], axis=0).max() > 0.3  # the hand closed
-    # Hand-centric actions: a hand without a command topic acts with the finger joints of the next frame.
+    # Hand-centric actions: the finger values are the joint targets the operator commanded (open, closing,
+    # closed), not the joints measured a frame later: the can stops the fingers short of a closed hand.
     rows = np.flatnonzero(valid[:-1])
     assert rows.size > 10
-    np.testing.assert_allclose(action[rows][:, right_fingers_a], state[rows + 1][:, right_fingers_s], atol=1e-5)
+    commanded = action[rows][:, right_fingers_a]
+    np.testing.assert_allclose(commanded[0], finger_targets_for_width("gr1_pickplace", "right", 0.065), atol=1e-6)
+    closed = finger_targets_for_width("gr1_pickplace", "right", 0.0)
+    assert np.isclose(commanded, closed, atol=1e-6).all(axis=1).sum() > 5  # the hand was told to close ...
+    measured = state[rows + 1][:, right_fingers_s]
+    assert (closed - measured.max(axis=0)).max() > 0.2  # ... and the can stopped at least one finger short of it
+    left_fingers_a = _columns(action_names, "left/L_")
+    np.testing.assert_allclose(action[rows][:, left_fingers_a], 0.0, atol=1e-6)  # the idle hand told to stay open
     assert np.abs(action[rows][:, _columns(action_names, "right/d")]).max() > 0.005  # the arm's own motion
 
 

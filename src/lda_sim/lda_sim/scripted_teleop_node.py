@@ -4,7 +4,8 @@
 
 Per episode: call the sim's reset service with that episode's seed, wait for the first fresh observation,
 call the recorder's start service with the task text, drive the robot with ``ScriptedOperator`` (publishing
-robot/<hand>/eef_target and gripper_command once per observed control step), then call the stop service with
+robot/<hand>/eef_target and gripper_command once per observed control step: a width for a parallel
+gripper, every hand's finger joint targets for a dexterous hand), then call the stop service with
 the episode's quality. Exits 0 when every episode was saved, 1 otherwise (so a launch file can use
 ``on_exit: shutdown``). Works against any server of lda_msgs StartEpisode / StopEpisode.
 """
@@ -28,7 +29,7 @@ from std_msgs.msg import Bool
 
 from lda_msgs.srv import ResetSim, StartEpisode, StopEpisode
 from lda_sim.scripted_operator import TASKS, ScriptedOperator
-from lda_sim.sim_core import ROBOTS, SimObservation
+from lda_sim.sim_core import ROBOTS, SimObservation, finger_joint_names, finger_targets_for_width
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -175,8 +176,15 @@ class ScriptedTeleopNode(Node):
             o = msg.pose.orientation
             o.x, o.y, o.z, o.w = (float(v) for v in quat)
             self._pub_target[hand].publish(msg)
-        for hand, width in grippers.items():
-            msg = JointState(name=["gripper"], position=[float(width)])
+        for hand in self.hands:
+            joints = finger_joint_names(self.cfg["robot"], hand)
+            if joints:  # a dexterous hand takes joint targets, as a real hand's driver does; an idle one stays open
+                width = grippers.get(hand)
+                msg = JointState(name=joints, position=finger_targets_for_width(self.cfg["robot"], hand, width).tolist())
+            elif hand in grippers:
+                msg = JointState(name=["gripper"], position=[float(grippers[hand])])
+            else:
+                continue
             msg.header.stamp = stamp
             self._pub_gripper[hand].publish(msg)
 

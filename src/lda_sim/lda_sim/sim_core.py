@@ -12,6 +12,7 @@ A hand without a target holds the pose it had when its targets stopped (hold-las
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -111,6 +112,44 @@ def finger_joint_names(robot: str, hand: str) -> list[str]:
     if ROBOTS[robot].gripper != "hand":
         return []
     return [f"{hand[0].upper()}_{joint}" for joint in HAND_FINGER_JOINTS]
+
+
+def hand_action_for_width(dof: int, width: float | None) -> np.ndarray:
+    """A dexterous hand's actuator commands (-1 open .. 1 closed, robosuite's action order) for an openness
+    ``width`` (None: open); see HAND_OPPOSE."""
+    closure = 0.0 if width is None else float(np.clip(1.0 - width / HAND_MAX_WIDTH, 0.0, 1.0))
+    oppose = np.clip((closure - HAND_OPPOSE[0]) / (HAND_OPPOSE[1] - HAND_OPPOSE[0]), 0.0, 1.0)
+    return 2.0 * np.array([closure] * (dof - 1) + [oppose]) - 1.0
+
+
+@functools.cache
+def hand_finger_map(robot: str, hand: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of :func:`finger_joint_names`: the hand action entry that drives it and its target range
+    [rad] (its drive's control range), read from the robot's hand model without building a scene."""
+    from robosuite.models import robots
+    from robosuite.models.grippers import GRIPPER_MAPPING
+
+    model = GRIPPER_MAPPING[getattr(robots, ROBOTS[robot].robosuite_robot)().default_gripper[hand]]()
+    driven_by = model.format_action(np.arange(model.dof))  # actuator -> action entry
+    ranges = {a.get("name"): [float(v) for v in a.get("ctrlrange").split()] for a in model.root.find("actuator")}
+    action_ids, low, high = [], [], []
+    for joint in finger_joint_names(robot, hand):
+        drive = f"{model.naming_prefix}{joint}_drive"
+        k = list(model.actuators).index(drive)
+        action_ids.append(int(driven_by[k]))
+        low.append(ranges[drive][0])
+        high.append(ranges[drive][1])
+    return np.array(action_ids), np.array(low), np.array(high)
+
+
+def finger_targets_for_width(robot: str, hand: str, width: float | None) -> np.ndarray:
+    """The finger joint targets [rad] (:func:`finger_joint_names` order) that a dexterous hand's openness
+    ``width`` stands for: what the sim drives for that width, so an operator can send joint targets, as a
+    real hand's driver takes them, and a recorder logs the command (not only where contact stopped the
+    fingers: the Fourier hand squeezes by the difference)."""
+    action_ids, low, high = hand_finger_map(robot, hand)
+    action = hand_action_for_width(int(action_ids.max()) + 1, width)
+    return low + (action[action_ids] + 1.0) / 2.0 * (high - low)
 
 
 @dataclass
@@ -366,9 +405,7 @@ class SimRobot:
             action[action_ids] = 2.0 * (width - low) / (high - low) - 1.0
             return np.clip(action, -1.0, 1.0)
         # Dexterous hand: absolute joint targets, -1 open .. 1 closed (see HAND_OPPOSE); open until told.
-        closure = 0.0 if width is None else 1.0 - width / HAND_MAX_WIDTH
-        oppose = np.clip((closure - HAND_OPPOSE[0]) / (HAND_OPPOSE[1] - HAND_OPPOSE[0]), 0.0, 1.0)
-        return 2.0 * np.array([closure] * (gripper.dof - 1) + [oppose]) - 1.0
+        return hand_action_for_width(gripper.dof, width)
 
     def _finger_map(self, hand: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """For each named finger joint: its qpos index, the hand action entry that drives it, its range [rad].

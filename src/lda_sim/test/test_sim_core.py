@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import pytest
-from lda_sim.sim_core import SimRobot
+from lda_sim.sim_core import SimRobot, finger_targets_for_width
 from scipy.spatial.transform import Rotation
 
 
@@ -100,6 +100,15 @@ def test_gr1_smoke_two_hands():
         assert obs.eef_pos["right"][0] - right[0] > 0.03
         assert obs.gripper_width["right"] < obs.gripper_width["left"]  # right hand closed, left open
         assert np.all(np.isfinite(obs.object_pos))
+        # Finger joint targets for a width (what the scripted operator sends) drive the hand exactly as the width.
+        fingers = {}
+        for command in ({"right": 0.02}, {"right": finger_targets_for_width("gr1_pickplace", "right", 0.02)}):
+            sim.reset(seed=1)
+            for _ in range(4):
+                obs = sim.step({}, command)
+            fingers[type(command["right"])] = obs.finger_positions["right"]
+        assert fingers[float].max() > 0.5  # the fingers curled ...
+        np.testing.assert_allclose(fingers[np.ndarray], fingers[float], atol=1e-9)  # ... alike both ways
     finally:
         sim.close()
     assert time.monotonic() - start < 60
