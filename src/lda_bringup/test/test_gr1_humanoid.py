@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from lda_common.robot_config import load_robot_config
 from lda_common.schema import read_episode_labels
+from lda_sim.sim_core import finger_targets_for_width
 from lda_testing.deploy import make_checkpoint, write_params
 from lda_testing.ros import NodeProcess, ros_node
-from lda_sim.sim_core import finger_targets_for_width
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from rclpy.qos import qos_profile_sensor_data
 

@@ -179,8 +179,8 @@ class ScriptedTeleopNode(Node):
         for hand in self.hands:
             joints = finger_joint_names(self.cfg["robot"], hand)
             if joints:  # a dexterous hand takes joint targets, as a real hand's driver does; an idle one stays open
-                width = grippers.get(hand)
-                msg = JointState(name=joints, position=finger_targets_for_width(self.cfg["robot"], hand, width).tolist())
+                targets = finger_targets_for_width(self.cfg["robot"], hand, grippers.get(hand))
+                msg = JointState(name=joints, position=targets.tolist())
             elif hand in grippers:
                 msg = JointState(name=["gripper"], position=[float(grippers[hand])])
             else:
