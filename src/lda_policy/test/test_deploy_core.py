@@ -270,6 +270,32 @@ def test_policy_waits_for_history_and_a_new_instruction_starts_afresh(tmp_path):
     assert policy.propose(0.3) is None and policy.not_ready(0.3) == "no camera frame yet"
 
 
+def test_proposed_finger_targets_stay_in_the_trained_range_and_pose_deltas_are_untouched(tmp_path):
+    """A flow sample overshoots an absolute finger target at the end of its range (the gate would STOP on
+    it): the proposal keeps fingers within the training actions' 1-99 % range and leaves pose deltas alone."""
+    from lda_policy.deploy.policy import PolicyCore, PolicySettings
+    from lda_policy.deploy.robot import RobotInterface
+    from lda_policy.deploy.runtime import ModelRuntime
+
+    paths = T.cached_checkpoint(tmp_path / "model")
+    robot = RobotInterface(paths["robot_config"])
+    runtime = ModelRuntime(paths["checkpoint"], paths["dino_path"])
+    policy = PolicyCore(runtime, robot, PolicySettings(seed=0))
+    policy.start_task("pick up the red block")
+    for t in (0.0, 0.1, 0.2):
+        policy.on_frame(t, T.scene_image("a", T.HOME[0], t))
+        policy.states.add_pose("right", t, *T.HOME)
+        policy.states.add_fingers("right", t, [0.04])
+    chunk, obs = policy.propose(0.2)
+    raw = runtime.policy(obs, seed=0)  # the same sample, before the bounds
+    low, high = runtime.action_range(robot.embodiment)
+    fingers = robot.space.finger_columns("right")
+    assert ((raw[:, fingers] < low[fingers]) | (raw[:, fingers] > high[fingers])).any()  # random weights overshoot
+    np.testing.assert_allclose(chunk.actions[:, fingers], np.clip(raw[:, fingers], low[fingers], high[fingers]))
+    np.testing.assert_allclose(chunk.actions[:, :6], raw[:, :6])  # pose deltas as sampled, even outside the range
+    assert ((raw[:, :6] < low[:6]) | (raw[:, :6] > high[:6])).any()
+
+
 def test_pictures_have_the_expected_layout():
     rng = np.random.default_rng(0)
     lat = rng.normal(size=(10, 4, 4, 8))

@@ -52,6 +52,11 @@ class PolicyCore:
         self.frames = FrameLatents(runtime.encode_image, min_period_s=self.settings.frame_period_s,
                                    keep_s=max(4.0, 2 - min(self.obs_offsets)), tolerance_s=0.1)
         self.states = HandStateBuffer(robot.hands)
+        # Finger values are absolute targets: a flow sample overshoots one at the end of its range (a closed
+        # hand: 1.915 of 1.74 rad, which the gate STOPs on), so they are kept within the 1-99 % range of the
+        # training actions. Pose deltas are not touched: judging those is the gate's job.
+        span = runtime.action_range(robot.embodiment)
+        self.action_bounds = None if span is None else robot.finger_bounds(*span)
         self._instruction: str | None = None
         self._sequence = 0
         self._task = 0  # counts start_task(): a chunk predicted across a task change is dropped
@@ -131,8 +136,9 @@ class PolicyCore:
                 self.skipped = "a new task started while the chunk was predicted; dropped"
                 return None
             self._sequence += 1
+            actions = chosen.actions if self.action_bounds is None else np.clip(chosen.actions, *self.action_bounds)
             chunk = ProposedChunk(self._sequence, stamp, self.robot.dt, self.robot.embodiment,
-                                  self.robot.dimension_names, chosen.actions, time.perf_counter() - t0,
+                                  self.robot.dimension_names, actions, time.perf_counter() - t0,
                                   candidates=chosen.k, selection_score=chosen.score,
                                   selection_spread=chosen.spread)
         chunk.digest = chunk.computed_digest()

@@ -105,6 +105,15 @@ class RobotInterface:
             return np.array([h.fingers.scale * values.sum()])
         return values
 
+    def finger_bounds(self, low, high) -> tuple[np.ndarray, np.ndarray]:
+        """Per action column: (low, high) for the finger values (absolute targets), unbounded for the pose
+        deltas."""
+        lo, hi = np.full(self.action_dim, -np.inf), np.full(self.action_dim, np.inf)
+        for h in self.hands:
+            columns = self.space.finger_columns(h)
+            lo[columns], hi[columns] = np.asarray(low)[columns], np.asarray(high)[columns]
+        return lo, hi
+
     def state_vector(self, hands: HandsState) -> np.ndarray:
         """observation.state (state_dim,) of measured EEF link poses + fingers."""
         return self.space.state({h: (hands[h].position, hands[h].quaternion, hands[h].fingers) for h in self.hands})

@@ -170,6 +170,10 @@ class ModelRuntime:
             else torch.as_tensor(history_actions, dtype=torch.float32)[None],
         )
 
+    def action_range(self, embodiment: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The 1-99 % range of ``embodiment``'s training actions (normalization.json); None if it has none."""
+        return self.model.normalizer.action_range(embodiment)
+
     def policy(self, obs: Observation, seed: int | None = None, noise_scale: float = 1.0) -> np.ndarray:
         """Action chunk (chunk_size, action_dim) float64, physical units."""
         return self.policy_candidates(obs, 1, seed, noise_scale)[0]

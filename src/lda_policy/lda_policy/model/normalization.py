@@ -131,6 +131,11 @@ class Normalizer(nn.Module):
         mid, half = self._gather(self.action_mid, self.action_half, embodiment_id, x.dim())
         return x * half + mid
 
+    def action_range(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Embodiment ``name``'s per-dimension action quantiles (low, high), physical units; None without stats."""
+        stats = self._stats.get(name)
+        return None if stats is None else (np.array(stats["action"].low), np.array(stats["action"].high))
+
     def normalize_state(self, x: torch.Tensor, embodiment_id: torch.Tensor) -> torch.Tensor:
         """x: (B, ..., max_state_dim) physical -> normalised."""
         mid, half = self._gather(self.state_mid, self.state_half, embodiment_id, x.dim())
