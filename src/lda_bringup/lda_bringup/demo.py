@@ -349,6 +349,9 @@ def write_report(out: Path, dataset: Path, train_dir: Path, checkpoint: Path, di
          f"{counts['high']} / {counts['low']} / {counts['actionless']}"),
         ("held-out policy action L1 (predict-the-mean)",
          f"{_fmt(pol.get('action_l1'))} ({_fmt(pol.get('baseline_mean_action_l1'))})"),
+        ("  of it: arm pose deltas / fingers (mean)",
+         f"{_fmt(pol.get('pose_l1'))} ({_fmt(pol.get('baseline_mean_pose_l1'))}) / "
+         f"{_fmt(pol.get('finger_l1'))} ({_fmt(pol.get('baseline_mean_finger_l1'))})"),
         ("held-out inverse-dynamics action L1", _fmt(inv.get("action_l1"))),
         ("held-out forward-dynamics latent MSE / cosine",
          f"{_fmt(fwd.get('latent_mse'))} / {_fmt(fwd.get('latent_cosine'))}"),

@@ -5,7 +5,9 @@ On held-out episodes (never trained on), for evenly spaced anchor frames:
 - ``policy.action_l1``: mean |predicted - recorded| action over real dimensions and chunk steps, in
   physical units, on ``high`` episodes (the paper's scaling metric). ``baseline_mean_action_l1``
   predicts the training set's mean action (per embodiment) for every step: the number a policy must
-  beat to have learned anything.
+  beat to have learned anything. ``pose_l1`` / ``finger_l1`` (each with its ``baseline_mean_*`` and
+  ``*_ratio_to_baseline``) split it into the hand-centric pose deltas and the finger values: on the
+  GR-1 the finger targets dominated the sum while the arm stayed at predict-the-mean.
 - ``forward_dynamics.latent_mse`` / ``latent_cosine``: predicted vs. DINO latents of the future
   frames given the recorded actions (high and low episodes); baseline: "nothing moves" (copy the
   current frame's latents).
@@ -35,7 +37,7 @@ from lda_common.schema import Quality
 from lda_policy.model import LDAModel, Observation
 
 from .config import EvalConfig
-from .data import BatchPlan, SourceDataset
+from .data import ACTION_KEY, BatchPlan, SourceDataset
 from .latent_cache import TrainingData
 from .stats import EmbodimentStats
 
@@ -104,6 +106,7 @@ def evaluate(model: LDAModel, data: TrainingData, eval_set: EvalSet, stats: dict
         mean = stats.get(src.embodiment)
         mean_action = (torch.tensor(mean.action_mean, dtype=torch.float32)
                        if mean is not None and mean.action_mean is not None else None)
+        column_groups = action_groups(src.features.get(ACTION_KEY, {}).get("names"), a_dim)
         for start in range(0, len(plan), cfg.batch_size):
             sub = plan.slice(start, start + cfg.batch_size)
             batch = data.batch(sub)
@@ -147,6 +150,15 @@ def evaluate(model: LDAModel, data: TrainingData, eval_set: EvalSet, stats: dict
                                 a.add("policy/baseline_mean_action_l1",
                                       ((mean_action - truth[sel]).abs() * step_mask[sel]).sum(), n)
                             a.add("policy/samples", len(sel), 1)
+                        # The arm and the hand apart: a hand's targets can dominate the L1 of an arm not learnt.
+                        for group, cols in column_groups.items():
+                            m = step_mask[sel][..., cols]
+                            for a in (acc, dacc):
+                                a.add(f"policy/{group}_l1", ((pred[..., cols] - truth[sel][..., cols]).abs() * m).sum(),
+                                      m.sum())
+                                if mean_action is not None:
+                                    a.add(f"policy/baseline_mean_{group}_l1",
+                                          ((mean_action[cols] - truth[sel][..., cols]).abs() * m).sum(), m.sum())
                     dyn = (full_future & full_chunk)[idx].nonzero().flatten()
                     if len(dyn):
                         o = _take(obs, dyn)
@@ -181,6 +193,19 @@ def evaluate(model: LDAModel, data: TrainingData, eval_set: EvalSet, stats: dict
     return result
 
 
+#: The hand-centric pose-delta columns of an action (lda_common.action_space): ``<hand>/dx`` ... ``<hand>/drz``.
+POSE_SUFFIXES = ("/dx", "/dy", "/dz", "/drx", "/dry", "/drz")
+
+
+def action_groups(names: list[str] | None, action_dim: int) -> dict[str, list[int]]:
+    """{"pose": the pose-delta columns, "finger": the rest}, by the dataset's action names ({} without them)."""
+    if not names or len(names) != action_dim:
+        return {}
+    pose = [i for i, n in enumerate(names) if str(n).endswith(POSE_SUFFIXES)]
+    finger = [i for i in range(action_dim) if i not in pose]
+    return {g: cols for g, cols in (("pose", pose), ("finger", finger)) if cols}
+
+
 def _take(obs: Observation, idx: torch.Tensor) -> Observation:
     def t(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x[idx]
@@ -197,6 +222,9 @@ def _summarise(acc: _Acc) -> dict[str, Any]:
     pol = out.get("policy", {})
     if pol.get("action_l1") is not None and pol.get("baseline_mean_action_l1"):
         pol["ratio_to_baseline"] = pol["action_l1"] / pol["baseline_mean_action_l1"]
+    for group in ("pose", "finger"):
+        if pol.get(f"{group}_l1") is not None and pol.get(f"baseline_mean_{group}_l1"):
+            pol[f"{group}_ratio_to_baseline"] = pol[f"{group}_l1"] / pol[f"baseline_mean_{group}_l1"]
     inv = out.get("inverse_dynamics", {})
     if inv.get("action_l1") is not None and inv.get("baseline_mean_action_l1"):
         inv["ratio_to_baseline"] = inv["action_l1"] / inv["baseline_mean_action_l1"]

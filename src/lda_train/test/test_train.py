@@ -122,6 +122,13 @@ def test_killed_run_resumes_on_the_same_curve(mixed_dataset, dino_dir, cache_roo
     assert result["step"] == 16
     pol = result["policy"]
     assert pol["samples"] > 0 and pol["action_l1"] > 0 and pol["baseline_mean_action_l1"] > 0
+    # The arm and the fingers apart, weighted by their columns: together they give the overall figure.
+    a_dim = model.config.embodiments[model.config.embodiment_index("test_arm")].action_dim  # one hand
+    cols = {"pose": 6, "finger": a_dim - 6}
+    assert set(cols) == {"pose", "finger"} and all(pol[f"{g}_l1"] > 0 for g in cols)
+    assert pol["pose_ratio_to_baseline"] == pytest.approx(pol["pose_l1"] / pol["baseline_mean_pose_l1"])
+    total = sum(pol[f"{g}_l1"] * n for g, n in cols.items()) / sum(cols.values())
+    assert total == pytest.approx(pol["action_l1"], rel=1e-4)
     for head in ("forward_dynamics", "inverse_dynamics", "forecast"):
         assert result[head]["samples"] > 0, head
     fd = result["forward_dynamics"]
