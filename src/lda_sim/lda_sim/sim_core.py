@@ -125,7 +125,9 @@ def hand_action_for_width(dof: int, width: float | None) -> np.ndarray:
 @functools.cache
 def hand_finger_map(robot: str, hand: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each of :func:`finger_joint_names`: the hand action entry that drives it and its target range
-    [rad] (its drive's control range), read from the robot's hand model without building a scene."""
+    [rad] (its drive's control range), read from the robot's hand model without building a scene. The
+    hand's action is copied onto coupled actuators (format_action); the range is the joint's own drive's.
+    The arrays are shared (cached): read-only."""
     from robosuite.models import robots
     from robosuite.models.grippers import GRIPPER_MAPPING
 
@@ -139,7 +141,10 @@ def hand_finger_map(robot: str, hand: str) -> tuple[np.ndarray, np.ndarray, np.n
         action_ids.append(int(driven_by[k]))
         low.append(ranges[drive][0])
         high.append(ranges[drive][1])
-    return np.array(action_ids), np.array(low), np.array(high)
+    out = (np.array(action_ids), np.array(low), np.array(high))
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 def finger_targets_for_width(robot: str, hand: str, width: float | None) -> np.ndarray:
@@ -408,22 +413,11 @@ class SimRobot:
         return hand_action_for_width(gripper.dof, width)
 
     def _finger_map(self, hand: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """For each named finger joint: its qpos index, the hand action entry that drives it, its range [rad].
-        The hand's action is copied onto coupled actuators (format_action); its range is that of the
-        joint's own actuator."""
+        """For each named finger joint: its qpos index, and :func:`hand_finger_map`'s action entry and range."""
         gripper, model = self._robot.gripper[hand], self._env.sim.model
-        ctrl = self._controller.get_controller(f"{hand}_gripper")
-        driven_by = gripper.format_action(np.arange(gripper.dof))  # actuator -> action entry
-        actuators = list(gripper.actuators)
-        qpos_ids, action_ids, low, high = [], [], [], []
-        for joint in finger_joint_names(self.name, hand):
-            full = f"{gripper.naming_prefix}{joint}"
-            k = next(i for i, a in enumerate(actuators) if a == f"{full}_drive")
-            qpos_ids.append(model.get_joint_qpos_addr(full))
-            action_ids.append(int(driven_by[k]))
-            low.append(float(ctrl.actuator_min[k]))
-            high.append(float(ctrl.actuator_max[k]))
-        return (np.array(qpos_ids), np.array(action_ids), np.array(low), np.array(high))
+        qpos_ids = [model.get_joint_qpos_addr(f"{gripper.naming_prefix}{joint}")
+                    for joint in finger_joint_names(self.name, hand)]
+        return (np.array(qpos_ids), *hand_finger_map(self.name, hand))
 
     # -- observation -------------------------------------------------------------------------------
     def _base_pose(self) -> tuple[np.ndarray, Rotation]:
