@@ -238,7 +238,8 @@ def test_frozen_host_holds_within_200ms_and_latches(system):
         time.sleep(1.0)
     finally:
         os.kill(pid, signal.SIGCONT)
-    assert stop is not None and "model_host heartbeat missing" in stop.reason, stop
+    # Both heartbeats stop with the process; the gate's watchdog names whichever it finds silent first.
+    assert stop is not None and any(f"{s} heartbeat missing" in stop.reason for s in ("model_host", "judge")), stop
     stamp = stop.header.stamp.sec + 1e-9 * stop.header.stamp.nanosec
     assert stamp - t0 < 0.2 + 0.3, stamp - t0  # timeout 0.15 s + one watchdog tick, with margin for load
     hold = [t for t, p, _ in robot.targets_since(t0)]
@@ -255,7 +256,8 @@ def test_killed_host_holds_within_200ms(system):
     t0 = robot.now()
     os.kill(pid, signal.SIGKILL)
     stop = first_stop(robot, t0, timeout=3.0)
-    assert stop is not None and "model_host heartbeat missing" in stop.reason, stop
+    # Both heartbeats die with the process; the gate's watchdog names whichever it finds silent first.
+    assert stop is not None and any(f"{s} heartbeat missing" in stop.reason for s in ("model_host", "judge")), stop
     stamp = stop.header.stamp.sec + 1e-9 * stop.header.stamp.nanosec
     assert stamp - t0 < 0.2 + 0.3, stamp - t0
     time.sleep(1.5)
