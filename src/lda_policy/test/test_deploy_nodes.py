@@ -223,6 +223,12 @@ def test_surprise_rises_clearly_when_the_scene_is_swapped(system):
     recover(robot, proc)
 
 
+def _host_heartbeat_stop(stop) -> bool:
+    """A STOP naming a heartbeat of the model host process: both (host and judge) die with it, and the gate's
+    watchdog names whichever it finds silent first."""
+    return stop is not None and any(f"{s} heartbeat missing" in stop.reason for s in ("model_host", "judge"))
+
+
 def _pid(proc, name: str) -> int:
     return next(int(line.split("pid ")[1].rstrip(")")) for line in proc.lines if f"started {name} (pid" in line)
 
@@ -238,8 +244,7 @@ def test_frozen_host_holds_within_200ms_and_latches(system):
         time.sleep(1.0)
     finally:
         os.kill(pid, signal.SIGCONT)
-    # Both heartbeats stop with the process; the gate's watchdog names whichever it finds silent first.
-    assert stop is not None and any(f"{s} heartbeat missing" in stop.reason for s in ("model_host", "judge")), stop
+    assert _host_heartbeat_stop(stop), stop
     stamp = stop.header.stamp.sec + 1e-9 * stop.header.stamp.nanosec
     assert stamp - t0 < 0.2 + 0.3, stamp - t0  # timeout 0.15 s + one watchdog tick, with margin for load
     hold = [t for t, p, _ in robot.targets_since(t0)]
@@ -256,8 +261,7 @@ def test_killed_host_holds_within_200ms(system):
     t0 = robot.now()
     os.kill(pid, signal.SIGKILL)
     stop = first_stop(robot, t0, timeout=3.0)
-    # Both heartbeats die with the process; the gate's watchdog names whichever it finds silent first.
-    assert stop is not None and any(f"{s} heartbeat missing" in stop.reason for s in ("model_host", "judge")), stop
+    assert _host_heartbeat_stop(stop), stop
     stamp = stop.header.stamp.sec + 1e-9 * stop.header.stamp.nanosec
     assert stamp - t0 < 0.2 + 0.3, stamp - t0
     time.sleep(1.5)
