@@ -1,0 +1,131 @@
+"""Our checkpoint format for the upstream option, and a safetensors writer that streams.
+
+A directory with:
+
+- ``config.json``: ``{"format": "lda-upstream-checkpoint", "format_version": 1, "config": UpstreamConfig,
+  "source": {...}}`` (``source`` says where the weights came from);
+- ``model.safetensors``: the action model (MM-DiT, encoders, decoder, tokens, DINOv3) under our names;
+- ``vlm.safetensors``: the Qwen3-VL weights under transformers' names (absent for a head-only import);
+- ``normalization.json``: the authors' dataset statistics as their release carries them, or ``null``.
+
+Pickle is never read here (the importer reads the authors' ``pytorch_model.pt`` with
+``torch.load(weights_only=True)``, the only place a pickle container is opened).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lda_common.config import parse, read_versioned_json, write_versioned_json
+from safetensors import safe_open
+
+from ..checkpoint import CheckpointError
+from .config import UpstreamConfig
+
+FORMAT = "lda-upstream-checkpoint"
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE, VLM_FILE, NORMALIZATION_FILE = ("config.json", "model.safetensors", "vlm.safetensors",
+                                                           "normalization.json")
+
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+
+
+def write_safetensors_streaming(path: Path, entries: Iterable[tuple[str, tuple[int, ...], torch.dtype]],
+                                get: Callable[[str], torch.Tensor], metadata: dict[str, str] | None = None,
+                                dtype: torch.dtype | None = None) -> int:
+    """Writes a safetensors file one tensor at a time: only one tensor (and its cast) is in memory at once.
+
+    ``entries``: (name, shape, dtype) of each tensor, for the header; ``get(name)`` then returns it (a
+    memory-mapped tensor is read only while it is written). ``dtype`` casts floating tensors.
+    Returns the number of bytes of tensor data written.
+    """
+    entries = list(entries)
+    header: dict[str, Any] = {"__metadata__": metadata or {}}
+    offset = 0
+    for name, shape, src_dtype in entries:
+        out_dtype = dtype if dtype is not None and src_dtype.is_floating_point else src_dtype
+        size = int(torch.Size(shape).numel()) * torch.empty((), dtype=out_dtype).element_size()
+        header[name] = {"dtype": _DTYPES[out_dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data must start 8-byte aligned
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for name, _, _ in entries:
+            t = get(name)
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            f.write(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().data)
+    return offset
+
+
+def write_config(directory: Path, config: UpstreamConfig, source: dict[str, Any]) -> None:
+    body = {"config": config.to_dict(), "source": source}
+    write_versioned_json(directory / CONFIG_FILE, FORMAT, FORMAT_VERSION, body)
+
+
+def read_upstream_config(directory: str | Path) -> UpstreamConfig:
+    path = Path(directory) / CONFIG_FILE
+    body = read_versioned_json(path, FORMAT, FORMAT_VERSION, "an imported upstream LDA checkpoint", CheckpointError)
+    return parse(UpstreamConfig, body.get("config"), path, prefix="config", error=CheckpointError)
+
+
+def is_upstream_checkpoint(directory: str | Path) -> bool:
+    """True for a directory written by ``lda-import-upstream`` (its config.json names our upstream format)."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        return json.loads(path.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_state(found: Mapping[str, torch.Size], expected: Mapping[str, torch.Size], what: str) -> None:
+    """Refuses missing or unexpected keys and shape mismatches, naming them (the first few of each)."""
+    missing = [k for k in expected if k not in found]
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [f"{k!r} has shape {tuple(found[k])}, expected {tuple(v)}" for k, v in expected.items()
+             if k in found and tuple(found[k]) != tuple(v)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {missing[:6]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {unexpected[:6]}")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es): " + "; ".join(wrong[:6]))
+    if problems:
+        raise CheckpointError(f"{what} does not match the model: " + "; ".join(problems))
+
+
+def load_upstream(directory: str | Path, device: str | torch.device = "cpu",
+                  dtype: torch.dtype | None = None) -> Any:
+    """The :class:`UpstreamLDA` of an imported checkpoint, weights loaded, in eval mode."""
+    from .head import UpstreamLDA
+
+    directory = Path(directory)
+    config = read_upstream_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint {directory} is missing {WEIGHTS_FILE}")
+    model = UpstreamLDA(config)
+    with safe_open(str(weights), framework="pt") as f:
+        found = {k: f.get_slice(k).get_shape() for k in f.keys()}
+        check_state(found, {k: v.shape for k, v in model.state_dict().items()}, str(weights))
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict(state, strict=True)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def read_normalization(directory: str | Path) -> Any:
+    """The authors' statistics stored at import (``None`` when their release carried none)."""
+    path = Path(directory) / NORMALIZATION_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {directory} is missing {NORMALIZATION_FILE}")
+    return json.loads(path.read_text()).get("statistics")
