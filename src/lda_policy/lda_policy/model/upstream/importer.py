@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from ..checkpoint import CheckpointError
 from .checkpoint import NORMALIZATION_FILE, VLM_FILE, WEIGHTS_FILE, check_state, write_config
 from .checkpoint import write_safetensors_streaming as write_streaming
 from .config import DinoSpec, UpstreamConfig, from_authors_config
-from .keymap import KeyMapError, to_ours
+from .keymap import KeyMapError, to_ours, to_theirs
 
 WEIGHT_NAMES = ("pytorch_model.pt", "state_dict.safetensors", "model.safetensors")
 CONFIG_NAMES = ("config.yaml", "config.json")
@@ -42,7 +43,11 @@ class LazyState:
             self._tensors = None
             self.keys = list(self._file.keys())
         else:  # a torch.save file: tensor data stays on disk (mmap); weights_only refuses code in the pickle
-            loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            try:
+                loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as err:
+                raise CheckpointError(f"{path} cannot be read as a plain tensor state dict (torch.load with "
+                                      f"weights_only=True refused it): {str(err).splitlines()[0]}") from None
             if isinstance(loaded, dict) and set(loaded) in ({"state_dict"}, {"model"}):
                 loaded = next(iter(loaded.values()))
             if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
@@ -100,8 +105,8 @@ def read_authors_config(path: Path, vlm_config: Path | None = None,
         if "full_config" in raw:  # a golden fixture: the tiny sub-model configs are recorded beside it
             return _fixture_config(raw, history_actions)
         vlm = json.loads(vlm_config.read_text()) if vlm_config else None
-        return from_authors_config(raw, dino=_dino_for(raw), vlm=vlm or _default_vlm(raw),
-                                   history_actions=history_actions)
+        config = from_authors_config(raw, dino=_dino_for(raw), vlm=vlm, history_actions=history_actions)
+        return config if vlm else dataclasses.replace(config, vlm=_default_vlm(raw))
     except ConfigError as err:
         raise CheckpointError(f"{path}: {err}") from None
 
@@ -170,8 +175,9 @@ def import_checkpoint(source: str | Path, out: str | Path, *, dtype: torch.dtype
     config = read_authors_config(_find(directory, CONFIG_NAMES, "config", parents=2), vlm_config, history_actions)
     state = LazyState(weights)
     head_keys, vlm_keys = _split(state)
-    shapes = {k: torch.Size(state.meta(v)[0]) for k, v in head_keys.items()}
-    check_state(shapes, _expected_head(config), f"{weights} (action_model.*)")
+    found = {theirs: torch.Size(state.meta(theirs)[0]) for theirs in head_keys.values()}
+    expected = {to_theirs("head", k): v for k, v in _expected_head(config).items()}
+    check_state(found, expected, f"{weights} (action_model.*)")  # named as in their file
     if not vlm_keys and not head_only:
         raise CheckpointError(f"{weights} has no qwen_vl_interface.* (VLM) keys; pass --head-only to import "
                               "only the action model")
@@ -201,8 +207,9 @@ def _write_vlm(state: LazyState, vlm_keys: dict[str, str], config: UpstreamConfi
     from .vlm import expected_vlm_shapes
 
     spec = dict(config.vlm or {})
-    shapes = {k: torch.Size(state.meta(v)[0]) for k, v in vlm_keys.items()}
-    check_state(shapes, expected_vlm_shapes(spec), f"{state.path} (qwen_vl_interface.*)")
+    found = {theirs: torch.Size(state.meta(theirs)[0]) for theirs in vlm_keys.values()}
+    expected = {to_theirs("vlm", k): v for k, v in expected_vlm_shapes(spec).items()}
+    check_state(found, expected, f"{state.path} (qwen_vl_interface.*)")
     keep = dict(vlm_keys)
     embed = "model.language_model.embed_tokens.weight"
     if spec.get("tie_word_embeddings", True) and "lm_head.weight" in keep:
