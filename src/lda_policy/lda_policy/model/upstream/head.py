@@ -110,14 +110,20 @@ class UpstreamLDA(nn.Module):
 
     # ------------------------------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict_action(self, vl_embs: torch.Tensor, text_mask: torch.Tensor | None, curr_images: torch.Tensor,
+    def predict_action(self, vl_embs: torch.Tensor, text_mask: torch.Tensor | None, curr_images: torch.Tensor | None,
                        state: torch.Tensor, embodiment: torch.Tensor, history_actions: torch.Tensor | None = None,
-                       noise: torch.Tensor | None = None, num_steps: int | None = None) -> torch.Tensor:
-        """Normalised action chunk (B, horizon, action_dim): Euler from noise (t = 0) to data (t = 1)."""
+                       noise: torch.Tensor | None = None, num_steps: int | None = None,
+                       curr_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised action chunk (B, horizon, action_dim): Euler from noise (t = 0) to data (t = 1).
+
+        ``curr_tokens``: :meth:`encode_observation` of the frames, when the caller caches DINO tokens
+        (then ``curr_images`` is not used).
+        """
         c = self.config
         steps = num_steps or c.num_inference_steps
         b = vl_embs.shape[0]
-        curr = self.encode_observation(curr_images).to(self.registers.dtype)
+        curr = curr_tokens if curr_tokens is not None else self.encode_observation(curr_images)
+        curr = curr.to(self.registers.dtype)
         slot = self.future_standin.expand(b, curr.shape[1], -1)
         obs_tokens = self.obs_merger(torch.cat([curr, slot], dim=-1))
         context = self._context(state, history_actions, embodiment)
