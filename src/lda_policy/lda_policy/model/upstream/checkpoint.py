@@ -73,7 +73,7 @@ def write_config(directory: Path, config: UpstreamConfig, source: dict[str, Any]
 
 
 def read_upstream_config(directory: str | Path) -> UpstreamConfig:
-    path = Path(directory) / CONFIG_FILE
+    path = Path(directory).expanduser() / CONFIG_FILE
     body = read_versioned_json(path, FORMAT, FORMAT_VERSION, "an imported upstream LDA checkpoint", CheckpointError)
     return parse(UpstreamConfig, body.get("config"), path, prefix="config", error=CheckpointError)
 
@@ -109,7 +109,7 @@ def load_upstream(directory: str | Path, device: str | torch.device = "cpu",
     """The :class:`UpstreamLDA` of an imported checkpoint, weights loaded, in eval mode."""
     from .head import UpstreamLDA
 
-    directory = Path(directory)
+    directory = Path(directory).expanduser()
     config = read_upstream_config(directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
@@ -125,7 +125,7 @@ def load_upstream(directory: str | Path, device: str | torch.device = "cpu",
 
 def read_normalization(directory: str | Path) -> Any:
     """The authors' statistics stored at import (``None`` when their release carried none)."""
-    path = Path(directory) / NORMALIZATION_FILE
+    path = Path(directory).expanduser() / NORMALIZATION_FILE
     if not path.is_file():
         raise CheckpointError(f"checkpoint {directory} is missing {NORMALIZATION_FILE}")
     return json.loads(path.read_text()).get("statistics")

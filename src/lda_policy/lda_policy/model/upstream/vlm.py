@@ -63,7 +63,7 @@ def expected_vlm_shapes(spec: dict[str, Any]) -> dict[str, torch.Size]:
 
 def load_vlm(directory: str | Path, spec: dict[str, Any]) -> Any:
     """The imported Qwen3-VL (weights from ``vlm.safetensors``), in eval mode, float32, on the CPU."""
-    path = Path(directory) / VLM_FILE
+    path = Path(directory).expanduser() / VLM_FILE
     if not path.is_file():
         raise CheckpointError(f"checkpoint {directory} has no {VLM_FILE} (imported with --head-only?)")
     model = build_qwen(spec)
