@@ -13,12 +13,12 @@ trainings and closed loops) about 2 of them.
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from lda_testing.processes import run_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -53,18 +53,15 @@ def _fresh_domain() -> str:
 
 
 def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """``cmd`` in its own process group, killed with all its children (nodes, launches) when it overruns."""
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=_fresh_domain(),
-               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    """``cmd`` with every process it starts (nodes, launches, in sessions of their own included) killed when it
+    overruns: a hang fails this test within ``timeout`` instead of stalling the run."""
+    env = dict(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=_fresh_domain(), HF_HUB_OFFLINE="1",
+               PYTHONUNBUFFERED="1")
     try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd[1:])} ran over {timeout} s\n--- stdout\n{out[-3000:]}\n--- stderr\n{err[-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        return run_tree(cmd, timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(cmd[1:])} ran over {timeout} s\n--- stdout\n{(exc.output or '')[-3000:]}\n"
+                    f"--- stderr\n{(exc.stderr or '')[-3000:]}")
 
 
 def _missing_keys(expected: dict, got: dict) -> list[str]:

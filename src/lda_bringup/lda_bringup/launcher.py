@@ -4,8 +4,9 @@
     lda-launch launch/policy.launch.yaml --show-args     # declared arguments and defaults
     lda-launch launch/policy.launch.yaml --print         # resolved command lines, start nothing
 
-Each node runs as its own process with its output prefixed by its name. SIGINT/SIGTERM are forwarded
-(SIGINT first, SIGTERM after 5 s, SIGKILL after 10 s). A node with ``on_exit: shutdown`` is required:
+Each node runs as its own process (in its own process group) with its output prefixed by its name. On
+SIGINT/SIGTERM, or when a required node exits, every node's process group gets SIGINT, then SIGTERM after
+5 s, then SIGKILL after 5 s more, so processes a node started go too. A node with ``on_exit: shutdown`` is required:
 when it exits the others are stopped, and when it died (non-zero exit) lda-launch exits non-zero.
 Children get SIGTERM from the kernel if lda-launch itself is killed, so nothing is left running.
 """
@@ -67,6 +68,7 @@ def run(processes: list[ProcessSpec]) -> int:
         signal.signal(sig, lambda *_: stop.set())
 
     running = [_Running(spec) for spec in processes]
+    started = list(running)  # a node that exited may have left processes it started
     exit_code = 0
     while running and not stop.is_set():
         time.sleep(0.05)
@@ -84,22 +86,43 @@ def run(processes: list[ProcessSpec]) -> int:
             elif item.spec.respawn and not stop.is_set():
                 time.sleep(item.spec.respawn_delay)
                 running.append(_Running(item.spec))
-    _shutdown(running)
+                started.append(running[-1])
+    _shutdown(started)
     return exit_code
 
 
-def _shutdown(running: list[_Running]) -> None:
+def _group_alive(r: _Running) -> bool:
+    """Whether the node or a process it started is still running (its process group has a member)."""
+    r.proc.poll()  # reap the node itself, so a finished node is not counted as a zombie member
+    try:
+        os.killpg(r.proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(r: _Running, sig: int) -> None:
+    try:
+        os.killpg(r.proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _shutdown(started: list[_Running]) -> None:
+    running = [r for r in started if _group_alive(r)]
     for sig, grace in ((signal.SIGINT, _STOP_GRACE_S), (signal.SIGTERM, _STOP_GRACE_S), (signal.SIGKILL, 0)):
-        alive = [r for r in running if r.proc.poll() is None]
+        alive = [r for r in running if _group_alive(r)]
         if not alive:
             break
         for r in alive:
-            r.proc.send_signal(sig)
+            _signal_group(r, sig)
         deadline = time.monotonic() + grace
-        while grace and time.monotonic() < deadline and any(r.proc.poll() is None for r in alive):
+        while grace and time.monotonic() < deadline and any(_group_alive(r) for r in alive):
             time.sleep(0.05)
         for r in alive:
-            if r.proc.poll() is None and sig != signal.SIGKILL:
+            if _group_alive(r) and sig != signal.SIGKILL:
                 _say(f"{r.spec.name} still running after {signal.Signals(sig).name}")
     for r in running:
         _say(f"{r.spec.name} stopped (code {r.proc.wait()})")

@@ -32,6 +32,7 @@ import numpy as np
 import rclpy
 from geometry_msgs.msg import Point
 from lda_common.messages import Topics
+from lda_common.process_exit import join_threads
 from rclpy.node import Node
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
@@ -235,9 +236,8 @@ class DynamicsReplayNode(ModelNode, Node):
 
     def shutdown(self) -> None:
         self._stop.set()
-        worker = getattr(self, "_worker", None)
-        if worker is not None:
-            worker.join(timeout=30)
+        if join_threads([getattr(self, "_worker", None)]):
+            self.get_logger().warning("exiting mid-frame: the MCAP output (if any) is incomplete")
 
 
 main = node_main("dynamics_replay_node", DynamicsReplayNode, MODEL_STARTUP_ERRORS)

@@ -22,6 +22,7 @@ from pathlib import Path
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from lda_common.messages import Topics
+from lda_common.process_exit import join_threads
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
@@ -164,8 +165,9 @@ class ModelHostNode(ModelNode, Node):
     def shutdown(self) -> None:
         self._stop.set()
         self._new_frame.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
+        busy = join_threads(self._threads)
+        if busy:
+            self.get_logger().warning(f"exiting while {busy} still run (mid-inference)")
 
     # ------------------------------------------------------------------ callbacks (cheap)
 

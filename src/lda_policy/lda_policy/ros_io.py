@@ -11,11 +11,13 @@ load the model add :class:`lda_policy.model_node.ModelNode`.
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable
 
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
+from lda_common.process_exit import ExitGuard
 from lda_common.robot_config import ConfigError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -243,32 +245,45 @@ STARTUP_ERRORS: tuple[type[Exception], ...] = (ConfigError, ValueError, OSError)
 
 def node_main(program: str, make_node: Callable[[], RobotNode],
               startup_errors: tuple[type[Exception], ...] = STARTUP_ERRORS) -> Callable[[list[str] | None], int]:
-    """A console-script ``main``: exit status 2 for a bad parameter, 1 for anything else that stops start-up."""
+    """A console-script ``main``: exit status 2 for a bad parameter, 1 for anything else that stops start-up
+    or ends the spin; 0 when told to stop (SIGINT/SIGTERM, within :data:`lda_common.process_exit.EXIT_DEADLINE_S`)."""
 
     def main(args: list[str] | None = None) -> int:
+        guard = ExitGuard(program).install()  # before rclpy.init: its signal handlers chain to the guard's
         rclpy.init(args=args)
-        node = None
+        node, code = None, 0
         try:
             try:
                 node = make_node()
                 node.start()
             except (ParameterError, *startup_errors) as err:
                 print(f"{program}: error: {err}", file=sys.stderr, flush=True)
-                return 2 if isinstance(err, ParameterError) else 1
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            try:
-                return node.spin(executor)
-            except (KeyboardInterrupt, ExternalShutdownException):
-                return 0
-        finally:
-            if node is not None:
-                try:
-                    node.shutdown()
-                except Exception:  # noqa: BLE001 - best effort on the way out
-                    pass
-                node.destroy_node()
+                code = 2 if isinstance(err, ParameterError) else 1
+            else:
+                executor = SingleThreadedExecutor()
+                executor.add_node(node)
+                code = node.spin(executor)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            code = 0
+        except Exception:  # noqa: BLE001 - reported, then the same bounded exit as any other
             if rclpy.ok():
-                rclpy.try_shutdown()
+                traceback.print_exc()
+                code = 1
+            # else: a callback that ran as the signal shut the context down (a publish on a dead context)
+        finally:
+            close_node(node)
+        guard.exit(code)
 
     return main
+
+
+def close_node(node) -> None:
+    """Stop the node's threads, then destroy it and the ROS context (in that order: a worker thread must not
+    publish through a destroyed publisher)."""
+    if node is not None:
+        try:
+            node.shutdown()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            traceback.print_exc()
+        node.destroy_node()
+    rclpy.try_shutdown()

@@ -4,12 +4,9 @@ the replayed surprise jumps where the recording switches to another scene."""
 from pathlib import Path
 
 import numpy as np
-from lda_common.bag_io import BagWriter
-from lda_policy.ros_io import pose_stamped, rgb_to_image, sec_to_stamp
 from lda_testing.ros import NodeProcess, ros_node, wait_for
-from rclpy.serialization import serialize_message
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float32, String
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float32
 from visualization_msgs.msg import MarkerArray
 
 from lda_testing import deploy as T
@@ -17,35 +14,6 @@ from lda_testing import deploy as T
 REPO = Path(__file__).resolve().parents[3]
 LAUNCH = REPO / "launch" / "replay.launch.yaml"
 SWITCH_S = 3.0  # the recording shows scene A, then scene B from here on
-
-
-def write_bag(path: Path, seconds: float = 6.0, commands: tuple[tuple[float, float], ...] = ()) -> Path:
-    """``commands``: (time since the start [s], width [m]) gripper commands on /robot/right/gripper_command."""
-    bag = BagWriter(path.with_name(path.name + ".tmp"))
-    rng = np.random.default_rng(3)
-    t0, pos = 1000.0, T.HOME[0].copy()
-    bag.write("/lda/instruction", "std_msgs/msg/String", int(t0 * 1e9) - 1, serialize_message(String(data="pick up")))
-    for k in range(int(seconds * 10)):
-        t = t0 + 0.1 * k
-        pos = pos + rng.normal(0, 0.003, 3)
-        stamp, ns = sec_to_stamp(t), int(round(t * 1e9))
-        scene = "a" if t - t0 < SWITCH_S else "b"
-        bag.write("/test/head/image_raw", "sensor_msgs/msg/Image", ns,
-                  serialize_message(rgb_to_image(T.scene_image(scene, pos, t), stamp, "head")))
-        bag.write("/robot/right/eef_pose", "geometry_msgs/msg/PoseStamped", ns + 1000,
-                  serialize_message(pose_stamped(pos, T.HOME[1], stamp, "base")))
-        # velocity/effort filled: rosbags cannot read rclpy's CDR of a JointState with empty float64 arrays
-        js = JointState(name=["finger_joint1", "finger_joint2"], position=[0.02, 0.02], velocity=[0.0, 0.0],
-                        effort=[0.0, 0.0])
-        js.header.stamp = stamp
-        bag.write("/robot/right/gripper_state", "sensor_msgs/msg/JointState", ns + 2000, serialize_message(js))
-    for t, width in commands:
-        js = JointState(name=["finger_joint1", "finger_joint2"], position=[width / 2] * 2, velocity=[0.0] * 2,
-                        effort=[0.0] * 2)
-        js.header.stamp = sec_to_stamp(t0 + t)
-        bag.write("/robot/right/gripper_command", "sensor_msgs/msg/JointState", int(round((t0 + t) * 1e9)) + 3000,
-                  serialize_message(js))
-    return bag.commit(path)
 
 
 def test_replayed_finger_actions_are_the_commands_where_the_robot_records_them(tmp_path):
@@ -56,18 +24,18 @@ def test_replayed_finger_actions_are_the_commands_where_the_robot_records_them(t
 
     robot = RobotInterface(T.write_robot_config(tmp_path / "robot.yaml",
                                                 gripper_command_topic="/robot/right/gripper_command"))
-    episode = read_episode(write_bag(tmp_path / "ep", 2.0, commands=((0.27, 0.08), (1.02, 0.0))), robot)
+    episode = read_episode(T.write_replay_bag(tmp_path / "ep", 2.0, commands=((0.27, 0.08), (1.02, 0.0))), robot)
     assert episode.valid.tolist() == [False] * 3 + [True] * 16 + [False]  # no command in force before 0.27 s
     assert np.allclose(episode.actions[3:10, 6], 0.08) and np.allclose(episode.actions[10:19, 6], 0.0)
     assert np.allclose(episode.actions[3:19, :3], robot.space.actions_from_states(
         np.stack([f.state for f in episode.frames]))[0][3:19, :3])  # the motion part is untouched
     with pytest.raises(ReplayError, match="lacks topic"):
-        read_episode(write_bag(tmp_path / "plain", 1.0), robot)
+        read_episode(T.write_replay_bag(tmp_path / "plain", 1.0), robot)
 
 
 def test_replay_publishes_for_rviz_and_writes_mcap(tmp_path, tmp_path_factory):
     paths = T.cached_checkpoint(tmp_path_factory.getbasetemp() / "lda_deploy_model")
-    bag = write_bag(tmp_path / "episode")
+    bag = T.write_replay_bag(tmp_path / "episode")
     out = tmp_path / "replay_out"
     params = T.write_params(tmp_path / "replay.yaml", {"torch_threads": 1, "tile_px": 64})
     got = {"latents": [], "markers": [], "surprise": []}

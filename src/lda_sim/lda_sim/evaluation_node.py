@@ -23,6 +23,7 @@ from pathlib import Path
 import rclpy
 from geometry_msgs.msg import PoseStamped
 from lda_common.messages import Topics
+from lda_common.process_exit import ExitGuard, join_threads, spin_until_shutdown, wait_until
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -46,7 +47,9 @@ PARAMETERS = {
     "settle_s": (0.5, "wait after the resets before the episode's steps count [s]"),
     "results_path": ("", "write the results JSON here (empty: only log them)"),
     "label": ("policy", "name of what drives the robot, stored in the results (e.g. policy, frozen)"),
-    "service_timeout_s": (60.0, "how long to wait for services to appear and answer [s]"),
+    "startup_timeout_s": (300.0, "how long to wait for the sim's reset service to appear (a cold sim_node takes "
+                                 "minutes) [s]"),
+    "service_timeout_s": (120.0, "how long to wait for a service to answer [s]"),
 }
 
 
@@ -89,24 +92,29 @@ class EvaluationNode(Node):
         with self._lock:
             self._stops += int(msg.level == SafetyStatus.STOP)
 
+    def _wait(self, ready, what: str, timeout: float) -> bool:
+        """Wait with progress lines; raises ExternalShutdownException when the node is told to stop."""
+        done = wait_until(ready, what, timeout, self.get_logger().info, stop=lambda: not rclpy.ok())
+        if not done and not rclpy.ok():
+            raise ExternalShutdownException()
+        return done
+
     def _call(self, client, request, optional: bool = False):
-        timeout = self.cfg["service_timeout_s"]
         name = self.resolve_service_name(client.srv_name)
         # An optional service (the gate's reset) gets 10 s the first time, for discovery on a loaded
         # machine; one found absent then gets 2 s per episode (a baseline run has no gate at all).
-        wait = timeout if not optional else (2.0 if name in self._absent else 10.0)
-        if not client.wait_for_service(timeout_sec=wait):
+        wait = self.cfg["startup_timeout_s"] if not optional else (2.0 if name in self._absent else 10.0)
+        if not self._wait(client.service_is_ready, f"service {name}", wait):
             if optional:
                 self._absent.add(name)
                 self.get_logger().warning(f"service {name} not available; skipped")
                 return None
-            raise RuntimeError(f"service {name} not available after {timeout} s")
+            raise RuntimeError(f"service {name} not available after {wait:g} s")
         self._absent.discard(name)
-        done = threading.Event()
         future = client.call_async(request)
-        future.add_done_callback(lambda _f: done.set())
-        if not done.wait(timeout):
-            raise RuntimeError(f"service {name} did not answer within {timeout} s")
+        timeout = self.cfg["service_timeout_s"]
+        if not self._wait(future.done, f"the answer of {name}", timeout):
+            raise RuntimeError(f"service {name} did not answer within {timeout:g} s")
         return future.result()
 
     def episode(self, index: int) -> dict:
@@ -132,6 +140,8 @@ class EvaluationNode(Node):
                 break
             if time.monotonic() - start > 10.0 and steps == 0:
                 raise RuntimeError("the sim published no eef_pose for 10 s")
+            if not rclpy.ok():
+                raise ExternalShutdownException()
             time.sleep(0.02)
         result = {"episode": index, "seed": seed, "success": success, "steps": steps, "stop_statuses": stops,
                   "wall_s": round(time.monotonic() - start, 2)}
@@ -156,6 +166,7 @@ class EvaluationNode(Node):
 
 
 def main(args=None) -> None:
+    guard = ExitGuard("evaluation_node").install()  # before rclpy.init: its handlers chain to the guard's
     rclpy.init(args=args)
     code = 0
     node = executor = spinner = None
@@ -163,7 +174,7 @@ def main(args=None) -> None:
         node = EvaluationNode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner = threading.Thread(target=spin_until_shutdown, args=(executor,), daemon=True)
         spinner.start()
         node.run()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -173,10 +184,9 @@ def main(args=None) -> None:
         code = 1
     finally:
         if executor is not None:
-            executor.shutdown()
-        if spinner is not None:
-            spinner.join(timeout=5.0)  # a thread still spinning at interpreter exit aborts the process
+            executor.shutdown(timeout_sec=1.0)
+        join_threads([spinner])
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    sys.exit(code)
+    guard.exit(code)

@@ -12,13 +12,13 @@ the episode's quality. Exits 0 when every episode was saved, 1 otherwise (so a l
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
+from lda_common.process_exit import ExitGuard, join_threads, spin_until_shutdown, wait_until
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -46,7 +46,9 @@ PARAMETERS = {
     "start_service": ("/teleop_recorder/start_episode", "recorder's StartEpisode service"),
     "stop_service": ("/teleop_recorder/stop_episode", "recorder's StopEpisode service"),
     "reset_service": ("sim/reset", "simulator's ResetSim service"),
-    "service_timeout_s": (30.0, "how long to wait for the services to appear and to answer [s]"),
+    "startup_timeout_s": (300.0, "how long to wait for the sim's first observation and for the services to appear "
+                          "(a cold machine takes minutes to import robosuite and LeRobot) [s]"),
+    "service_timeout_s": (120.0, "how long to wait for a service to answer [s]"),
     "observation_timeout_s": (5.0, "abort when the sim publishes nothing for this long [s]"),
     "frame_id": ("base", "frame of the published eef_target (the sim's eef_pose frame)"),
 }
@@ -101,7 +103,8 @@ class ScriptedTeleopNode(Node):
             (cfg["seed"] >= 0, f"seed {cfg['seed']} is negative"),
             (cfg["max_steps"] >= 1, f"max_steps {cfg['max_steps']} must be positive"),
             (cfg["failed_high_as"] in ("low", "high", "discard"), "failed_high_as must be low, high or discard"),
-            (cfg["service_timeout_s"] > 0 and cfg["observation_timeout_s"] > 0, "timeouts must be positive"),
+            (min(cfg["startup_timeout_s"], cfg["service_timeout_s"], cfg["observation_timeout_s"]) > 0,
+             "timeouts must be positive"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -133,6 +136,8 @@ class ScriptedTeleopNode(Node):
                 if complete:
                     return stamp, self._observation()
                 left = deadline - time.monotonic()
+                if not rclpy.ok():
+                    raise ExternalShutdownException()
                 if left <= 0:
                     raise TeleopError(f"no observation from the sim for {self.cfg['observation_timeout_s']} s "
                                       "(is sim_node running with the same robot and namespace?)")
@@ -154,14 +159,29 @@ class ScriptedTeleopNode(Node):
         )
 
     # -- services ----------------------------------------------------------------------------------
+    def _wait(self, ready, what: str, timeout: float) -> bool:
+        """Wait with progress lines; raises ExternalShutdownException when the node is told to stop."""
+        done = wait_until(ready, what, timeout, self.get_logger().info, stop=lambda: not rclpy.ok())
+        if not done and not rclpy.ok():
+            raise ExternalShutdownException()
+        return done
+
+    def wait_for_sim(self) -> None:
+        """Block until the sim publishes (a cold sim_node needs a minute or more to load robosuite and MuJoCo)."""
+        timeout = self.cfg["startup_timeout_s"]
+        if not self._wait(lambda: self._object is not None, "the simulator's first observation (sim_node "
+                          "starting)", timeout):
+            raise TeleopError(f"no observation from the sim within {timeout:g} s of start-up (is sim_node running "
+                              "with the same robot and namespace?)")
+
     def call(self, client, request, what: str):
-        timeout, name = self.cfg["service_timeout_s"], self.resolve_service_name(client.srv_name)
-        if not client.wait_for_service(timeout_sec=timeout):
+        name = self.resolve_service_name(client.srv_name)
+        timeout = self.cfg["startup_timeout_s"]
+        if not self._wait(client.service_is_ready, f"service {name} ({what})", timeout):
             raise TeleopError(f"service {name} ({what}) not available after {timeout:g} s")
-        done = threading.Event()
         future = client.call_async(request)
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(timeout=timeout):
+        timeout = self.cfg["service_timeout_s"]
+        if not self._wait(future.done, f"the answer of {name} ({what})", timeout):
             raise TeleopError(f"service {name} ({what}) did not answer within {timeout:g} s")
         return future.result()
 
@@ -201,6 +221,7 @@ class ScriptedTeleopNode(Node):
         log = self.get_logger()
         modes = self.schedule()
         log.info(f"scripted teleop: {len(modes)} episodes {modes}, task '{self.task_text}'")
+        self.wait_for_sim()
         results = []
         for index, mode in enumerate(modes):
             seed = self.cfg["seed"] + index
@@ -244,6 +265,7 @@ def _ns(stamp) -> int:
 
 
 def main(args=None) -> None:
+    guard = ExitGuard("scripted_teleop_node").install()  # before rclpy.init: its handlers chain to the guard's
     rclpy.init(args=args)
     logger = rclpy.logging.get_logger("scripted_teleop")
     code = 1
@@ -253,7 +275,7 @@ def main(args=None) -> None:
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         # Callbacks on a background thread; the episode loop below blocks on them like a script.
-        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner = threading.Thread(target=spin_until_shutdown, args=(executor,), daemon=True)
         spinner.start()
         code = 0 if node.run() else 1
     except (ParameterError, rclpy.exceptions.ParameterException) as exc:
@@ -262,16 +284,15 @@ def main(args=None) -> None:
     except TeleopError as exc:
         logger.error(str(exc))
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        code = 130  # told to stop before every episode was recorded
     finally:
         if executor is not None:
-            executor.shutdown()
-            if spinner is not None:
-                spinner.join(timeout=5.0)  # a thread still spinning at exit aborts the process
+            executor.shutdown(timeout_sec=1.0)
+            join_threads([spinner])
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    sys.exit(code)
+    guard.exit(code)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,13 @@ Physics runs on its own thread; callbacks only store the latest command, so the 
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
 
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
+from lda_common.process_exit import ExitGuard, join_threads
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -35,6 +35,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 
+from lda_msgs.msg import SafetyStatus
 from lda_msgs.srv import ResetSim
 from lda_sim.sim_core import ROBOTS, SimObservation, SimRobot, finger_joint_names
 
@@ -52,9 +53,13 @@ PARAMETERS = {
     "real_time_factor": (1.0, "with realtime: simulated seconds per wall-clock second, 0.05..1 (below 1 gives a "
                               "policy on a slow CPU the control periods a faster computer would)"),
     "target_timeout_s": (0.5, "an eef_target older than this (simulated time) is dropped; the hand holds [s]"),
+    "gate_timeout_s": (0.5, "once the safety gate's /lda/safety_status heartbeat was heard, hold every hand when "
+                            "it is older than this (simulated time) [s]; 0: not watched"),
     "max_step_m": (0.05, "largest EEF translation commanded per control step [m], <= 0.05"),
     "max_step_rad": (0.3, "largest EEF rotation commanded per control step [rad], <= 0.5"),
     "frame_id": ("base", "frame of eef_pose, eef_target and object_pose: the robot base"),
+    "startup_timeout_s": (300.0, "how long a sim/reset call waits for the simulation to start (a cold machine "
+                                 "takes minutes to import robosuite and compile the MuJoCo model) [s]"),
 }
 
 
@@ -90,6 +95,11 @@ class SimNode(Node):
                 PoseStamped, f"robot/{hand}/eef_target", lambda m, h=hand: self._on_target(h, m), COMMAND_QOS)
             self.create_subscription(
                 JointState, f"robot/{hand}/gripper_command", lambda m, h=hand: self._on_gripper(h, m), COMMAND_QOS)
+        # The safety gate's heartbeat: a gate that stops ticking stops it, and the robot holds (as a real
+        # robot's driver should; see docs/design/safety-gate.md).
+        self._gate_seen_ns: int | None = None
+        self._gate_lost = False
+        self.create_subscription(SafetyStatus, "/lda/safety_status", self._on_gate_status, COMMAND_QOS)
         # The reset waits for the physics thread; its own group keeps command callbacks flowing meanwhile.
         self.create_service(ResetSim, "sim/reset", self._on_reset, callback_group=MutuallyExclusiveCallbackGroup())
         self._thread = threading.Thread(target=self._run, name="sim_physics", daemon=True)
@@ -108,9 +118,11 @@ class SimNode(Node):
             (cfg["seed"] >= 0, f"seed {cfg['seed']} is negative"),
             (cfg["max_episode_steps"] >= 0, f"max_episode_steps {cfg['max_episode_steps']} is negative"),
             (cfg["target_timeout_s"] > 0.0, f"target_timeout_s {cfg['target_timeout_s']} must be positive"),
+            (cfg["gate_timeout_s"] >= 0.0, f"gate_timeout_s {cfg['gate_timeout_s']} must be >= 0"),
             (0.0 < cfg["max_step_m"] <= 0.05, f"max_step_m {cfg['max_step_m']} is outside (0, 0.05]"),
             (0.0 < cfg["max_step_rad"] <= 0.5, f"max_step_rad {cfg['max_step_rad']} is outside (0, 0.5]"),
             (bool(cfg["frame_id"]), "frame_id is empty"),
+            (cfg["startup_timeout_s"] > 0.0, f"startup_timeout_s {cfg['startup_timeout_s']} must be positive"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -130,6 +142,11 @@ class SimNode(Node):
             return
         with self._lock:
             self._targets[hand] = (pose, self._sim_time_ns)
+
+    def _on_gate_status(self, msg: SafetyStatus) -> None:
+        if msg.source == "safety_gate":
+            with self._lock:
+                self._gate_seen_ns = self._sim_time_ns
 
     def _on_gripper(self, hand: str, msg: JointState) -> None:
         try:
@@ -169,13 +186,13 @@ class SimNode(Node):
         if request.seed < 0:
             response.success, response.message = False, f"seed must be >= 0, got {request.seed}"
             return response
-        if not self.ready.wait(timeout=60.0) or self.failed:
+        if not self.ready.wait(timeout=self.cfg["startup_timeout_s"]) or self.failed:
             response.success, response.message = False, f"simulation not running: {self.failed or 'starting'}"
             return response
         done, result = threading.Event(), {}
         with self._lock:
             self._reset_request = (int(request.seed), done, result)
-        if not done.wait(timeout=30.0):
+        if not done.wait(timeout=120.0):  # a GR-1 reset rebuilds the MuJoCo model: seconds, more when loaded
             response.success, response.message = False, "reset timed out"
             return response
         response.success, response.message = result["success"], result["message"]
@@ -263,6 +280,15 @@ class SimNode(Node):
                 hand: (pose if self._sim_time_ns - received <= timeout_ns else None)
                 for hand, (pose, received) in self._targets.items()
             }
+            gate_ns = self.cfg["gate_timeout_s"] * 1e9
+            seen = self._gate_seen_ns
+            lost = bool(gate_ns) and seen is not None and self._sim_time_ns - seen > gate_ns
+            if lost:  # the gate went quiet: hold every hand, whatever it sent last
+                targets = dict.fromkeys(self._targets)
+            if lost != self._gate_lost:
+                self._gate_lost = lost
+                log = self.get_logger().error if lost else self.get_logger().info
+                log("safety gate heartbeat lost: holding" if lost else "safety gate heartbeat back")
             return targets, dict(self._grippers)
 
     def _reset(self, seed: int, result: dict) -> SimObservation:
@@ -296,7 +322,8 @@ class SimNode(Node):
 
     def stop(self) -> None:
         self._running = False
-        self._thread.join(timeout=10.0)
+        if join_threads([self._thread]):
+            self.get_logger().warning("exiting while the physics thread is still inside a step or a reset")
 
 
 def _pose_msg(stamp, frame: str, pos, quat) -> PoseStamped:
@@ -309,9 +336,10 @@ def _pose_msg(stamp, frame: str, pos, quat) -> PoseStamped:
 
 
 def main(args=None) -> None:
+    guard = ExitGuard("sim_node").install()  # before rclpy.init: its handlers chain to the guard's
     rclpy.init(args=args)
     code = 0
-    node = None
+    node = executor = None
     try:
         node = SimNode()
         executor = MultiThreadedExecutor(num_threads=2)
@@ -331,9 +359,12 @@ def main(args=None) -> None:
     finally:
         if node is not None:
             node.stop()
+        if executor is not None:
+            executor.shutdown(timeout_sec=0.5)  # a reset callback may still wait for the physics thread
+        if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    sys.exit(code)
+    guard.exit(code)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints banners on every episode
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
+from lda_common.process_exit import ExitGuard, join_threads, spin_until_shutdown  # noqa: E402
 from lda_common.robot_config import ConfigError, load_robot_config  # noqa: E402
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType  # noqa: E402
 from rclpy.event_handler import SubscriptionEventCallbacks  # noqa: E402
@@ -389,18 +390,19 @@ class TeleopRecorder(Node):
                 pending = self.recorder.finish(self._now(), None)
                 self.get_logger().warning(f"shutting down while recording: episode {pending.index} discarded")
 
-        try:
-            self._run_in_worker(discard, timeout=10.0)
+        try:  # bounded: the whole exit has EXIT_DEADLINE_S (a save in progress gets what is left of it)
+            self._run_in_worker(discard, timeout=1.5)
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f"shutdown: {exc}")
         self._queue.put(None)
-        self._worker.join(timeout=10.0)
+        join_threads([self._worker])
         self._saver.shutdown(wait=True)
         self.store.close()
 
 
 def main(args=None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 <pid>: print every thread's stack
+    guard = ExitGuard("teleop_recorder").install()  # before rclpy.init: its handlers chain to the guard's
     # The DDS callbacks need the GIL hundreds of times a second while the worker and encoder threads run
     # Python code; a short switch interval keeps them from waiting 5 ms for it each time.
     sys.setswitchinterval(0.0005)
@@ -410,10 +412,10 @@ def main(args=None) -> int:
     except StartupError as exc:
         print(f"teleop_recorder: error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
-        return 2
+        guard.exit(2)
     intake = SingleThreadedExecutor()  # the streams: only ever enqueue, never block
     intake.add_node(node.intake)
-    intake_thread = threading.Thread(target=_spin_quietly, args=(intake,), name="recorder-intake", daemon=True)
+    intake_thread = threading.Thread(target=spin_until_shutdown, args=(intake,), name="recorder-intake", daemon=True)
     intake_thread.start()
     # Services and diagnostics: one thread. A stop that waits for its save pauses the diagnostics, never the
     # intake. (Under load, a MultiThreadedExecutor here was seen spinning at 100 % CPU inside rclpy while a
@@ -425,20 +427,14 @@ def main(args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.shutdown()
-        intake.shutdown()
-        executor.shutdown()
+        node.shutdown()  # discards an unlabelled episode, lets a save in progress finish, closes the dataset
+        intake.shutdown(timeout_sec=0.5)
+        executor.shutdown(timeout_sec=0.5)
+        join_threads([intake_thread])
         node.intake.destroy_node()
         node.destroy_node()
         rclpy.try_shutdown()
-    return 0
-
-
-def _spin_quietly(executor) -> None:
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    guard.exit(0)
 
 
 if __name__ == "__main__":

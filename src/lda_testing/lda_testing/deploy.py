@@ -400,3 +400,39 @@ def targets_held(robot, t0, t1):
     return len(ts), max(float(np.linalg.norm(p - ts[0])) for p in ts)
 
 
+def write_replay_bag(path: Path, seconds: float = 6.0, commands: tuple[tuple[float, float], ...] = (),
+                     switch_s: float = 3.0) -> Path:
+    """A rosbag2 recording of the test robot for the dynamics replay: scene A, then scene B from ``switch_s`` on.
+
+    ``commands``: (time since the start [s], width [m]) gripper commands on /robot/right/gripper_command."""
+    from lda_common.bag_io import BagWriter
+    from lda_policy.ros_io import pose_stamped, rgb_to_image, sec_to_stamp
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
+
+    bag = BagWriter(path.with_name(path.name + ".tmp"))
+    rng = np.random.default_rng(3)
+    t0, pos = 1000.0, HOME[0].copy()
+    bag.write("/lda/instruction", "std_msgs/msg/String", int(t0 * 1e9) - 1, serialize_message(String(data="pick up")))
+    for k in range(int(seconds * 10)):
+        t = t0 + 0.1 * k
+        pos = pos + rng.normal(0, 0.003, 3)
+        stamp, ns = sec_to_stamp(t), int(round(t * 1e9))
+        scene = "a" if t - t0 < switch_s else "b"
+        bag.write("/test/head/image_raw", "sensor_msgs/msg/Image", ns,
+                  serialize_message(rgb_to_image(scene_image(scene, pos, t), stamp, "head")))
+        bag.write("/robot/right/eef_pose", "geometry_msgs/msg/PoseStamped", ns + 1000,
+                  serialize_message(pose_stamped(pos, HOME[1], stamp, "base")))
+        # velocity/effort filled: rosbags cannot read rclpy's CDR of a JointState with empty float64 arrays
+        js = JointState(name=["finger_joint1", "finger_joint2"], position=[0.02, 0.02], velocity=[0.0, 0.0],
+                        effort=[0.0, 0.0])
+        js.header.stamp = stamp
+        bag.write("/robot/right/gripper_state", "sensor_msgs/msg/JointState", ns + 2000, serialize_message(js))
+    for t, width in commands:
+        js = JointState(name=["finger_joint1", "finger_joint2"], position=[width / 2] * 2, velocity=[0.0] * 2,
+                        effort=[0.0] * 2)
+        js.header.stamp = sec_to_stamp(t0 + t)
+        bag.write("/robot/right/gripper_command", "sensor_msgs/msg/JointState", int(round((t0 + t) * 1e9)) + 3000,
+                  serialize_message(js))
+    return bag.commit(path)

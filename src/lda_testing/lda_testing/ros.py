@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import threading
@@ -23,6 +22,8 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+
+from lda_testing.processes import kill_tree, new_tree_env
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, period: float = 0.02) -> bool:
@@ -48,26 +49,33 @@ def ros_node(name: str, **node_kwargs) -> Iterator[Node]:
     try:
         yield node
     finally:
-        executor.shutdown()
+        executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
         rclpy.shutdown(context=context)
         thread.join(timeout=5)
 
 
 class NodeProcess:
-    """A child process (a node or lda-launch) whose merged output is collected line by line."""
+    """A child process (a node or lda-launch) whose merged output is collected line by line.
+
+    It runs in its own session with a process-tree marker (:mod:`lda_testing.processes`): whatever happens,
+    leaving the ``with`` block ends it and every process it started. ``leftovers`` lists the pids that were
+    still running after the child itself had exited (a launch that lost track of a node)."""
 
     def __init__(self, cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None):
         self.cmd = cmd
         self.lines: list[str] = []
+        self.leftovers: list[int] = []
         self._lock = threading.Lock()
+        self.token, full_env = new_tree_env(dict(env or {}, PYTHONUNBUFFERED="1"))
         self.proc = subprocess.Popen(
             cmd,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+            env=full_env,
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -87,17 +95,22 @@ class NodeProcess:
 
     def wait(self, timeout: float) -> int:
         rc = self.proc.wait(timeout=timeout)
+        self._reap_tree()
         self._reader.join(timeout=5)
         return rc
 
+    def _reap_tree(self) -> None:
+        left = kill_tree(self.token)
+        self.leftovers += [pid for pid in left if pid != self.proc.pid]
+
     def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int:
-        """Send ``sig`` (SIGINT like Ctrl-C) and wait; SIGKILL if it does not exit in time."""
+        """Send ``sig`` (SIGINT like Ctrl-C) and wait; past ``timeout`` the whole tree gets SIGKILL."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 return self.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                kill_tree(self.token)
         return self.wait(timeout)
 
     def __enter__(self) -> NodeProcess:
