@@ -80,6 +80,7 @@ class UpstreamConfig:
     noise_beta_alpha: float = 1.5  # noise_beta_alpha
     noise_beta_beta: float = 1.0  # noise_beta_beta
     noise_s: float = 0.999  # noise_s
+    dropout: float = 0.2  # diffusion_model_cfg.dropout: cross-attention output, FFN (training only)
     dino: DinoSpec = field(default_factory=DinoSpec)
     vlm: dict[str, Any] | None = None  # Qwen3-VL config (transformers Qwen3VLConfig dict), when imported
     vlm_prompt: str = "{instruction}"  # datasets.vla_data.CoT_prompt
@@ -169,6 +170,7 @@ def from_authors_config(full: dict[str, Any], *, dino: DinoSpec | None = None,
         num_inference_steps=int(action.get("num_inference_timesteps", 4)),
         noise_beta_alpha=float(action.get("noise_beta_alpha", 1.5)),
         noise_beta_beta=float(action.get("noise_beta_beta", 1.0)), noise_s=float(action.get("noise_s", 0.999)),
+        dropout=float(dit.get("dropout", 0.2)),
         dino=dino or DinoSpec(), vlm=vlm,
         vlm_prompt=str(_get(full, "datasets.vla_data.CoT_prompt", "{instruction}")),
     )

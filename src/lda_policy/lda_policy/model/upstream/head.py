@@ -48,7 +48,7 @@ class UpstreamLDA(nn.Module):
         super().__init__()
         self.config = c = config
         d, dino = c.inner_dim, c.dino.hidden_size
-        self.dit = UpstreamDiT(d, c.num_heads, c.num_layers, c.text_dim, c.dit_output_dim)
+        self.dit = UpstreamDiT(d, c.num_heads, c.num_layers, c.text_dim, c.dit_output_dim, c.dropout)
         self.state_encoder = PerEmbodimentMLP(c.max_embodiments, c.state_dim, c.hidden_size, d)
         self.action_encoder = ActionEncoder(c.max_embodiments, c.action_dim, d)
         self.action_decoder = PerEmbodimentMLP(c.max_embodiments, c.dit_output_dim, c.hidden_size, c.action_dim)
@@ -60,6 +60,18 @@ class UpstreamLDA(nn.Module):
         self.task_vectors = nn.ParameterDict({t: nn.Parameter(0.02 * torch.randn(d)) for t in UPSTREAM_TASKS})
         self.positions = nn.Parameter(0.02 * torch.randn(c.max_seq_len, d)) if c.add_pos_embed else None
         self.vision_encoder = build_dino(c.dino) if build_vision else None
+
+    def train(self, mode: bool = True) -> UpstreamLDA:
+        """Train mode for the trainable parts; DINOv3 stays in eval mode (frozen, deterministic: in train
+        mode it would rescale its RoPE coordinates at random, as it did in the authors' training)."""
+        super().train(mode)
+        if self.vision_encoder is not None:
+            self.vision_encoder.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Everything but DINOv3 (the authors freeze ``action_model.vision_encoder``)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("vision_encoder.")]
 
     # ------------------------------------------------------------------------------------------ pieces
     def encode_observation(self, curr_images: torch.Tensor) -> torch.Tensor:
