@@ -98,12 +98,25 @@ def chunk_to_msg(chunk: ProposedChunk, frame_id: str = ""):
     return msg
 
 
+class BadMessage(ValueError):
+    """A message that cannot be decoded; the text says what is wrong with it."""
+
+
+#: Largest chunk a proposal may declare (rows, columns): checked before anything is allocated.
+MAX_HORIZON, MAX_ACTION_DIM = 1024, 1024
+
+
 def msg_to_chunk(msg) -> ProposedChunk:
-    """lda_msgs/ActionChunk -> ProposedChunk; a length mismatch gives NaN actions of the declared shape
-    (so the gate refuses it with a clear reason instead of crashing)."""
-    h, a = int(msg.horizon), int(msg.action_dim)
-    flat = np.asarray(msg.actions, dtype=np.float64)
-    actions = flat.reshape(h, a) if flat.size == h * a and h * a > 0 else np.full((max(h, 1), max(a, 1)), np.nan)
+    """lda_msgs/ActionChunk -> ProposedChunk. Validates before it allocates: a declared horizon x action_dim
+    that is absurd or does not match the data raises :class:`BadMessage` naming both."""
+    h, a, n = int(msg.horizon), int(msg.action_dim), len(msg.actions)
+    if not (1 <= h <= MAX_HORIZON and 1 <= a <= MAX_ACTION_DIM) or n != h * a:
+        raise BadMessage(f"chunk {int(msg.sequence)} declares horizon {h} x action_dim {a} but carries {n} "
+                         f"values (at most {MAX_HORIZON} x {MAX_ACTION_DIM})")
+    if not 0 <= int(msg.header.stamp.nanosec) < 1_000_000_000:
+        raise BadMessage(f"chunk {int(msg.sequence)}: header stamp nanosec {int(msg.header.stamp.nanosec)} is not "
+                         "below 1e9")
+    actions = np.asarray(msg.actions, dtype=np.float64).reshape(h, a)
     stamp_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
     return ProposedChunk(int(msg.sequence), stamp_to_sec(msg.header.stamp), float(msg.dt), msg.embodiment,
                          list(msg.dimension_names), actions, float(msg.inference_time), msg.digest, stamp_ns,

@@ -13,11 +13,19 @@ or silent host, a reported fault, a stale hand stream or a violated limit holds 
 pose, fingers as last commanded) and latches STOP with a reason naming the cause, published on
 ``/lda/safety_status``. ``/lda/safety_reset`` (lda_msgs/srv/SafetyReset) clears it, only while holding,
 only with a reason, and is logged. The logic lives in :mod:`lda_policy.deploy.gate`.
+
+No message can end this process: a message that cannot be decoded is counted and logged once per cause
+with its topic (a proposal that cannot be decoded latches STOP), and an exception escaping any callback
+latches STOP naming it and holds. ``/lda/safety_status`` is published from the control tick itself at
+``status_rate_hz``: it is the gate's heartbeat, and a robot driver holds when it stops (``sim_node`` does).
+Watchdogs run on a monotonic clock of arrival (under ``use_sim_time``: the simulated clock, made monotonic;
+a ``/clock`` that goes back latches STOP).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -25,6 +33,7 @@ from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
+from lda_common.config import ConfigError
 from lda_common.messages import Topics
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -40,6 +49,8 @@ from lda_policy.ros_io import (
     COMMAND_QOS,
     LATCHED_QOS,
     SENSOR_QOS,
+    BadMessage,
+    ParameterError,
     RobotNode,
     declare,
     diagnostic_status,
@@ -50,6 +61,8 @@ from lda_policy.ros_io import (
     sec_to_stamp,
     stamp_to_sec,
 )
+
+HAND_KEYS = ("workspace_min", "workspace_max", "finger_min", "finger_max")
 
 
 class SafetyGateNode(RobotNode, Node):
@@ -84,18 +97,38 @@ class SafetyGateNode(RobotNode, Node):
                                 high=1000.0),
             "reset_log": d("reset_log", "", "JSON-lines file every reset request is appended to ('' = ROS log only)"),
             "diagnostics_period_s": d("diagnostics_period_s", 1.0, "diagnostics period [s]", low=0.05, high=60.0),
+            "max_sequence_gap": d("max_sequence_gap", 1000, "STOP on a chunk whose sequence is this far ahead of the "
+                                  "last approved one", low=1, high=2**40),
+            "max_clock_jump_s": d("max_clock_jump_s", 1.0, "STOP when the ROS clock moves further than this "
+                                  "between two ticks [s]", low=0.05, high=60.0),
         }
         for name, default in vars(SafetyLimits()).items():
+            if name == "hands":  # per hand: declared in start(), once the robot's hands are known
+                continue
             value = list(default) if isinstance(default, tuple) else default
             self.p[name] = d(name, value, f"hard limit {name} (see lda_policy.deploy.safety.SafetyLimits)")
+        # hands.<hand>.<key>: a hand's own box and finger range, as the parameter files give them (the hand
+        # names are checked against the robot in start()); a key a hand does not give is the global one
+        for name in sorted(n for n in self._parameter_overrides if n.startswith("hands.")):
+            key = name.split(".")[-1]
+            if name.count(".") != 2 or key not in HAND_KEYS:
+                raise ParameterError(f"parameter '{name}': per-hand limits are hands.<hand>.<key>, key one of "
+                                     f"{list(HAND_KEYS)}")
+            self.p[name] = d(name, self.p[key], f"hard limit {key} of hand {name.split('.')[1]}")
         self._lock = threading.Lock()
         self._last_publish = -1e9
         self._last_mode = ""
         self._last_status: tuple[int, str] | None = None
+        self._last_heartbeat = -1e9
+        self._sim_mono = -math.inf
 
     def start(self) -> None:
         p = self.p
         self.robot = robot = RobotInterface(p["robot_config"])
+        unknown = sorted({k.split(".")[1] for k in p if k.startswith("hands.")} - set(robot.hands))
+        if unknown:
+            raise ConfigError(f"{self.get_name()} parameters: hands.{unknown[0]}: the robot has no hand "
+                              f"'{unknown[0]}' (hands: {robot.hands})")
         limits = SafetyLimits.from_params(p, source=f"{self.get_name()} parameters")
         rate = p["control_rate_hz"] or robot.config.fps
         executor = ExecutorConfig(control_rate_hz=rate, approval_deadline_s=p["approval_deadline_s"],
@@ -104,17 +137,21 @@ class SafetyGateNode(RobotNode, Node):
                                   max_chunk_age_s=limits.max_chunk_age_s)
         self.core = SafetyGateCore(robot, limits, GateSettings(
             host_timeout_s=p["host_timeout_s"], judge_timeout_s=p["judge_timeout_s"],
-            state_tolerance_s=p["state_tolerance_s"], executor=executor))
+            state_tolerance_s=p["state_tolerance_s"], max_sequence_gap=p["max_sequence_gap"],
+            max_clock_jump_s=p["max_clock_jump_s"], executor=executor))
         self.period = 1.0 / rate
+        self.sim_time = bool(self.get_parameter("use_sim_time").value)
+        g = self._guard
         sub = self.create_subscription
-        sub(ActionChunk, Topics.PROPOSED_CHUNK, self._on_proposed, COMMAND_QOS)
-        sub(SafetyStatus, Topics.HOST_STATUS, self._on_source, COMMAND_QOS)
-        sub(SafetyStatus, Topics.JUDGE_STATUS, self._on_source, COMMAND_QOS)
-        sub(String, robot.config.instruction_topic, lambda m: self.core.on_instruction(), LATCHED_QOS)
+        sub(ActionChunk, Topics.PROPOSED_CHUNK, g(Topics.PROPOSED_CHUNK, self._on_proposed), COMMAND_QOS)
+        sub(SafetyStatus, Topics.HOST_STATUS, g(Topics.HOST_STATUS, self._on_source), COMMAND_QOS)
+        sub(SafetyStatus, Topics.JUDGE_STATUS, g(Topics.JUDGE_STATUS, self._on_source), COMMAND_QOS)
+        sub(String, robot.config.instruction_topic, g(robot.config.instruction_topic,
+                                                      lambda m: self.core.on_instruction()), LATCHED_QOS)
         for h in robot.config.hands:
-            sub(PoseStamped, h.pose_topic,
-                lambda m, n=h.name: self.core.on_pose(n, stamp_to_sec(m.header.stamp), *pose_arrays(m)), SENSOR_QOS)
-            sub(JointState, h.gripper_topic, lambda m, n=h.name: self._on_fingers(n, m), SENSOR_QOS)
+            sub(PoseStamped, h.pose_topic, g(h.pose_topic, lambda m, n=h.name: self._on_pose(n, m)), SENSOR_QOS)
+            sub(JointState, h.gripper_topic, g(h.gripper_topic, lambda m, n=h.name: self._on_fingers(n, m)),
+                SENSOR_QOS)
         self.pub_targets = {h: self.create_publisher(PoseStamped, p["eef_target_topic"].format(hand=h), COMMAND_QOS)
                             for h in robot.hands}
         self.pub_fingers = {h: self.create_publisher(JointState, p["gripper_command_topic"].format(hand=h),
@@ -124,31 +161,80 @@ class SafetyGateNode(RobotNode, Node):
         self.pub_approved = self.create_publisher(ActionChunk, Topics.ACTION_CHUNK, COMMAND_QOS)
         self.pub_status = self.create_publisher(SafetyStatus, Topics.SAFETY_STATUS, COMMAND_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
-        self.create_service(SafetyReset, Topics.SAFETY_RESET, self._on_reset)
-        self.create_timer(1.0 / p["watchdog_rate_hz"], self._tick)
-        self.create_timer(1.0 / p["status_rate_hz"], lambda: self._publish_status(force=True))
-        self.create_timer(p["diagnostics_period_s"], self._diagnostics)
+        self.create_service(SafetyReset, Topics.SAFETY_RESET, g(Topics.SAFETY_RESET, self._on_reset, service=True))
+        self.create_timer(1.0 / p["watchdog_rate_hz"], g("the watchdog tick", self._tick))
+        self.create_timer(p["diagnostics_period_s"], g("diagnostics", self._diagnostics))
         self.get_logger().info(
             f"gating '{robot.embodiment}' (hands {robot.hands}) at {rate:g} Hz; watchdog {p['watchdog_rate_hz']:g} Hz, "
             f"host timeout {p['host_timeout_s']} s; workspace {list(limits.workspace_min)}.."
             f"{list(limits.workspace_max)}, fingers [{limits.finger_min}, {limits.finger_max}], "
             f"{limits.max_linear_speed_m_s} m/s")
 
+    # ------------------------------------------------------------------ clocks, guards
+
+    def _clocks(self) -> tuple[float, float]:
+        """(ROS time, the monotonic arrival clock): the steady clock, or under use_sim_time the simulated
+        clock made monotonic (timeouts stay in simulated time, as the sim launch files intend)."""
+        now = self._now()
+        if not self.sim_time:
+            return now, time.monotonic()
+        self._sim_mono = max(self._sim_mono, now)
+        return now, self._sim_mono
+
+    def _guard(self, where: str, callback, service: bool = False):
+        """``callback`` such that an exception escaping it latches STOP naming it and holds, never ending
+        the process (``service``: it answers with the response unchanged, success false)."""
+        def guarded(*args):
+            try:
+                return callback(*args)
+            except Exception as err:  # noqa: BLE001 - the gate must outlive any input
+                reason = f"internal error in the callback of {where}: {type(err).__name__}: {str(err)[:200]}"
+                if self.core.stop(reason):
+                    self.get_logger().error(reason)
+                try:
+                    self._tick()
+                except Exception as again:  # noqa: BLE001 - the tick itself is broken: repeat the last command
+                    self.get_logger().error(f"tick failed ({again}); repeating the last command", once=True)
+                    if self.core._last_sent:
+                        self._publish_command(self.core._last_sent, self._now())
+            return args[-1] if service else None
+        return guarded
+
+    def _bad(self, topic: str, cause: str, stop: bool = False) -> None:
+        if self.core.bad_input(topic, cause, stop):
+            self.get_logger().error(f"bad message on {topic}: {cause} (counted; logged once per cause)")
+
     # ------------------------------------------------------------------ inputs
+
+    def _on_pose(self, hand: str, msg: PoseStamped) -> None:
+        now, mono = self._clocks()
+        self.core.on_pose(hand, stamp_to_sec(msg.header.stamp), *pose_arrays(msg), now=now, mono=mono,
+                          frame_id=msg.header.frame_id)
 
     def _on_fingers(self, hand: str, msg: JointState) -> None:
         sample = self.finger_sample(hand, msg)
-        if sample is not None:
-            self.core.on_fingers(hand, *sample)
+        if sample is None:
+            self._bad(self.robot.config.hands[self.robot.hands.index(hand)].gripper_topic,
+                      f"JointState does not name every finger joint of hand {hand}")
+            return
+        now, mono = self._clocks()
+        self.core.on_fingers(hand, *sample, now=now, mono=mono)
 
     def _on_source(self, msg: SafetyStatus) -> None:
-        self.core.on_source(msg.source, msg.level, msg.reason, msg.faults, self._now(), msg.surprise)
+        now, mono = self._clocks()
+        self.core.on_source(msg.source, msg.level, msg.reason, msg.faults, now, msg.surprise, mono=mono)
         if msg.level >= STATUS_STOP or self.core.latched:
             self._tick()  # hold now, not at the next watchdog tick
 
     def _on_proposed(self, msg: ActionChunk) -> None:
-        now = self._now()
-        decision = self.core.judge(msg_to_chunk(msg), now)
+        now, mono = self._clocks()
+        try:
+            chunk = msg_to_chunk(msg)
+        except BadMessage as err:  # it claims to be a proposal: latch STOP
+            self._bad(Topics.PROPOSED_CHUNK, str(err), stop=True)
+            self._tick()
+            return
+        decision = self.core.judge(chunk, now, mono)
         if decision.approved:
             self.pub_approved.publish(msg)
             self._tick(force_publish=True)  # the new chunk's first command leaves now
@@ -172,8 +258,8 @@ class SafetyGateNode(RobotNode, Node):
 
     def _tick(self, force_publish: bool = False) -> None:
         with self._lock:
-            now = self._now()
-            cmd = self.core.tick(now)
+            now, mono = self._clocks()
+            cmd = self.core.tick(now, mono)
             entering_hold = cmd.mode == "hold" and self._last_mode != "hold"
             self._last_mode = cmd.mode
             due = now - self._last_publish >= self.period - 1e-3
@@ -181,7 +267,10 @@ class SafetyGateNode(RobotNode, Node):
                     and not (cmd.mode == "hold" and not self.p["publish_hold"]):
                 self._publish_command(cmd.targets, now)
                 self._last_publish = now
-        self._publish_status()
+            heartbeat = mono - self._last_heartbeat >= 1.0 / self.p["status_rate_hz"] - 1e-3
+            if heartbeat:  # the gate's heartbeat leaves from its tick: a stalled tick stops it
+                self._last_heartbeat = mono
+        self._publish_status(force=heartbeat)
 
     def _publish_command(self, targets, now: float) -> None:
         stamp = sec_to_stamp(now)
@@ -196,7 +285,7 @@ class SafetyGateNode(RobotNode, Node):
 
     def _publish_status(self, force: bool = False) -> None:
         core = self.core
-        level, reason = core.verdict(self._now())
+        level, reason = core.verdict(*self._clocks())
         key = (level, reason if level == STATUS_STOP else reason.split(" (")[0])
         if not force and key == self._last_status:
             return
@@ -213,12 +302,15 @@ class SafetyGateNode(RobotNode, Node):
 
     def _diagnostics(self) -> None:
         core, ex = self.core, self.core.executor
-        level, reason = core.verdict(self._now())
+        level, reason = core.verdict(*self._clocks())
         values = {
             "level": LEVEL_NAMES[level], "reason": reason, "mode": "hold" if ex.holding else "execute",
             "hold_reason": ex.hold_reason, "chunks_approved": core.approved, "chunks_refused": core.refused,
             "chunks_executed": ex.stats.accepted, **{f"dropped/{k}": v for k, v in sorted(ex.stats.dropped.items())},
             "chunk_latency_s": ex.stats.last_latency_s, "stops": core.stops, "resets": core.resets,
+            "commands_clamped": core.clamped, "last_clamp": core.last_clamp,
+            "bad_messages": sum(core.bad_inputs.values()),
+            **{f"bad/{topic}/{cause}": n for (topic, cause), n in sorted(core.bad_inputs.items())[:20]},
             **{f"{s}_heartbeat": f"{LEVEL_NAMES[v.level]}: {v.reason}" for s, v in core.sources.items()},
         }
         msg = DiagnosticArray()

@@ -102,15 +102,21 @@ def test_holds_measured_pose_without_heartbeat_and_keeps_the_commanded_fingers()
     assert ex.step(1.0, measured([0.06, 0, 0])).mode == "hold"  # the old chunk was discarded on the hold
 
 
-def test_a_new_task_holds_the_measured_fingers_not_the_last_tasks_command():
+def test_a_new_task_keeps_a_grasp_and_only_a_release_opens_it():
+    """Issue #27 item 5: a new instruction must not release a grasp (it used to: the hold took the measured,
+    relaxed width); the operator's reset (release_fingers) does."""
     ex = ChunkExecutor(["right"], ExecutorConfig(blend_time_s=0.0))
     ex.on_status(STATUS_OK, "ok", 0.0)
     assert ex.add_chunk(straight_plan(1, 0.0, np.zeros(3), np.array([0.1, 0, 0]), finger=0.0), 0.0)[0]
     assert ex.step(0.2, measured([0.02, 0, 0], 0.03)).mode == "execute"  # the gripper was commanded closed
-    ex.new_task()  # e.g. the scene was reset and a new instruction came
-    cmd = ex.step(0.3, measured([0.3, 0, 0], 0.08))
+    ex.new_task()  # a new instruction while an object is held (measured width 0.03: the object)
+    cmd = ex.step(0.3, measured([0.3, 0, 0], 0.03))
     assert cmd.mode == "hold" and np.allclose(cmd.targets["right"].position, [0.3, 0, 0])
-    assert np.allclose(cmd.targets["right"].fingers, [0.08])  # the measured (open) width, not the old 0.0
+    assert np.allclose(cmd.targets["right"].fingers, [0.0])  # still squeezing, not the measured 0.03
+    ex.new_task()
+    ex.release_fingers()  # the operator's reset (e.g. after a scene reset)
+    cmd = ex.step(0.4, measured([0.3, 0, 0], 0.08))
+    assert np.allclose(cmd.targets["right"].fingers, [0.08])  # now the measured (open) width
 
 
 def test_stop_holds_and_chunks_from_before_the_stop_never_run():
@@ -356,12 +362,17 @@ def test_shipped_limits_load_as_the_gate_gets_them(robot):
     """config/deploy/safety_gate.yaml then limits/<robot>.yaml, as launch/policy.launch.yaml passes them."""
     files = [DEPLOY / "safety_gate.yaml", DEPLOY / "limits" / f"{robot}.yaml"]
     robot_limits = _params(files[1])
+    per_hand = {k: v for k, v in robot_limits.items() if k.startswith("hands.")}  # hands.<hand>.<key>
     names = {f.name for f in fields(SafetyLimits)}
-    assert set(robot_limits) <= names, f"limits/{robot}.yaml sets keys that are no hard limit"
+    assert set(robot_limits) - set(per_hand) <= names, f"limits/{robot}.yaml sets keys that are no hard limit"
     node = _node_from_files("lda_policy.safety_gate_node", "SafetyGateNode", files)
     limits = SafetyLimits.from_params(node.p, robot)
     expected = {k: v for k, v in {**_params(files[0]), **robot_limits}.items() if k in names}
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in vars(limits).items() if k in expected} == expected
+    for key, value in per_hand.items():
+        _, hand, name = key.split(".")
+        got = getattr(limits.hands[hand], name)
+        assert (list(got) if isinstance(got, tuple) else got) == value, key
     with pytest.raises(ConfigError, match=f"{robot}: workspace_min: expected 3 values, got 2"):
         SafetyLimits.from_params({**node.p, "workspace_min": [0.0, 0.0]}, robot)
     with pytest.raises(ConfigError, match="finger_min: 1.0 exceeds finger_max"):

@@ -34,7 +34,8 @@ def make_gate(robot_name: str, anchor: np.ndarray | None = None, now: float = 10
     robot = RobotInterface(REPO / "config" / "robots" / f"{robot_name.removesuffix('_sim')}.yaml")
     limits = shipped_limits(robot_name)
     gate = SafetyGateCore(robot, limits, GateSettings())
-    centre = (np.array(limits.workspace_min) + np.array(limits.workspace_max)) / 2
+    # each hand at the centre of its own box (a multi-hand robot's limits may give each hand its own)
+    centre = {h: sum(limits.box(h)) / 2 for h in robot.hands}
     mid_finger = (limits.finger_min + limits.finger_max) / 2
     feed(gate, now, centre if anchor is None else anchor, mid_finger)
     return gate, robot, centre, mid_finger
@@ -42,7 +43,7 @@ def make_gate(robot_name: str, anchor: np.ndarray | None = None, now: float = 10
 
 def feed(gate, t, position, finger, beats=True):
     for h in gate.robot.config.hands:
-        gate.on_pose(h.name, t, position, DOWN)
+        gate.on_pose(h.name, t, position[h.name] if isinstance(position, dict) else position, DOWN)
         gate.on_fingers(h.name, t, np.full(len(h.fingers.joints) if h.fingers.type == "joints" else 1, finger))
     if beats:
         for source in ("model_host", "judge"):

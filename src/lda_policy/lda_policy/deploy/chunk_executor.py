@@ -20,7 +20,9 @@ Timing (all times in seconds on one clock, the node's ROS clock):
   (so a grasped object is not released: commanding the measured width of a closed gripper would
   relax its grip) - whenever any of these holds:
 
-  * no verdict was ever given, or none for ``heartbeat_timeout_s`` (the gate's own tick stalled),
+  * no verdict was ever given, or none for ``heartbeat_timeout_s`` (a caller whose statuses come from
+    elsewhere; the safety gate refreshes it on every tick, and tells the executor of a stalled tick
+    itself through :meth:`ChunkExecutor.interrupt`),
   * the newest verdict is ``STOP``,
   * no approved chunk arrived for ``approval_deadline_s`` (the model host fell behind),
   * every active chunk has run past its last row.
@@ -28,11 +30,16 @@ Timing (all times in seconds on one clock, the node's ROS clock):
   On entering a hold all active chunks are discarded; only chunks approved later are executed, and
   they are cross-faded in from the held pose. Chunks predicted from observations older than the last
   ``STOP`` are never executed, even after a reset.
+- **Grasps are kept**: the finger values last commanded survive a new task (:meth:`new_task`) and every
+  hold; only :meth:`release_fingers` (the operator's reset) or a chunk that commands other fingers
+  changes them. ``hold_filter`` (set by the gate) checks every held target before it is used.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lda_common.geometry import HandsState, HandState, blend_states
@@ -52,14 +59,12 @@ class ExecutorConfig:
     command_lead_s: float = 0.0  # sample chunks this far ahead of now (controller latency)
     max_chunk_age_s: float = 1.0  # drop a chunk whose observation is older than this on arrival
 
-    def __post_init__(self) -> None:
-        if self.control_rate_hz <= 0:
-            raise ValueError("control_rate_hz must be > 0")
-        for name in ("approval_deadline_s", "heartbeat_timeout_s", "max_chunk_age_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0")
-        if self.blend_time_s < 0 or self.command_lead_s < 0:
-            raise ValueError("blend_time_s and command_lead_s must be >= 0")
+    def __post_init__(self) -> None:  # `not x > 0`: NaN is refused too
+        for name in ("control_rate_hz", "approval_deadline_s", "heartbeat_timeout_s", "max_chunk_age_s"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)!r}")
+        if not (0 <= self.blend_time_s < math.inf and 0 <= self.command_lead_s < math.inf):
+            raise ValueError("blend_time_s and command_lead_s must be finite and >= 0")
 
 
 @dataclass
@@ -106,13 +111,25 @@ class ChunkExecutor:
         self._last_sequence = -1
         self._stop_seen_stamp: float | None = None  # chunks observed before this are never executed
         self._last_output: HandsState | None = None
+        self._fingers: dict = {}  # hand -> finger values last commanded (kept through tasks and holds)
+        self._interrupt = ""  # a hold the caller asked for (the gate's tick stalled)
+        #: checks a hold target before it is held (the gate's: box, one step from the last command)
+        self.hold_filter: Callable[[HandsState], HandsState | None] | None = None
 
     def new_task(self) -> None:
-        """Drop the previous task's chunks and held targets: until the first chunk of the new one, the hold
-        takes the measured pose and fingers (after a reset, the old "closed" command must not return)."""
+        """Drop the previous task's chunks and held pose. The fingers stay as last commanded: a new
+        instruction does not release a grasp (only :meth:`release_fingers` does)."""
         self._layers = []
         self._hold = None
         self._last_output = None
+
+    def release_fingers(self) -> None:
+        """Forget the commanded fingers: the next hold takes the measured ones (an operator's reset)."""
+        self._fingers = {}
+
+    def interrupt(self, reason: str) -> None:
+        """Hold at the next :meth:`step` with ``reason`` and discard the active chunks (a stalled caller)."""
+        self._interrupt = reason
 
     def restart_sequence(self) -> None:
         """Accept chunk sequences from 1 again (after an operator reset: a restarted model host counts anew)."""
@@ -183,12 +200,12 @@ class ChunkExecutor:
 
     def step(self, now: float, measured: HandsState | None) -> Command:
         """Targets for time ``now``. ``measured``: the newest measured hand states (None if unknown)."""
-        reason = self._gate(now)
+        reason, self._interrupt = self._interrupt or self._gate(now), ""
         if reason:
             self._enter_hold(reason, measured)
             if self._hold is None:
                 return Command("idle", None, reason + " (no measured pose to hold yet)")
-            self._last_output = self._hold
+            self._output(self._hold)
             return Command("hold", dict(self._hold), reason)
         self._holding = False
         t = now + self.config.command_lead_s
@@ -208,7 +225,13 @@ class ChunkExecutor:
             out = {h: blend_states(out[h], sample[h], alpha) for h in self.hands}
         if keep_from:
             del self._layers[:keep_from]
-        self._last_output = out
+        if out is None:  # no layer could be sampled (nothing measured to start from): hold what we have
+            self._enter_hold("no target to start the chunk from", measured)
+            if self._hold is None:
+                return Command("idle", None, "no measured pose to start from")
+            self._output(self._hold)
+            return Command("hold", dict(self._hold), "no target to start the chunk from")
+        self._output(out)
         newest = self._layers[-1].plan
         return Command("execute", dict(out), "", newest.sequence if newest else 0)
 
@@ -243,10 +266,18 @@ class ChunkExecutor:
             if dropped and not reason.startswith(("no approved", "chunk ")):
                 self.stats.dropped["discarded on hold"] += dropped
             self._layers = []
-        if self._hold is None and measured is not None and all(h in measured and measured[h].is_finite()
-                                                               for h in self.hands):
-            sent = self._last_output or {}  # keep the fingers where they were last commanded
+        if self._hold is not None:
+            return
+        if measured is not None and all(h in measured and measured[h].is_finite() for h in self.hands):
+            fingers = self._fingers  # keep the fingers where they were last commanded
             self._hold = {h: HandState(measured[h].position.copy(), measured[h].quaternion.copy(),
-                                       (sent[h] if h in sent else measured[h]).fingers.copy()) for h in self.hands}
-        elif self._hold is None and self._last_output is not None:
+                                       (fingers[h] if h in fingers else measured[h].fingers).copy())
+                          for h in self.hands}
+        elif self._last_output is not None:
             self._hold = dict(self._last_output)  # no usable measurement: hold the last commanded targets
+        if self._hold is not None and self.hold_filter is not None:
+            self._hold = self.hold_filter(self._hold)
+
+    def _output(self, targets: HandsState) -> None:
+        self._last_output = targets
+        self._fingers = {h: t.fingers.copy() for h, t in targets.items()}

@@ -15,12 +15,16 @@ from lda_common.geometry import HandsState, HandState, blend_states
 
 
 def chunk_digest(sequence: int, stamp_ns: int, embodiment: str, actions: np.ndarray) -> str:
-    """SHA-256 (hex) of a chunk's identity: sequence, observation stamp [ns], embodiment, shape and the
-    float32 actions exactly as they travel in ``lda_msgs/ActionChunk`` (so both ends hash the same bytes)."""
-    a = np.ascontiguousarray(np.asarray(actions, dtype="<f4"))
+    """SHA-256 (hex) of a chunk's identity: sequence, observation stamp [ns], embodiment, shape (rows x
+    columns) and the float32 actions exactly as they travel in ``lda_msgs/ActionChunk`` (so both ends hash
+    the same bytes). Not covered: the column names, ``dt``, ``frame_id`` and the other fields (the gate
+    checks names and ``dt`` against the robot itself). Without a key it detects corruption and an
+    approval re-bound to other actions, not a forger: anyone can compute it (see docs/design/safety-gate.md)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32 hashes as inf, as it travels
+        a = np.ascontiguousarray(np.asarray(actions, dtype="<f4"))
     h = hashlib.sha256()
-    h.update(f"{int(sequence)}|{int(stamp_ns)}|{embodiment}|{a.shape[0]}x{a.shape[1] if a.ndim == 2 else 0}|"
-             .encode())
+    rows, cols = (a.shape[0] if a.ndim else 0), (a.shape[1] if a.ndim == 2 else 0)
+    h.update(f"{int(sequence)}|{int(stamp_ns)}|{embodiment}|{rows}x{cols}|".encode())
     h.update(a.tobytes())
     return h.hexdigest()
 

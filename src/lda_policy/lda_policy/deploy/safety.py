@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 from lda_common.config import ConfigError, check, parse, read_versioned_json, write_versioned_json
-from lda_common.geometry import HandsState, rotation_angle
+from lda_common.geometry import HandsState, HandState, rotation_angle
 
 from .chunks import HandTrajectory
 
@@ -59,8 +59,19 @@ SANITY_BOUNDS = {
     "max_step_translation_m": 0.2, "max_step_rotation_rad": 1.0, "max_linear_speed_m_s": 2.0,
     "max_angular_speed_rad_s": 2 * math.pi, "max_chunk_translation_m": 2.0, "max_chunk_rotation_rad": 2 * math.pi,
     "workspace_min": 3.0, "workspace_max": 3.0, "finger_min": math.pi, "finger_max": math.pi,
-    "max_observation_age_s": 5.0, "max_chunk_age_s": 5.0,
+    "max_observation_age_s": 5.0, "max_chunk_age_s": 5.0, "max_stamp_lead_s": 5.0, "workspace_band_m": 0.2,
+    "finger_band": 0.5, "min_hand_distance_m": 1.0,
 }
+
+
+@dataclass(frozen=True)
+class HandLimits:
+    """One hand's own workspace box and finger range (``hands.<hand>.*`` in the limits file)."""
+
+    workspace_min: tuple[float, float, float]
+    workspace_max: tuple[float, float, float]
+    finger_min: float
+    finger_max: float
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,13 @@ class SafetyLimits:
     whose newest sample is older than ``max_observation_age_s`` are stale (the camera is the model
     host's: ``camera_timeout_s``); a chunk whose observation is older than ``max_chunk_age_s`` when the
     gate sees it is refused. :func:`check_command` applies the same limits to every command sent.
+
+    ``hands`` gives a hand its own box and finger range (a multi-hand robot; hands not named use the
+    global ones); ``min_hand_distance_m`` > 0 keeps every pair of hands that far apart. A header stamp
+    more than ``max_stamp_lead_s`` ahead of the gate's clock is a fault. **Clamp bands**: a command up to
+    ``workspace_band_m`` outside its box (``finger_band`` outside its finger range) is clamped into it
+    and counted as a WARN; beyond the band it is a violation (STOP), and so is a *measured* pose beyond
+    the box plus the band. 0 (the default): no band, every excursion is a violation.
     """
 
     max_step_translation_m: float = 0.05
@@ -92,10 +110,17 @@ class SafetyLimits:
     finger_max: float = 0.12
     max_observation_age_s: float = 0.5
     max_chunk_age_s: float = 1.0
+    max_stamp_lead_s: float = 0.5
+    workspace_band_m: float = 0.0
+    finger_band: float = 0.0
+    min_hand_distance_m: float = 0.0
+    hands: dict[str, HandLimits] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Checked here, not by types alone: the gate node builds the limits from its ROS parameters.
         for name, value in asdict(self).items():
+            if name == "hands":
+                continue
             values = value if isinstance(value, tuple) else (value,)
             check(all(isinstance(v, (int, float)) and math.isfinite(v) for v in values), name,
                   f"must be finite, got {value!r}")
@@ -110,12 +135,49 @@ class SafetyLimits:
             values = value if isinstance(value, tuple) else (value,)
             check(all(abs(v) <= bound for v in values), name,
                   f"{value!r} is beyond the sanity bound {bound} (a typo or a unit mistake?)")
+        for name in ("workspace_band_m", "finger_band", "min_hand_distance_m"):
+            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)!r}")
+        for hand, h in self.hands.items():  # the same rules as the global box and range
+            key = f"hands.{hand}"
+            vals = (*h.workspace_min, *h.workspace_max, h.finger_min, h.finger_max)
+            check(all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals), key, "must be finite")
+            check(len(h.workspace_min) == 3 and len(h.workspace_max) == 3 and all(
+                lo < hi for lo, hi in zip(h.workspace_min, h.workspace_max, strict=True)), f"{key}.workspace_min",
+                f"{h.workspace_min} must be below workspace_max {h.workspace_max} in x, y and z")
+            check(h.finger_min <= h.finger_max, f"{key}.finger_min", f"{h.finger_min} exceeds finger_max")
+            check(max(abs(v) for v in (*h.workspace_min, *h.workspace_max)) <= SANITY_BOUNDS["workspace_min"],
+                  f"{key}.workspace_min", "is beyond the sanity bound (a typo or a unit mistake?)")
+            check(max(abs(h.finger_min), abs(h.finger_max)) <= SANITY_BOUNDS["finger_min"], f"{key}.finger_min",
+                  "is beyond the sanity bound (a typo or a unit mistake?)")
+
+    def box(self, hand: str) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) corners of ``hand``'s workspace box [m], base frame."""
+        h = self.hands.get(hand)
+        lo, hi = (h.workspace_min, h.workspace_max) if h else (self.workspace_min, self.workspace_max)
+        return np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+
+    def finger_range(self, hand: str) -> tuple[float, float]:
+        h = self.hands.get(hand)
+        return (h.finger_min, h.finger_max) if h else (self.finger_min, self.finger_max)
 
     @classmethod
     def from_params(cls, params: dict[str, Any], source: str = "parameters") -> SafetyLimits:
-        """The limits among a node's parameters (other keys are ignored), type-checked; ConfigError names the key."""
-        names = {f.name for f in fields(cls)}
-        return parse(cls, {k: v for k, v in params.items() if k in names}, source)
+        """The limits among a node's parameters (other keys are ignored), type-checked; ConfigError names the key.
+        Per-hand limits come as ROS parameters ``hands.<hand>.<key>`` (nested mappings in the YAML file)."""
+        names = {f.name for f in fields(cls)} - {"hands"}
+        data: dict[str, Any] = {k: v for k, v in params.items() if k in names}
+        hands: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            parts = key.split(".")
+            if len(parts) == 3 and parts[0] == "hands":
+                hands.setdefault(parts[1], {})[parts[2]] = value
+        for hand, values in (params.get("hands") or {}).items() if isinstance(params.get("hands"), dict) else ():
+            hands.setdefault(hand, {}).update(values)
+        if hands:  # a key a hand does not give is the global one
+            glob = {k: data.get(k, getattr(cls, k)) for k in ("workspace_min", "workspace_max", "finger_min",
+                                                                "finger_max")}
+            data["hands"] = {h: {**glob, **v} for h, v in hands.items()}
+        return parse(cls, data, source)
 
 
 def find_non_finite(name: str, values: np.ndarray, column_names: list[str] | None = None) -> str:
@@ -142,7 +204,6 @@ def check_chunk(actions: np.ndarray, dimension_names: list[str], dt: float, plan
         return [bad]
     if not dt > 0:
         return [f"chunk dt {dt} is not positive"]
-    lo, hi = np.asarray(limits.workspace_min, dtype=float), np.asarray(limits.workspace_max, dtype=float)
     step_t = min(limits.max_step_translation_m, limits.max_linear_speed_m_s * dt)
     step_r = min(limits.max_step_rotation_rad, limits.max_angular_speed_rad_s * dt)
     for hand, traj in plan.items():
@@ -167,16 +228,62 @@ def check_chunk(actions: np.ndarray, dimension_names: list[str], dt: float, plan
         turn = max(rotation_angle(start.quaternion, q) for q in traj.quaternions)
         if turn > limits.max_chunk_rotation_rad:
             out.append(f"{hand} chunk turns {turn:.3f} rad from its start > {limits.max_chunk_rotation_rad} rad")
-        outside = ~((traj.positions >= lo) & (traj.positions <= hi)).all(axis=1)
-        if outside.any():
-            k = int(np.argmax(outside))
-            p = np.round(traj.positions[k], 3).tolist()
-            out.append(f"{hand} target {p} (row {k}) leaves the workspace box {lo.tolist()}..{hi.tolist()}")
-        g = traj.fingers
-        if (g < limits.finger_min).any() or (g > limits.finger_max).any():
-            out.append(f"{hand} finger command {float(g.min()):.3f}..{float(g.max()):.3f} outside "
-                       f"[{limits.finger_min}, {limits.finger_max}]")
+        out += outside_limits(hand, traj.positions, traj.fingers, limits, "target")
+    return out + too_close({h: t.positions for h, t in plan.items() if t.is_finite()}, limits)
+
+
+def outside_limits(hand: str, positions: np.ndarray, fingers: np.ndarray, limits: SafetyLimits, what: str,
+                   band: bool = True) -> list[str]:
+    """Violations of ``hand``'s box and finger range by (N, 3) positions / (N, F) fingers (``what``: "target",
+    "command", "measured pose"); ``band``: allow the clamp bands beyond them."""
+    out = []
+    lo, hi = limits.box(hand)
+    wb = limits.workspace_band_m if band else 0.0
+    positions, fingers = np.atleast_2d(positions), np.atleast_2d(fingers)
+    outside = ~((positions >= lo - wb) & (positions <= hi + wb)).all(axis=1)
+    if outside.any():
+        k = int(np.argmax(outside))
+        row = f" (row {k})" if len(positions) > 1 or what == "target" else ""
+        beyond = f" by more than its band {wb} m" if wb else ""
+        out.append(f"{hand} {what} {np.round(positions[k], 3).tolist()}{row} leaves the workspace box "
+                   f"{lo.tolist()}..{hi.tolist()}{beyond}")
+    fmin, fmax = limits.finger_range(hand)
+    fb = limits.finger_band if band else 0.0
+    if fingers.size and ((fingers < fmin - fb).any() or (fingers > fmax + fb).any()):
+        beyond = f" by more than its band {fb}" if fb else ""
+        out.append(f"{hand} finger {'command' if what != 'measured pose' else 'state'} "
+                   f"{float(fingers.min()):.3f}..{float(fingers.max()):.3f} outside [{fmin}, {fmax}]{beyond}")
     return out
+
+
+def too_close(positions: dict[str, np.ndarray], limits: SafetyLimits) -> list[str]:
+    """Pairs of hands closer than ``min_hand_distance_m`` (positions: hand -> (N, 3), rows at the same times)."""
+    out = []
+    hands = sorted(positions)
+    for i, a in enumerate(hands):
+        for b in hands[i + 1:] if limits.min_hand_distance_m > 0 else ():
+            d = np.linalg.norm(np.atleast_2d(positions[a]) - np.atleast_2d(positions[b]), axis=1)
+            k = int(np.argmin(d))
+            if d[k] < limits.min_hand_distance_m:
+                out.append(f"hands {a} and {b} come {float(d[k]):.3f} m apart (row {k}); min_hand_distance_m "
+                           f"{limits.min_hand_distance_m}")
+    return out
+
+
+def clamp_command(targets: HandsState, limits: SafetyLimits) -> tuple[HandsState, list[str]]:
+    """Targets clamped into each hand's box and finger range, and a note per clamped hand (a command within
+    the bands is clamped, not refused: call :func:`check_command` first)."""
+    out, notes = {}, []
+    for hand, t in targets.items():
+        lo, hi = limits.box(hand)
+        fmin, fmax = limits.finger_range(hand)
+        p, f = np.clip(t.position, lo, hi), np.clip(t.fingers, fmin, fmax)
+        if not (np.array_equal(p, t.position) and np.array_equal(f, t.fingers)):
+            notes.append(f"{hand} command clamped by {float(np.abs(p - t.position).max()):.3f} m / "
+                         f"{float(np.abs(f - t.fingers).max()) if f.size else 0.0:.3f} (fingers) into its limits")
+            t = HandState(p, t.quaternion, f)
+        out[hand] = t
+    return out, notes
 
 
 def check_command(targets: HandsState, previous: HandsState | None, elapsed_s: float,
@@ -185,30 +292,27 @@ def check_command(targets: HandsState, previous: HandsState | None, elapsed_s: f
 
     ``targets``: the per-hand targets; ``previous``: the command sent before it, ``elapsed_s`` ago (None:
     the first command, checked against the box and the finger range only). A step is bounded by the
-    speed limits times the elapsed time and by the per-row step limits, whichever is smaller.
+    speed limits times the elapsed time and by the per-row step limits, whichever is smaller (the step
+    limits alone when no time elapsed). Every pair of hands keeps ``min_hand_distance_m``.
     """
-    out = []
-    lo, hi = np.asarray(limits.workspace_min, dtype=float), np.asarray(limits.workspace_max, dtype=float)
+    out = too_close({h: t.position for h, t in targets.items() if t.is_finite()}, limits)
     for hand, t in targets.items():
         if not t.is_finite():
             out.append(f"NaN/inf in the {hand} command")
             continue
-        if not ((t.position >= lo) & (t.position <= hi)).all():
-            out.append(f"{hand} command {np.round(t.position, 3).tolist()} leaves the workspace box "
-                       f"{lo.tolist()}..{hi.tolist()}")
-        if (t.fingers < limits.finger_min).any() or (t.fingers > limits.finger_max).any():
-            out.append(f"{hand} finger command {np.round(t.fingers, 3).tolist()} outside "
-                       f"[{limits.finger_min}, {limits.finger_max}]")
-        if previous is None or hand not in previous or elapsed_s <= 0:
+        out += outside_limits(hand, t.position, t.fingers, limits, "command")
+        if previous is None or hand not in previous:
             continue
+        # no time elapsed (two ticks at one clock reading): the per-row step still bounds it, never unchecked
+        span = elapsed_s if elapsed_s > 0 else math.inf
         step = float(np.linalg.norm(t.position - previous[hand].position))
-        allowed = min(limits.max_step_translation_m, limits.max_linear_speed_m_s * elapsed_s)
+        allowed = min(limits.max_step_translation_m, limits.max_linear_speed_m_s * span)
         if step > allowed + 1e-9:
             out.append(f"{hand} command moves {step:.3f} m in {elapsed_s:.3f} s; limit {allowed:.3f} m "
                        f"(max_linear_speed_m_s {limits.max_linear_speed_m_s}, max_step_translation_m "
                        f"{limits.max_step_translation_m})")
         turn = rotation_angle(previous[hand].quaternion, t.quaternion)
-        allowed = min(limits.max_step_rotation_rad, limits.max_angular_speed_rad_s * elapsed_s)
+        allowed = min(limits.max_step_rotation_rad, limits.max_angular_speed_rad_s * span)
         if turn > allowed + 1e-9:
             out.append(f"{hand} command turns {turn:.3f} rad in {elapsed_s:.3f} s; limit {allowed:.3f} rad")
     return out
