@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from lda_testing.processes import run_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted([ROOT / "README.md", *ROOT.glob("docs/**/*.md"), *ROOT.glob("src/*/README.md")])
@@ -99,7 +100,6 @@ def test_every_guide_shows_a_cheap_command():
 
 @pytest.mark.parametrize(("doc", "command"), _cheap_commands(), ids=lambda v: v)
 def test_cheap_commands_in_docs_run(doc: str, command: str):
-    result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            stdin=subprocess.DEVNULL)
+    result = run_tree(["bash", "-c", command], timeout=120, cwd=ROOT, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, f"{doc}: `{command}` exited {result.returncode}:\n{result.stdout}{result.stderr}"
     assert result.stdout.strip(), f"{doc}: `{command}` printed nothing"

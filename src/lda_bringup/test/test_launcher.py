@@ -1,7 +1,6 @@
 """lda-launch runs the suite's YAML launch files as real processes, and refuses bad ones clearly."""
 
 import signal
-import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from lda_bringup.launch_description import LaunchDescription, LaunchError
+from lda_testing.processes import run_tree
 from lda_testing.ros import NodeProcess
 
 REPO = Path(__file__).resolve().parents[3]
@@ -84,7 +84,7 @@ def test_required_node_death_gives_nonzero_exit(tmp_path):
 )
 def test_bad_launch_input_gives_clear_error(tmp_path, body, cli, message):
     launch = _write(tmp_path, "launch:\n" + body + "\n")
-    result = subprocess.run(["lda-launch", str(launch), *cli], capture_output=True, text=True, timeout=30)
+    result = run_tree(["lda-launch", str(launch), *cli], timeout=30)
     assert result.returncode == 2
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -93,16 +93,16 @@ def test_bad_launch_input_gives_clear_error(tmp_path, body, cli, message):
 def test_show_args_lists_declarations_without_values(tmp_path):
     launch = _write(tmp_path, "launch:\n- arg: {name: checkpoint, description: LDA checkpoint}\n"
                               "- arg: {name: device, default: cpu}\n")
-    result = subprocess.run(["lda-launch", str(launch), "--show-args"], capture_output=True, text=True, timeout=30)
+    result = run_tree(["lda-launch", str(launch), "--show-args"], timeout=30)
     assert result.returncode == 0, result.stderr
     assert "'checkpoint': LDA checkpoint (required)" in result.stdout
     assert "'device':  default: 'cpu'" in result.stdout
 
 
 def test_malformed_cli_argument_and_missing_file(tmp_path):
-    result = subprocess.run(["lda-launch", str(SELFTEST), "count=3"], capture_output=True, text=True, timeout=30)
+    result = run_tree(["lda-launch", str(SELFTEST), "count=3"], timeout=30)
     assert result.returncode == 2 and "name:=value, got 'count=3'" in result.stderr
-    result = subprocess.run(["lda-launch", str(tmp_path / "none.launch.yaml")], capture_output=True, text=True)
+    result = run_tree(["lda-launch", str(tmp_path / "none.launch.yaml")], timeout=30)
     assert result.returncode == 2 and "launch file not found" in result.stderr
 
 

@@ -3,12 +3,12 @@
 import copy
 import math
 import os
-import subprocess
 
 import numpy as np
 import pytest
 from ament_index_python.packages import get_package_prefix
 from geometry_msgs.msg import PoseStamped
+from lda_testing.processes import run_tree
 from lda_testing.ros import NodeProcess, ros_node, wait_for
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
@@ -170,7 +170,7 @@ def test_bad_commands_are_logged_and_rejected_not_fatal(sim):
     ],
 )
 def test_bad_parameters_exit_with_a_clear_error(args, message):
-    result = subprocess.run([SIM_NODE, "--ros-args", *args], capture_output=True, text=True, timeout=60)
+    result = run_tree([SIM_NODE, "--ros-args", *args], timeout=60)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert message in output and "Traceback" not in output

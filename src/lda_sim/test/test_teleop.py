@@ -39,13 +39,32 @@ def test_launch_records_each_mode_with_its_quality_label_then_exits(tmp_path):
     assert tuple(ds[0]["observation.images.head"].shape) == (3, 96, 96)
 
 
-def test_missing_services_give_a_clear_error():
-    cmd = [TELEOP, "--ros-args", "-r", f"__ns:=/nosim{os.getpid()}", "-p", "service_timeout_s:=1.0"]
+def test_a_missing_sim_gives_a_clear_error():
+    cmd = [TELEOP, "--ros-args", "-r", f"__ns:=/nosim{os.getpid()}", "-p", "startup_timeout_s:=1.0"]
     with NodeProcess(cmd) as teleop:
         rc = teleop.wait(timeout=60)
     assert rc == 1, teleop.output
-    assert f"service /nosim{os.getpid()}/sim/reset (reset the sim) not available after 1 s" in teleop.output
+    assert "no observation from the sim within 1 s of start-up" in teleop.output
     assert "Traceback" not in teleop.output
+
+
+def test_teleop_waits_for_a_sim_and_recorder_that_start_late(tmp_path):
+    """A cold machine: the sim and the recorder come up long after the operator, later than any answer
+    timeout. The operator waits on their readiness, saying what it waits for, then records."""
+    sim_time = ["-p", "use_sim_time:=true"]
+    sim = [os.path.join(get_package_prefix("lda_sim"), "lib", "lda_sim", "sim_node"), "--ros-args", "-p",
+           "realtime:=false"]
+    recorder = [os.path.join(get_package_prefix("lda_teleop_record"), "lib", "lda_teleop_record", "teleop_recorder"),
+                "--ros-args", *sim_time, "-p", f"robot_config:={REPO / 'config' / 'robots' / 'sim_panda.yaml'}",
+                "-p", f"dataset:={tmp_path / 'ds'}"]
+    teleop = [TELEOP, "--ros-args", *sim_time, "-p", "n_high:=1", "-p", "n_low:=0", "-p", "n_actionless:=0",
+              "-p", "max_steps:=15", "-p", "service_timeout_s:=2.0"]
+    with NodeProcess(teleop) as operator:
+        assert operator.wait_for_output("waiting for the simulator's first observation", 30), operator.output
+        with NodeProcess(sim), NodeProcess(recorder) as rec:
+            rc = operator.wait(timeout=240)
+    assert rc == 0, operator.output + "\n--- recorder\n" + rec.output[-3000:]
+    assert "1/1 episodes saved" in operator.output
 
 
 def test_bad_parameters_exit_with_code_2():

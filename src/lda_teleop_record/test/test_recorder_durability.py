@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from lda_common.schema import read_episode_labels
+from lda_testing.processes import run_tree
 from lda_testing.ros import NodeProcess, ros_node, wait_for
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -144,6 +145,6 @@ def test_bad_startup_parameters_exit_with_a_clear_message(tmp_path):
         (recorder_cmd("rec_bad", robot, tmp_path / "d", min_free_disk_mb=-5.0), "parameter 'min_free_disk_mb'"),
     ]
     for cmd, message in cases:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        result = run_tree(cmd, timeout=60)
         assert result.returncode == 2, (cmd, result.stdout, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
