@@ -173,3 +173,28 @@ def test_a_sim_clock_jumping_back_latches_stop(tmp_path):
             assert "the ROS clock went back by" in stop.reason or "stamp went back by" in stop.reason, stop.reason
         finally:
             peers.stop()
+
+
+def test_a_callback_that_raises_latches_stop_and_the_node_lives_on(tmp_path):
+    """Item 3: every callback of the node is guarded: an exception escaping one latches STOP naming it (the
+    executor would otherwise end the process), and a JointState without the hand's joints is counted."""
+    import rclpy
+    from lda_policy.safety_gate_node import SafetyGateNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    args = gate_command(tmp_path)[3:]  # --ros-args --params-file ...
+    try:
+        node = SafetyGateNode(context=context, cli_args=args)
+        node.start()
+
+        def broken(_msg):
+            raise RuntimeError("boom")
+
+        assert node._guard("/robot/right/eef_pose", broken)(None) is None  # did not raise
+        assert node.core.stop_reason == "internal error in the callback of /robot/right/eef_pose: RuntimeError: boom"
+        node._on_fingers("right", JointState(name=["elbow"], position=[1.0]))
+        assert sum(node.core.bad_inputs.values()) == 1
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)

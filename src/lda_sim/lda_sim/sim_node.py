@@ -285,10 +285,12 @@ class SimNode(Node):
             lost = bool(gate_ns) and seen is not None and self._sim_time_ns - seen > gate_ns
             if lost:  # the gate went quiet: hold every hand, whatever it sent last
                 targets = dict.fromkeys(self._targets)
-            if lost != self._gate_lost:
+            if lost != self._gate_lost:  # rclpy: one severity per call site
                 self._gate_lost = lost
-                log = self.get_logger().error if lost else self.get_logger().info
-                log("safety gate heartbeat lost: holding" if lost else "safety gate heartbeat back")
+                if lost:
+                    self.get_logger().error("safety gate heartbeat lost: holding")
+                else:
+                    self.get_logger().info("safety gate heartbeat back")
             return targets, dict(self._grippers)
 
     def _reset(self, seed: int, result: dict) -> SimObservation:
