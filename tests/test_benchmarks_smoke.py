@@ -31,6 +31,7 @@ SCRIPTS = {
     "encoder_probe.py": (150, "MAE x, y [mm]"),
     "mixed_quality_study.py": (420, "held-out action L1"),
     "model_latency.py": (120, "policy p50"),
+    "node_cpu.py": (240, "CPU % of a core"),
     "recorder_throughput.py": (150, "dropped_frames"),
     "train_throughput.py": (150, "samples/s"),
     "video_codec.py": (120, "CPU ms/frame"),

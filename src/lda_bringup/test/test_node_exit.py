@@ -9,23 +9,17 @@ launcher gives before it escalates; the nodes' own deadline (lda_common.process_
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
-from ament_index_python.packages import get_package_prefix
 from lda_testing.processes import tree_pids
 from lda_testing.ros import NodeProcess, ros_node, wait_for
 
 from lda_msgs.srv import StartEpisode
 from lda_testing import deploy as T
-from lda_testing import teleop as syn
+from lda_testing import executables as X
 
 LIMIT_S = {signal.SIGINT: 5.0, signal.SIGTERM: 2.0}
 NS = f"/exit{os.getpid()}"
-
-
-def exe(package: str, name: str) -> str:
-    return os.path.join(get_package_prefix(package), "lib", package, name)
 
 
 def stop_and_time(proc: NodeProcess, sig: signal.Signals) -> float:
@@ -50,19 +44,12 @@ def model(tmp_path_factory):
     return T.cached_checkpoint(tmp_path_factory.getbasetemp() / "lda_deploy_model")
 
 
-def host_cmd(model, tmp: Path) -> list[str]:
-    params = T.write_params(tmp / "host.yaml", {"torch_threads": 1, "require_calibration": False})
-    return [exe("lda_policy", "model_host_node"), "--ros-args", "--params-file", str(params),
-            "-p", f"robot_config:={model['robot_config']}", "-p", f"checkpoint:={model['checkpoint']}",
-            "-p", f"dino_path:={model['dino_path']}"]
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_model_host_exits_mid_inference(model, tmp_path, sig):
     with ros_node("exit_robot") as node:
         robot = T.SyntheticRobot(node, model["robot_config"])
         try:
-            with NodeProcess(host_cmd(model, tmp_path)) as proc:
+            with NodeProcess(X.model_host(model, tmp_path)) as proc:
                 assert wait_for(lambda: len(robot.proposed) >= 2, 120), proc.output[-3000:]
                 stop_and_time(proc, sig)  # the policy and judge threads are busy at 10 Hz
         finally:
@@ -70,17 +57,14 @@ def test_model_host_exits_mid_inference(model, tmp_path, sig):
 
 
 def test_model_host_exits_idle(model, tmp_path):
-    with NodeProcess(host_cmd(model, tmp_path)) as proc:
+    with NodeProcess(X.model_host(model, tmp_path)) as proc:
         assert proc.wait_for_output("proposing on", 120), proc.output[-3000:]
         stop_and_time(proc, signal.SIGTERM)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_safety_gate_exits_while_holding(model, tmp_path, sig):
-    limits = T.write_params(tmp_path / "limits.yaml", {"workspace_min": [-2.0, -2.0, -2.0],
-                                                      "workspace_max": [2.0, 2.0, 2.0]})
-    cmd = [exe("lda_policy", "safety_gate_node"), "--ros-args", "--params-file", str(limits),
-           "-p", f"robot_config:={model['robot_config']}"]
+    cmd = X.safety_gate(model, tmp_path)
     with ros_node("exit_robot") as node:
         robot = T.SyntheticRobot(node, model["robot_config"])
         try:
@@ -91,20 +75,14 @@ def test_safety_gate_exits_while_holding(model, tmp_path, sig):
             robot.stop()
 
 
-def recorder_cmd(tmp: Path) -> list[str]:
-    robot = syn.write_robot(tmp / "robot.yaml")
-    return [exe("lda_teleop_record", "teleop_recorder"), "--ros-args", "-r", f"__ns:={NS}", "-r",
-            "__node:=rec", "-p", f"robot_config:={robot}", "-p", f"dataset:={tmp / 'dataset'}"]
-
-
 def test_recorder_exits_idle(tmp_path):
-    with NodeProcess(recorder_cmd(tmp_path)) as proc:
+    with NodeProcess(X.recorder(tmp_path, NS)) as proc:
         assert proc.wait_for_output("recorder ready", 120), proc.output[-3000:]
         stop_and_time(proc, signal.SIGTERM)
 
 
 def test_recorder_exits_mid_episode_and_discards_it(tmp_path):
-    with NodeProcess(recorder_cmd(tmp_path)) as proc, ros_node("exit_operator") as node:
+    with NodeProcess(X.recorder(tmp_path, NS)) as proc, ros_node("exit_operator") as node:
         assert proc.wait_for_output("recorder ready", 120), proc.output[-3000:]
         client = node.create_client(StartEpisode, f"{NS}/rec/start_episode")
         assert client.wait_for_service(timeout_sec=30)
@@ -114,20 +92,15 @@ def test_recorder_exits_mid_episode_and_discards_it(tmp_path):
     assert "discarded" in proc.output, proc.output[-3000:]
 
 
-def sim_cmd() -> list[str]:
-    return [exe("lda_sim", "sim_node"), "--ros-args", "-r", f"__ns:={NS}", "-p", "image_size:=32",
-            "-p", "realtime:=false"]
-
-
 def test_sim_exits_while_stepping():
-    with NodeProcess(sim_cmd()) as proc:
+    with NodeProcess(X.sim(NS)) as proc:
         assert proc.wait_for_output("sim_node ready", 180), proc.output[-3000:]
         time.sleep(0.5)
         stop_and_time(proc, signal.SIGINT)
 
 
 def test_sim_exits_while_starting():
-    with NodeProcess(sim_cmd()) as proc:
+    with NodeProcess(X.sim(NS)) as proc:
         time.sleep(1.5)  # robosuite is still importing or building the model
         assert "sim_node ready" not in proc.output
         stop_and_time(proc, signal.SIGTERM)
@@ -135,27 +108,21 @@ def test_sim_exits_while_starting():
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_scripted_teleop_exits_while_waiting_for_the_sim(sig):
-    cmd = [exe("lda_sim", "scripted_teleop_node"), "--ros-args", "-r", f"__ns:={NS}/none"]
-    with NodeProcess(cmd) as proc:
+    with NodeProcess(X.scripted_teleop(f"{NS}/none")) as proc:
         assert proc.wait_for_output("scripted teleop:", 60), proc.output[-3000:]
         stop_and_time(proc, sig)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_evaluation_exits_while_waiting_for_a_service(sig):
-    cmd = [exe("lda_sim", "evaluation_node"), "--ros-args", "-r", f"__ns:={NS}/none"]
-    with NodeProcess(cmd) as proc:
+    with NodeProcess(X.evaluation(f"{NS}/none")) as proc:
         time.sleep(3.0)  # started, waiting for sim/reset
         stop_and_time(proc, sig)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_dynamics_replay_exits_mid_replay(model, tmp_path, sig):
-    bag = T.write_replay_bag(tmp_path / "episode", seconds=6.0)
-    params = T.write_params(tmp_path / "replay.yaml", {"torch_threads": 1, "rate": 0.5})
-    cmd = [exe("lda_policy", "dynamics_replay_node"), "--ros-args", "--params-file", str(params),
-           "-p", f"robot_config:={model['robot_config']}", "-p", f"checkpoint:={model['checkpoint']}",
-           "-p", f"dino_path:={model['dino_path']}", "-p", f"bag:={bag}", "-p", f"mcap_path:={tmp_path / 'out'}"]
+    cmd = X.dynamics_replay(model, tmp_path)
     with NodeProcess(cmd) as proc:
         assert proc.wait_for_output("replaying", 120), proc.output[-3000:]
         time.sleep(1.0)
