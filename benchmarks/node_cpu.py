@@ -58,15 +58,17 @@ def cases(model: dict, tmp: Path, ns: str):
     rec = X.recorder(sub("r2"), ns, robot_config=model["robot_config"])
     yield "teleop_recorder", "flowing", rec, "recorder ready", True, False
     yield "sim_node", "stepping", X.sim(ns, realtime=True), "sim_node ready", False, True
-    yield "scripted_teleop_node", "waiting for the sim", X.scripted_teleop(f"{ns}/none"), "scripted teleop:", False, False
+    yield ("scripted_teleop_node", "waiting for the sim", X.scripted_teleop(f"{ns}/none"), "scripted teleop:", False,
+           False)
     yield "evaluation_node", "waiting for sim/reset", X.evaluation(f"{ns}/none"), "waiting for service", False, False
     yield ("dynamics_replay_node", "done (exit_when_done false)", X.dynamics_replay(model, sub("d1"), rate=0.0,
            exit_when_done=False), "replayed", False, False)
 
 
 def run(args) -> list[dict]:
-    from lda_testing import deploy as T
     from lda_testing.ros import NodeProcess, ros_node
+
+    from lda_testing import deploy as T
 
     tmp = Path(tempfile.mkdtemp(prefix="node_cpu_"))
     model = T.cached_checkpoint(tmp / "model")

@@ -49,6 +49,7 @@ class ExitGuard:
         self.signalled: signal.Signals | None = None  # the first SIGINT/SIGTERM received
         self._armed = threading.Lock()
         self._installed = False
+        self._handled = False  # the Python handler ran once
 
     def install(self) -> ExitGuard:
         """Take SIGINT and SIGTERM. Call before ``rclpy.init()``, whose handlers chain to the ones found."""
@@ -83,8 +84,6 @@ class ExitGuard:
             self._end(128 + signum)
         self._handled = True
         self.arm(signum)
-
-    _handled = False  # the Python handler ran once
 
     def exit(self, code: int) -> NoReturn:
         """End the process with ``code`` now that the node cleaned up (outside an installed guard: SystemExit)."""
