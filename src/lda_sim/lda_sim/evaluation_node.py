@@ -50,6 +50,8 @@ PARAMETERS = {
     "startup_timeout_s": (300.0, "how long to wait for the sim's reset service to appear (a cold sim_node takes "
                                  "minutes) [s]"),
     "service_timeout_s": (120.0, "how long to wait for a service to answer [s]"),
+    "wait_for_policy": (False, "before the first episode, wait (startup_timeout_s) for the model host's heartbeat "
+                               "on /lda/host_status: a cold machine loads the model long after the sim is up"),
 }
 
 
@@ -74,6 +76,8 @@ class EvaluationNode(Node):
         self.create_subscription(PoseStamped, "robot/right/eef_pose", self._on_step, steps_qos)
         self.create_subscription(Bool, "lda/task_success", self._on_success, steps_qos)
         self.create_subscription(SafetyStatus, Topics.SAFETY_STATUS, self._on_status, 10)
+        self._host_heard = threading.Event()
+        self.create_subscription(SafetyStatus, Topics.HOST_STATUS, lambda _m: self._host_heard.set(), 10)
         self._instruction = self.create_publisher(String, Topics.INSTRUCTION, LATCHED)
         self._reset = self.create_client(ResetSim, self.cfg["reset_service"])
         name = self.cfg["safety_reset_service"]
@@ -150,6 +154,10 @@ class EvaluationNode(Node):
         return result
 
     def run(self) -> dict:
+        if self.cfg["wait_for_policy"]:
+            timeout = self.cfg["startup_timeout_s"]
+            if not self._wait(self._host_heard.is_set, f"the model host's heartbeat on {Topics.HOST_STATUS}", timeout):
+                raise RuntimeError(f"no model host heartbeat on {Topics.HOST_STATUS} within {timeout:g} s")
         episodes = [self.episode(i) for i in range(self.cfg["episodes"])]
         successes = sum(e["success"] for e in episodes)
         summary = {"label": self.cfg["label"], "episodes": len(episodes), "successes": successes,

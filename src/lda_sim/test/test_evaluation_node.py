@@ -43,11 +43,12 @@ def test_frozen_robot_fails_every_episode_and_resets_are_called(tmp_path):
 
 
 def test_missing_sim_is_a_clear_error(tmp_path):
-    cmd = [f"{BIN}/evaluation_node", "--ros-args", "-r", f"__ns:={NS}_nosim", "-p", "service_timeout_s:=2.0"]
+    cmd = [f"{BIN}/evaluation_node", "--ros-args", "-r", f"__ns:={NS}_nosim", "-p", "startup_timeout_s:=6.0"]
     with NodeProcess(cmd) as runner:
         rc = runner.wait(timeout=60)
     assert rc == 1
-    assert f"service {NS}_nosim/sim/reset not available after 2.0 s" in runner.output
+    assert f"waiting for service {NS}_nosim/sim/reset (5 s of at most 6 s)" in runner.output  # says what it waits for
+    assert f"service {NS}_nosim/sim/reset not available after 6 s" in runner.output
 
 
 # The scripted scene's success signal per step since the reset, by seed: a knock that lifts the object for
