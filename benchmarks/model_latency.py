@@ -11,6 +11,7 @@ Usage:
     PYTHONPATH=src/lda_policy python benchmarks/model_latency.py                       # CPU, small presets
     PYTHONPATH=src/lda_policy python benchmarks/model_latency.py --device cuda --dtype bf16 \\
         --presets lda-tiny lda-small lda-0.5b lda-1b
+    python benchmarks/model_latency.py --preset lda-1b-upstream --steps 4 --iters 3   # the authors' LDA-1B
     python benchmarks/model_latency.py --smoke --out /tmp/model_latency.json  # seconds: lda-tiny, 2 steps, 2 iters
 """
 
@@ -36,6 +37,7 @@ from lda_policy.model import (
     Observation,
     write_random_dinov3_checkpoint,
 )
+from lda_policy.model.upstream import UPSTREAM_PRESETS, UpstreamLDA
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 
@@ -130,9 +132,49 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device, dino
     return results
 
 
+#: VLM tokens of one RoboCasa query: two 224 px frames (49 tokens each after merging), template and prompt.
+UPSTREAM_VLM_TOKENS = 150
+
+
+def bench_upstream(name: str, args: argparse.Namespace, device: torch.device, peak: float) -> list[dict]:
+    """The authors' action head (DINOv3 inside, as in their code; the Qwen3-VL is not timed)."""
+    c = UPSTREAM_PRESETS[name]
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = UpstreamLDA(c).to(dtype).eval().requires_grad_(False)  # inference only (FlopCounterMode hooks)
+        images = torch.randint(0, 256, (1, c.num_views * c.obs_horizon, 224, 224, 3), dtype=torch.uint8)
+        vl_embs = torch.randn(1, UPSTREAM_VLM_TOKENS, c.text_dim, dtype=dtype)
+        mask, state = torch.ones(1, UPSTREAM_VLM_TOKENS), torch.zeros(1, c.obs_horizon, c.state_dim)
+        history, embodiment = torch.zeros(1, c.history_actions, c.action_dim), torch.tensor([24])
+    tokens = model.encode_observation(images)
+    results = []
+    for steps in args.steps:
+        def head_only(s=steps):
+            return model.predict_action(vl_embs, mask, None, state, embodiment, history, num_steps=s,
+                                        curr_tokens=tokens)
+
+        def with_dino(s=steps):  # their predict_action encodes both frames on every call
+            return model.predict_action(vl_embs, mask, images, state, embodiment, history, num_steps=s)
+
+        with FlopCounterMode(display=False) as counter:
+            head_only()
+        flops = counter.get_total_flops()
+        policy = summary(timed(head_only, device, args.warmup, args.iters))
+        achieved = flops / (policy["p50_ms"] / 1e3)
+        results.append({
+            "preset": name, "euler_steps": steps, "parameters": sum(p.numel() for p in model.parameters()),
+            "tokens": c.num_registers + c.obs_tokens + c.history_actions + c.obs_horizon + c.action_horizon,
+            "policy": policy, "control_step_with_dino": summary(timed(with_dino, device, args.warmup, args.iters)),
+            "policy_flops": flops, "policy_flops_per_s": achieved, "fraction_of_matmul_peak": achieved / peak,
+        })
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["lda-tiny", "lda-small"])
+    parser.add_argument("--presets", "--preset", nargs="+", default=["lda-tiny", "lda-small"],
+                        help=f"our presets, or the upstream option's {sorted(UPSTREAM_PRESETS)}")
     parser.add_argument("--steps", nargs="+", type=int, default=[4, 10], help="Euler steps per chunk")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
@@ -169,7 +211,10 @@ def main(argv: list[str] | None = None) -> None:
 
     results = []
     for name in args.presets:
-        results += bench_preset(name, args, device, dino, frame, peak)
+        if name in UPSTREAM_PRESETS:
+            results += bench_upstream(name, args, device, peak)
+        else:
+            results += bench_preset(name, args, device, dino, frame, peak)
 
     report = {
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -185,11 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device {report['device']} ({report['device_name']}), {report['threads']} threads, {args.dtype}, "
           f"dense matmul {peak / 1e9:.1f} GFLOP/s, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"DINOv3 ViT-S/16 encode, 1 frame: p50 {dino_times['p50_ms']:.1f} ms, p95 {dino_times['p95_ms']:.1f} ms")
-    header = (f"{'preset':<10} {'params':>8} {'steps':>5} {'policy p50':>11} {'p95':>8} "
+    header = (f"{'preset':<15} {'params':>8} {'steps':>5} {'policy p50':>11} {'p95':>8} "
               f"{'+DINO p50':>10} {'p95':>8} {'GFLOP':>7} {'GFLOP/s':>8} {'of peak':>8}")
     print(header)
     for r in results:
-        print(f"{r['preset']:<10} {r['parameters'] / 1e6:>7.1f}M {r['euler_steps']:>5} "
+        print(f"{r['preset']:<15} {r['parameters'] / 1e6:>7.1f}M {r['euler_steps']:>5} "
               f"{r['policy']['p50_ms']:>9.1f}ms {r['policy']['p95_ms']:>6.1f}ms "
               f"{r['control_step_with_dino']['p50_ms']:>8.1f}ms {r['control_step_with_dino']['p95_ms']:>6.1f}ms "
               f"{r['policy_flops'] / 1e9:>7.2f} {r['policy_flops_per_s'] / 1e9:>8.1f} "

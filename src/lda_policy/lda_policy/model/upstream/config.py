@@ -179,3 +179,6 @@ def from_authors_config(full: dict[str, Any], *, dino: DinoSpec | None = None,
 #: The published RoboCasa configuration (Wayer2/LDA-robocasa, as pinned by third parties): DiT-L, 16 layers,
 #: hidden 2560, DINOv3 ViT-S/16, Qwen3-VL-4B (2560-d), 138-d actions, 58-d state, 32 embodiments.
 PUBLISHED_ROBOCASA = UpstreamConfig()
+
+#: The upstream option's named architectures (random weights from :class:`UpstreamLDA`, real ones from an import).
+UPSTREAM_PRESETS: dict[str, UpstreamConfig] = {"lda-1b-upstream": PUBLISHED_ROBOCASA}
