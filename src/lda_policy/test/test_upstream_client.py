@@ -103,3 +103,11 @@ def test_fine_tuning_steps_from_an_imported_checkpoint(tmp_path):
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0], losses
     assert torch.equal(model.vision_encoder.embeddings.patch_embeddings.weight, dino_before)
+
+
+def test_our_loader_names_an_imported_checkpoint(tmp_path):
+    from lda_policy.model import CheckpointError, LDAModel
+
+    assert main([str(FIXTURE), str(tmp_path / "ckpt"), "--head-only"]) == 0
+    with pytest.raises(CheckpointError, match=r"imported checkpoint of the authors' LDA-1B.*load_upstream"):
+        LDAModel.from_pretrained(tmp_path / "ckpt")

@@ -94,3 +94,29 @@ def test_imported_weights_are_the_fixture_weights(imported):
     assert "lm_head.weight" not in vlm  # tied to embed_tokens: stored once
     assert torch.equal(vlm["model.language_model.embed_tokens.weight"],
                        source["qwen_vl_interface.model.model.language_model.embed_tokens.weight"])
+
+
+def test_forward_dynamics_sampler_agrees_with_the_verified_training_forward(imported):
+    """Their code only trains forward dynamics; our sampler of it must use the same network inputs: one
+    Euler step from noise at t = 0 equals noise + the training forward's velocity at t = 0."""
+    from lda_policy.model.upstream import FlowDraws
+
+    model = load_upstream(imported)
+    i = load_file(str(FIXTURE / "inputs.safetensors"))
+    rows = [4, 5]  # the forward-dynamics samples of the canonical batch
+    noise = i["fwd_canon.draw.obs_noise"][:2]
+    batch = {k: i[f"fwd.{v}"][rows] for k, v in {
+        "vl_embs": "vl_embs", "text_mask": "vl_attention_mask", "curr_images": "curr_images_u8_BVTHWC",
+        "future_images": "future_images_u8_BVTHWC", "state": "state", "history_actions": "history_actions",
+        "actions": "actions", "action_mask": "action_mask", "embodiment": "embodiment_id"}.items()}
+    at_t0 = FlowDraws(torch.zeros(0), torch.zeros(0, 16, 138), torch.full((2,), 0.999), noise)  # t = 0, bucket 0
+    with torch.no_grad():
+        velocity = model.training_losses(batch, ["forward_dynamics"] * 2, at_t0)["pred_obs_velocity"]
+    sampled = model.forward_dynamics(batch["vl_embs"], batch["text_mask"], batch["curr_images"], batch["state"],
+                                     batch["embodiment"].long(), batch["actions"], batch["history_actions"],
+                                     noise=noise, num_steps=1)
+    assert (sampled - (noise + velocity)).abs().max() < 1e-5
+    two_steps = model.forward_dynamics(batch["vl_embs"], batch["text_mask"], batch["curr_images"], batch["state"],
+                                       batch["embodiment"].long(), batch["actions"], batch["history_actions"],
+                                       noise=noise, num_steps=2)
+    assert two_steps.shape == (2, 21, 48) and not torch.allclose(two_steps, sampled)

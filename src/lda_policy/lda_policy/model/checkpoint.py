@@ -55,8 +55,21 @@ def save_checkpoint(model: LDAModel, directory: str | Path) -> Path:
 def read_config(directory: str | Path) -> LDAConfig:
     """The :class:`LDAConfig` stored in a checkpoint directory (no weights are read)."""
     path = _existing(Path(directory), CONFIG_FILE)
+    _refuse_upstream(path)
     body = read_versioned_json(path, FORMAT, FORMAT_VERSION, "an LDA checkpoint config", CheckpointError)
     return parse(LDAConfig, body.get("config"), path, prefix="config", error=CheckpointError)
+
+
+def _refuse_upstream(path: Path) -> None:
+    """An imported checkpoint of the authors' model is another architecture: say so instead of 'no format'."""
+    try:
+        fmt = json.loads(path.read_text()).get("format")
+    except (ValueError, AttributeError, OSError):
+        return  # read_versioned_json reports what is wrong with the file
+    if fmt == "lda-upstream-checkpoint":
+        raise CheckpointError(f"{path.parent} is an imported checkpoint of the authors' LDA-1B (lda-import-upstream): "
+                              "load it with lda_policy.model.upstream (load_upstream, UpstreamPolicy); LDAModel and "
+                              "the model host do not run that architecture yet")
 
 
 def load_checkpoint(cls: type[LDAModel], directory: str | Path, device: torch.device | str = "cpu",

@@ -155,20 +155,47 @@ class UpstreamLDA(nn.Module):
                   state: torch.Tensor, embodiment: torch.Tensor, history_actions: torch.Tensor | None = None,
                   noise: torch.Tensor | None = None, num_steps: int | None = None) -> torch.Tensor:
         """Predicted future DINO tokens (B, V*N, C) of the forecasting task; no position embeddings (upstream)."""
+        b = vl_embs.shape[0]
+        stream = torch.cat([self._context(state, history_actions, embodiment),
+                            self.action_standin.expand(b, -1, -1)], dim=1)
+        return self._sample_future(vl_embs, text_mask, self.encode_observation(curr_images), stream, "video_gen",
+                                   noise, num_steps, with_positions=False)
+
+    @torch.no_grad()
+    def forward_dynamics(self, vl_embs: torch.Tensor, text_mask: torch.Tensor | None, curr_images: torch.Tensor | None,
+                         state: torch.Tensor, embodiment: torch.Tensor, actions: torch.Tensor,
+                         history_actions: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                         num_steps: int | None = None, curr_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted future DINO tokens (B, V*N, C) after the normalised action chunk ``actions``.
+
+        Not a function of the authors' code (they only train this task): it samples the forward-dynamics
+        task the way their ``video_gen`` samples forecasting, with the inputs their training gives it
+        (clean actions at bucket 1000, ``fd_embedding``, position embeddings).
+        """
+        b = vl_embs.shape[0]
+        clean = self._buckets(torch.ones(b, device=vl_embs.device))
+        action_tokens = self.action_encoder(actions.to(self.registers.dtype), clean, embodiment)
+        stream = torch.cat([self._context(state, history_actions, embodiment), action_tokens], dim=1)
+        curr = curr_tokens if curr_tokens is not None else self.encode_observation(curr_images)
+        return self._sample_future(vl_embs, text_mask, curr, stream, "forward_dynamics", noise, num_steps)
+
+    def _sample_future(self, vl_embs: torch.Tensor, text_mask: torch.Tensor | None, curr: torch.Tensor,
+                       stream: torch.Tensor, task_name: str, noise: torch.Tensor | None, num_steps: int | None,
+                       with_positions: bool = True) -> torch.Tensor:
+        """Euler from noise to the future DINO tokens, the action stream held fixed."""
         c = self.config
         steps = num_steps or c.num_inference_steps
         b = vl_embs.shape[0]
-        curr = self.encode_observation(curr_images).to(self.registers.dtype)
+        curr = curr.to(self.registers.dtype)
         future = noise if noise is not None else torch.randn(b, curr.shape[1], c.dino.hidden_size,
                                                              device=vl_embs.device)
         future = future.to(self.registers.dtype)
-        stream = torch.cat([self._context(state, history_actions, embodiment),
-                            self.action_standin.expand(b, -1, -1)], dim=1)
-        task = self.task_vectors["video_gen"].expand(b, -1)
+        task = self.task_vectors[task_name].expand(b, -1)
         for step in range(steps):
             buckets = torch.full((b,), int(step / steps * c.num_timestep_buckets), device=vl_embs.device)
             obs_tokens = self.obs_merger(torch.cat([curr, future], dim=-1))
-            image_out, _ = self._run_dit(obs_tokens, stream, vl_embs, text_mask, buckets, task, with_positions=False)
+            image_out, _ = self._run_dit(obs_tokens, stream, vl_embs, text_mask, buckets, task,
+                                         with_positions=with_positions)
             future = future + self._future_tokens_out(image_out) / steps
         return future
 
