@@ -100,7 +100,7 @@ class SafetyGateNode(RobotNode, Node):
             "max_sequence_gap": d("max_sequence_gap", 1000, "STOP on a chunk whose sequence is this far ahead of the "
                                   "last approved one", low=1, high=2**40),
             "max_clock_jump_s": d("max_clock_jump_s", 1.0, "STOP when the ROS clock moves further than this "
-                                  "between two ticks [s]", low=0.05, high=60.0),
+                                  "between two readings [s]", low=0.05, high=60.0),
         }
         for name, default in vars(SafetyLimits()).items():
             if name == "hands":  # per hand: declared in start(), once the robot's hands are known
@@ -120,6 +120,7 @@ class SafetyGateNode(RobotNode, Node):
         self._last_mode = ""
         self._last_status: tuple[int, str] | None = None
         self._last_heartbeat = -1e9
+        self._clamped = 0
         self._sim_mono = -math.inf
 
     def start(self) -> None:
@@ -267,6 +268,10 @@ class SafetyGateNode(RobotNode, Node):
                     and not (cmd.mode == "hold" and not self.p["publish_hold"]):
                 self._publish_command(cmd.targets, now)
                 self._last_publish = now
+            if self.core.clamped > self._clamped:  # within a clamp band: a WARN, counted
+                self._clamped = self.core.clamped
+                self.get_logger().warning(f"clamped ({self.core.clamped} so far): {self.core.last_clamp}",
+                                          throttle_duration_sec=5.0)
             heartbeat = mono - self._last_heartbeat >= 1.0 / self.p["status_rate_hz"] - 1e-3
             if heartbeat:  # the gate's heartbeat leaves from its tick: a stalled tick stops it
                 self._last_heartbeat = mono

@@ -198,3 +198,20 @@ def test_a_callback_that_raises_latches_stop_and_the_node_lives_on(tmp_path):
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+def test_a_sim_clock_jumping_ahead_latches_stop_naming_the_jump(tmp_path):
+    """Item 2: under use_sim_time a /clock that jumps 10 s ahead latches STOP naming the jump (not the heartbeat
+    that merely looks 10 s old)."""
+    with NodeProcess(gate_command(tmp_path, sim=True)) as proc, ros_node("gate_peers") as node:
+        peers = Peers(node, sim=True)
+        try:
+            assert wait_for(lambda: peers.ok_since(0), 60), proc.output[-3000:]
+            t0 = time.monotonic()
+            with peers.lock:
+                peers.sim_ns += 10 * 10**9
+            stop = peers.first_stop(t0)
+            assert stop is not None, proc.output[-3000:]
+            assert stop.reason.startswith("the ROS clock moved 10.0"), stop.reason
+        finally:
+            peers.stop()

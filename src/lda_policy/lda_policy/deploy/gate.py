@@ -22,7 +22,7 @@ is a monotonic clock of *arrival* that the watchdogs run on (heartbeat and strea
 between two commands): a stamp from the future cannot make a silent stream look fresh, and a clock that
 steps back cannot make an age negative. ``mono`` defaults to ``now`` (tests that drive one clock). A
 header stamp more than ``max_stamp_lead_s`` ahead of ``now``, a stream stamp that goes back, and a ROS
-clock that goes back (or jumps ahead by more than ``max_clock_jump_s`` between two ticks) latch STOP.
+clock that goes back (or jumps ahead by more than ``max_clock_jump_s`` between two readings) latch STOP.
 
 No input may kill the gate: every public method validates before it allocates or indexes, and an
 exception that escapes one anyway latches STOP naming it (``internal error in ...``) and holds.
@@ -65,7 +65,7 @@ class GateSettings:
     judge_timeout_s: float = 0.15  # STOP when the judge's heartbeat is older than this [s]
     state_tolerance_s: float = 0.15  # EEF/finger samples may be this far from a chunk's observation stamp
     max_sequence_gap: int = 1000  # STOP on a chunk whose sequence is this far ahead of the last approved one
-    max_clock_jump_s: float = 1.0  # STOP when the ROS clock moves further than this between two ticks
+    max_clock_jump_s: float = 1.0  # STOP when the ROS clock moves further than this between two readings
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:  # `not x > 0`: NaN is refused too
@@ -135,7 +135,8 @@ class SafetyGateCore:
         self.last_clamp = ""
         self._last_sent: HandsState | None = None
         self._last_sent_time: float | None = None  # mono
-        self._last_tick: tuple[float, float] | None = None  # (now, mono) of the previous tick
+        self._last_tick: float | None = None  # mono of the previous tick
+        self._last_now: float | None = None  # the newest ROS time the gate read
 
     # -- the latch -----------------------------------------------------------------------------------
     @property
@@ -358,6 +359,7 @@ class SafetyGateCore:
         """Watch the heartbeats and streams (latching what went quiet) and return (level, reason)."""
         mono = now if mono is None else mono
         with self._lock:
+            self._watch_clock(now)
             waiting = ""
             for source in SOURCES:
                 status = self.sources.get(source)
@@ -382,24 +384,31 @@ class SafetyGateCore:
                 return STATUS_WARN, f"model_host: {host.reason}"
             return STATUS_OK, "ok"
 
-    def _watch_clock(self, now: float, mono: float) -> None:
-        """Latch STOP when the ROS clock went back or jumped ahead; hold when the tick itself stalled."""
-        if not (math.isfinite(now) and math.isfinite(mono)):
-            self.stop(f"the gate's clock reads {now} / {mono}")
+    def _watch_clock(self, now: float) -> None:
+        """Latch STOP when the ROS clock went back, or jumped ahead by more than max_clock_jump_s, since the
+        gate last read it (every verdict, so the first reading after a jump names it)."""
+        if not math.isfinite(now):
+            self.stop(f"the gate's ROS clock reads {now}")
             return
-        if self._last_tick is not None:
-            last_now, last_mono = self._last_tick
-            if now < last_now:
-                self.stop(f"the ROS clock went back by {last_now - now:.3f} s (a /clock or system time jump): "
-                          "stamps and ages cannot be trusted")
-            elif now - last_now > self.settings.max_clock_jump_s:
-                self.stop(f"the ROS clock moved {now - last_now:.2f} s between two ticks (> max_clock_jump_s "
-                          f"{self.settings.max_clock_jump_s}): a clock jump or a stalled gate")
-            stalled = mono - last_mono
-            if stalled > self.settings.executor.heartbeat_timeout_s:
-                self.executor.interrupt(f"the gate's own tick stalled for {stalled:.2f} s (> heartbeat_timeout_s "
-                                        f"{self.settings.executor.heartbeat_timeout_s})")
-        self._last_tick = (now, max(mono, self._last_tick[1]) if self._last_tick else mono)
+        last = self._last_now
+        if last is not None and now < last:
+            self.stop(f"the ROS clock went back by {last - now:.3f} s (a /clock or system time jump): "
+                      "stamps and ages cannot be trusted")
+        elif last is not None and now - last > self.settings.max_clock_jump_s:
+            self.stop(f"the ROS clock moved {now - last:.2f} s between two readings (> max_clock_jump_s "
+                      f"{self.settings.max_clock_jump_s}): a clock jump or a stalled gate")
+        self._last_now = now if last is None else max(now, last)
+
+    def _watch_tick(self, mono: float) -> None:
+        """Hold (dropping the chunks) when the tick itself stalled for longer than heartbeat_timeout_s."""
+        if not math.isfinite(mono):
+            self.stop(f"the gate's monotonic clock reads {mono}")
+            return
+        timeout = self.settings.executor.heartbeat_timeout_s
+        if self._last_tick is not None and mono - self._last_tick > timeout:
+            self.executor.interrupt(f"the gate's own tick stalled for {mono - self._last_tick:.2f} s (> "
+                                    f"heartbeat_timeout_s {timeout})")
+        self._last_tick = mono if self._last_tick is None else max(mono, self._last_tick)
 
     def safe_hold(self, hold: HandsState) -> HandsState | None:
         """The executor's hold target made safe: clipped into each hand's box and finger range and moved at
@@ -450,7 +459,7 @@ class SafetyGateCore:
         """The command for ``now``: the executor's targets if they pass :func:`check_command`, else a hold."""
         mono = now if mono is None else mono
         with self._lock:
-            self._watch_clock(now, mono)
+            self._watch_tick(mono)
             level, reason = self.verdict(now, mono)
             self.executor.on_status(level, reason, now)
             measured = self.states.latest()
