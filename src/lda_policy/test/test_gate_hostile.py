@@ -232,6 +232,8 @@ def test_bad_inputs_are_counted_once_per_cause():
     assert gate.bad_input("/robot/right/gripper_state", "JointState does not name every finger joint")
     assert not gate.bad_input("/robot/right/gripper_state", "JointState does not name every finger joint")
     assert sum(gate.bad_inputs.values()) == 2 and not gate.latched
+    assert gate.bad_input("/lda/proposed_chunk", "chunk 5 declares horizon 9 x action_dim 7 but carries 3 values")
+    assert not gate.bad_input("/lda/proposed_chunk", "chunk 6 declares horizon 1e3 x action_dim 7 but carries 3 values")
     gate.on_fingers("right", 100.1, [0.01, 0.02, 0.03], now=100.1)  # the robot reports the wrong width
     assert gate.latched and "finger state has 3 values, the robot config 1" in gate.stop_reason
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -156,7 +157,7 @@ class SafetyGateCore:
         """Count a message that cannot be used (latching STOP if ``stop``); True the first time for this
         (topic, cause), so the caller logs each cause once."""
         with self._lock:
-            key = (topic, cause.split(":")[0][:80])
+            key = (topic, re.sub(r"[-+.\deE]*\d", "#", cause.split(":")[0])[:80])  # numbers do not make a cause
             self.bad_inputs[key] += 1
             if stop:
                 self.stop(f"bad message on {topic}: {cause}")
