@@ -28,9 +28,10 @@ def new_tree_env(env: dict[str, str] | None = None) -> tuple[str, dict[str, str]
     return token, dict(os.environ, **(env or {}), **{MARKER: token})
 
 
-def tree_pids(token: str) -> list[int]:
-    """Live processes (not zombies) that carry ``token``: the tree a child started, wherever it went."""
-    needle = f"{MARKER}={token}".encode()
+def tree_pids(token: str, variable: str = MARKER) -> list[int]:
+    """Live processes (not zombies) whose environment has ``variable=token``: the tree a child started, wherever
+    it went. (A process's own later ``os.environ`` changes are not in /proc: only what it was started with.)"""
+    needle = f"{variable}={token}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -46,16 +47,16 @@ def tree_pids(token: str) -> list[int]:
     return found
 
 
-def kill_tree(token: str, wait_s: float = 5.0) -> list[int]:
+def kill_tree(token: str, wait_s: float = 5.0, variable: str = MARKER) -> list[int]:
     """SIGKILL every process of the tree; the pids that were still alive."""
-    pids = tree_pids(token)
+    pids = tree_pids(token, variable)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + wait_s
-    while tree_pids(token) and time.monotonic() < deadline:
+    while tree_pids(token, variable) and time.monotonic() < deadline:
         time.sleep(0.02)
     return pids
 
