@@ -120,3 +120,16 @@ def test_forward_dynamics_sampler_agrees_with_the_verified_training_forward(impo
                                        batch["embodiment"].long(), batch["actions"], batch["history_actions"],
                                        noise=noise, num_steps=2)
     assert two_steps.shape == (2, 21, 48) and not torch.allclose(two_steps, sampled)
+
+
+def test_float64_replay(imported):
+    """In float64 (float32 kept where upstream keeps it: both sinusoids, the joint-attention softmax) the
+    DINO tokens agree to 1e-14 and everything else to 1e-7, far inside the float32 tolerance."""
+    model = load_upstream(imported)
+    diffs = {r.name: r.max_abs_diff for r in verify_golden(model, FIXTURE, float64=True) if r.name.startswith("f64.")}
+    assert set(diffs) == {"f64.fwd_canon.out.loss", "f64.fwd_canon.out.action_loss", "f64.fwd_canon.out.dynamics_loss",
+                          "f64.fwd_canon.dino_out.last_hidden_state.call0", "f64.predict_hist.normalized_actions",
+                          "f64.predict_nohist.normalized_actions", "f64.videogen.pred_dino_tokens"}
+    assert diffs["f64.fwd_canon.dino_out.last_hidden_state.call0"] < 1e-13, diffs
+    assert max(diffs.values()) < 1e-7, diffs
+    assert next(p for p in model.parameters()).dtype == torch.float32  # the replay ran on a copy

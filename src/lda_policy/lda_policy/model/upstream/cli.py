@@ -32,10 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-golden", type=Path, metavar="DIR",
                    help="run the imported model on a golden fixture directory and compare every output")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed abs difference (default 1e-4)")
+    p.add_argument("--float64", action="store_true", help="with --verify-golden: also the fixture's float64 replay")
     return p
 
 
-def verify(out: Path, fixture: Path, tolerance: float) -> bool:
+def verify(out: Path, fixture: Path, tolerance: float, float64: bool = False) -> bool:
     """Prints the largest absolute difference per golden output; True when all are within ``tolerance``."""
     from .checkpoint import VLM_FILE, load_upstream
     from .golden import verify_golden
@@ -43,7 +44,8 @@ def verify(out: Path, fixture: Path, tolerance: float) -> bool:
 
     model = load_upstream(out, dtype=torch.float32)
     vlm = load_vlm(out, model.config.vlm) if (out / VLM_FILE).is_file() and model.config.vlm else None
-    results = verify_golden(model, fixture, vlm, progress=lambda m: print(f"verify: {m}", flush=True))
+    results = verify_golden(model, fixture, vlm, progress=lambda m: print(f"verify: {m}", flush=True),
+                            float64=float64)
     width = max(len(r.name) for r in results)
     for r in results:
         print(f"  {r.name:<{width}}  max abs diff {r.max_abs_diff:.3e}  {'ok' if r.ok(tolerance) else 'FAIL'}")
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if args.verify_golden is not None:
         try:
-            return 0 if verify(args.out, args.verify_golden, args.tolerance) else 1
+            return 0 if verify(args.out, args.verify_golden, args.tolerance, args.float64) else 1
         except (CheckpointError, OSError, KeyError) as err:
             print(f"lda-import-upstream: verify error: {err}", file=sys.stderr)
             return 2

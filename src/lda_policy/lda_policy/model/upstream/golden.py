@@ -96,6 +96,29 @@ def _inference(model: UpstreamLDA, fx: Fixture) -> None:
         *args, history_actions=i["pred.history_actions"], noise=i["videogen.draw.initial_noise"]))
 
 
+def _float64(model: UpstreamLDA, fx: Fixture) -> None:
+    """The same scenarios in float64 against the fixture's float64 replay (``f64.*``): the float32 parts
+    upstream keeps (sinusoids, joint-attention softmax) are float32 here too, so this agrees to ~1e-12."""
+    import copy
+
+    model = copy.deepcopy(model).double()
+    i = {k: (v.double() if v.is_floating_point() or k.endswith("u8_BVTHWC") else v) for k, v in fx.inputs.items()}
+    batch = _batch(i, "fwd")
+    out = model.training_losses(batch, list(fx.golden["batches"]["canonical_tasks"]), _draws(i, "fwd_canon"))
+    for key in ("loss", "action_loss", "dynamics_loss"):
+        fx.compare(f"f64.fwd_canon.out.{key}", out[key])
+    fx.compare("f64.fwd_canon.dino_out.last_hidden_state.call0",
+               encode_frames(model.vision_encoder, i["fwd.curr_images_u8_BVTHWC"], model.config.dino.image_size))
+    args = (i["pred.vl_embs"], i["pred.vl_attention_mask"], i["pred.curr_images_u8_BVTHWC"], i["pred.state"],
+            i["pred.embodiment_id"].long())
+    fx.compare("f64.predict_hist.normalized_actions", model.predict_action(
+        *args, history_actions=i["pred.history_actions"], noise=i["predict_hist.draw.initial_noise"]))
+    fx.compare("f64.predict_nohist.normalized_actions", model.predict_action(
+        *args, history_actions=None, noise=i["predict_nohist.draw.initial_noise"]))
+    fx.compare("f64.videogen.pred_dino_tokens", model.video_gen(
+        *args, history_actions=i["pred.history_actions"], noise=i["videogen.draw.initial_noise"]))
+
+
 def _framework(model: UpstreamLDA, vlm: Any, fx: Fixture) -> None:
     """The whole Qwen_MMDiT: VLM features from the pre-tokenised inputs, then the head (training + predict)."""
     from .vlm import vlm_features
@@ -126,12 +149,15 @@ def _framework(model: UpstreamLDA, vlm: Any, fx: Fixture) -> None:
 
 
 def verify_golden(model: UpstreamLDA, directory: str | Path, vlm: Any = None,
-                  progress: Callable[[str], None] | None = None) -> list[GoldenResult]:
-    """Every comparable output of the fixture; the whole-framework scenarios only when ``vlm`` is given."""
+                  progress: Callable[[str], None] | None = None, float64: bool = False) -> list[GoldenResult]:
+    """Every comparable output of the fixture; the whole-framework scenarios only when ``vlm`` is given,
+    the float64 replay (``f64.*``) only with ``float64``."""
     fx = Fixture(directory)
     model.eval()
     steps: list[tuple[str, Callable[[], None]]] = [("training forward", lambda: _training(model, fx)),
                                                    ("inference", lambda: _inference(model, fx))]
+    if float64:
+        steps.append(("float64 replay", lambda: _float64(model, fx)))
     if vlm is not None:
         steps.append(("framework (Qwen3-VL + head)", lambda: _framework(model, vlm, fx)))
     for what, step in steps:

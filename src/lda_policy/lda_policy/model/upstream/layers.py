@@ -45,7 +45,8 @@ class PerEmbodimentMLP(nn.Module):
 def bucket_sinusoid(buckets: torch.Tensor, width: int) -> torch.Tensor:
     """[sin(b f_k), cos(b f_k)] with f_k = 10000^(-k / (width/2)), in float32 (the action encoder's time code)."""
     half = width // 2
-    freqs = torch.exp(-torch.arange(half, dtype=torch.float32, device=buckets.device) * (math.log(10000.0) / half))
+    scale = torch.log(torch.tensor(10000.0)).to(buckets.device) / half  # a float32 scalar, as upstream rounds it
+    freqs = torch.exp(-torch.arange(half, dtype=torch.float32, device=buckets.device) * scale)
     angles = buckets.float().unsqueeze(-1) * freqs
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 

@@ -36,16 +36,19 @@ def to_channels_first(images: torch.Tensor) -> torch.Tensor:
 
 
 def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
-    """What ``DINOv3ViTImageProcessorFast`` does, in float32: antialiased bilinear resize to ``size`` (only
-    if needed), then ``(x - 255 mean) / (255 std)`` (its fused form of rescale 1/255 + ImageNet normalise).
+    """What ``DINOv3ViTImageProcessorFast`` does, in float32 and in its order: multiply by 1/255, resize to
+    ``size`` (antialiased bilinear, only if needed), subtract the ImageNet mean and divide by its std.
 
-    ``images``: (N, 3, H, W) with values 0..255 (uint8 or float).
+    ``images``: (N, 3, H, W) with values 0..255 (uint8 or float). Bit-identical to the processor on the
+    golden fixture (the fused form ``(x - 255 mean) / (255 std)`` differs by up to 5e-7); float64 input
+    is processed in float64, as the processor does with it.
     """
-    x = images.float()
+    # float32, or float64 for float64 input (the processor keeps a float input's precision)
+    x = (images if images.dtype == torch.float64 else images.float()) * (1.0 / 255.0)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1) * 255.0
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
