@@ -234,10 +234,12 @@ class DynamicsReplayNode(ModelNode, Node):
                                    f"{np.nanmean(s[:, 1]):.4f}, surprise mean {np.nanmean(s[:, 0]):.2f} "
                                    f"max {np.nanmax(s[:, 0]) if np.isfinite(s[:, 0]).any() else float('nan'):.2f}")
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> list[str]:
         self._stop.set()
-        if join_threads([getattr(self, "_worker", None)]):
+        busy = join_threads([getattr(self, "_worker", None)])
+        if busy:
             self.get_logger().warning("exiting mid-frame: the MCAP output (if any) is incomplete")
+        return busy
 
 
 main = node_main("dynamics_replay_node", DynamicsReplayNode, MODEL_STARTUP_ERRORS)

@@ -162,12 +162,13 @@ class ModelHostNode(ModelNode, Node):
             f"'{p['checkpoint']}' ({runtime.config.name}) on {runtime.device}; camera {cam.topic}; judge {cal}, "
             f"stop_surprise {p['stop_surprise']}; selection k={p['selection.k']}; proposing on {Topics.PROPOSED_CHUNK}")
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> list[str]:
         self._stop.set()
         self._new_frame.set()
         busy = join_threads(self._threads)
         if busy:
             self.get_logger().warning(f"exiting while {busy} still run (mid-inference)")
+        return busy
 
     # ------------------------------------------------------------------ callbacks (cheap)
 

@@ -243,8 +243,10 @@ class RobotNode:
         """Load and connect everything; raise one of the start-up errors with a clear message otherwise."""
         raise NotImplementedError
 
-    def shutdown(self) -> None:
-        """Stop worker threads and leave the robot safe (called once on the way out)."""
+    def shutdown(self) -> list[str]:
+        """Stop worker threads and leave the robot safe (called once on the way out); the names of threads
+        still running when the join budget ran out."""
+        return []
 
     def spin(self, executor) -> int:
         """Run until shut down; the process exit status."""
@@ -291,12 +293,15 @@ def node_main(program: str, make_node: Callable[[], RobotNode],
 
 
 def close_node(node) -> None:
-    """Stop the node's threads, then destroy it and the ROS context (in that order: a worker thread must not
-    publish through a destroyed publisher)."""
+    """Stop the node's threads, then destroy it and the ROS context. In that order, and not at all while a
+    worker is still inside a call (a large model's forward pass): destroying a node that another thread still
+    uses is a known way for rclpy and DDS to crash or hang (ros2/rclpy#663); the process ends right after."""
+    busy = []
     if node is not None:
         try:
-            node.shutdown()
+            busy = node.shutdown()
         except Exception:  # noqa: BLE001 - best effort on the way out
             traceback.print_exc()
-        node.destroy_node()
+        if not busy:
+            node.destroy_node()
     rclpy.try_shutdown()

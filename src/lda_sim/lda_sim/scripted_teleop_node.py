@@ -288,8 +288,7 @@ def main(args=None) -> None:
     finally:
         if executor is not None:
             executor.shutdown(timeout_sec=1.0)
-            join_threads([spinner])
-        if node is not None:
+        if node is not None and not join_threads([spinner]):  # never destroy a node a thread still spins
             node.destroy_node()
         rclpy.try_shutdown()
     guard.exit(code)

@@ -322,10 +322,14 @@ class SimNode(Node):
         self._pub_success.publish(Bool(data=obs.success))
         self._pub_object.publish(_pose_msg(stamp, frame, obs.object_pos, obs.object_quat))
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Stop the physics thread; False when it is still inside a step or a reset (then the node must not
+        be destroyed under it: the process ends without)."""
         self._running = False
         if join_threads([self._thread]):
             self.get_logger().warning("exiting while the physics thread is still inside a step or a reset")
+            return False
+        return True
 
 
 def _pose_msg(stamp, frame: str, pos, quat) -> PoseStamped:
@@ -359,11 +363,10 @@ def main(args=None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
-            node.stop()
+        stopped = node is not None and node.stop()
         if executor is not None:
             executor.shutdown(timeout_sec=0.5)  # a reset callback may still wait for the physics thread
-        if node is not None:
+        if stopped:
             node.destroy_node()
         rclpy.try_shutdown()
     guard.exit(code)

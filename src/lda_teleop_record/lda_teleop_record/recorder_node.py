@@ -430,9 +430,9 @@ def main(args=None) -> int:
         node.shutdown()  # discards an unlabelled episode, lets a save in progress finish, closes the dataset
         intake.shutdown(timeout_sec=0.5)
         executor.shutdown(timeout_sec=0.5)
-        join_threads([intake_thread])
-        node.intake.destroy_node()
-        node.destroy_node()
+        if not join_threads([intake_thread]):  # never destroy a node a thread still spins
+            node.intake.destroy_node()
+            node.destroy_node()
         rclpy.try_shutdown()
     guard.exit(0)
 
