@@ -99,8 +99,8 @@ class SafetyGateNode(RobotNode, Node):
             "diagnostics_period_s": d("diagnostics_period_s", 1.0, "diagnostics period [s]", low=0.05, high=60.0),
             "max_sequence_gap": d("max_sequence_gap", 1000, "STOP on a chunk whose sequence is this far ahead of the "
                                   "last approved one", low=1, high=2**40),
-            "max_clock_jump_s": d("max_clock_jump_s", 1.0, "STOP when the ROS clock moves further than this "
-                                  "between two readings [s]", low=0.05, high=60.0),
+            "max_clock_jump_s": d("max_clock_jump_s", 1.0, "STOP when the ROS clock runs this much ahead of the "
+                                  "steady clock between two readings [s]", low=0.05, high=60.0),
         }
         for name, default in vars(SafetyLimits()).items():
             if name == "hands":  # per hand: declared in start(), once the robot's hands are known

@@ -183,11 +183,21 @@ def test_a_ros_clock_stepping_back_latches_stop_and_ages_stay_positive():
     assert level == STATUS_STOP and "model_host heartbeat missing for 0.30 s" in reason
 
 
-def test_a_ros_clock_jumping_ahead_latches_stop():
+def test_a_ros_clock_jumping_ahead_latches_stop_but_a_stall_is_no_jump():
+    """The ROS clock 60 s ahead in 0.02 s of steady time is a jump; both clocks moving 2 s (a gate that
+    stalled) is not: the heartbeats name that."""
     gate = panda_gate()
+    steady = iter([5.0, 5.02])
+    gate.wall_clock = lambda: next(steady)
     gate.tick(100.0, mono=5.0)
     gate.tick(160.0, mono=5.02)
-    assert gate.latched and "the ROS clock moved 60.00 s between two readings" in gate.stop_reason
+    assert gate.latched and "the ROS clock jumped 60.00 s ahead in 0.02 s of steady time" in gate.stop_reason
+    stalled = panda_gate()
+    steady = iter([5.0, 7.0])
+    stalled.wall_clock = lambda: next(steady)
+    stalled.tick(100.0)
+    stalled.tick(102.0)
+    assert stalled.latched and stalled.stop_reason.startswith("model_host heartbeat missing for 2.00 s")
 
 
 def test_a_chunk_stamped_in_the_future_latches_stop():
@@ -279,10 +289,10 @@ def test_a_new_instruction_does_not_release_a_grasp():
     assert hold.mode == "hold" and np.allclose(hold.targets["right"].fingers, [0.0])
     gate.on_source("judge", STATUS_STOP, "surprise 9 > 4", 1, 100.43)
     assert np.allclose(gate.tick(100.44).targets["right"].fingers, [0.0])  # and through a STOP hold
-    assert gate.reset("object removed by hand", "op", 100.5)[0]  # the operator's release
-    gate.on_instruction()
-    feed(gate, 100.51, CENTRE, finger=0.08)
-    assert np.allclose(gate.tick(100.52).targets["right"].fingers, [0.08])
+    feed(gate, 100.45, CENTRE, finger=0.08)  # the object was taken out of the hand
+    assert np.allclose(gate.tick(100.46).targets["right"].fingers, [0.0])  # still the commanded width
+    assert gate.reset("object removed by hand", "op", 100.5)[0]  # the operator's release, while holding
+    assert np.allclose(gate.tick(100.52).targets["right"].fingers, [0.08])  # the hold takes the measured width
 
 
 # ---------------------------------------------------------------------------------------------- item 6: smaller

@@ -212,6 +212,6 @@ def test_a_sim_clock_jumping_ahead_latches_stop_naming_the_jump(tmp_path):
                 peers.sim_ns += 10 * 10**9
             stop = peers.first_stop(t0)
             assert stop is not None, proc.output[-3000:]
-            assert stop.reason.startswith("the ROS clock moved 10.0"), stop.reason
+            assert stop.reason.startswith("the ROS clock jumped 10.0"), stop.reason
         finally:
             peers.stop()

@@ -2,9 +2,9 @@
 
     ros2 run lda_sim evaluation_node --ros-args -p episodes:=10 -p results_path:=/tmp/eval.json
 
-Per episode: reset the sim with seed + i, ask the safety gate to clear a STOP latched in the episode before
-(lda_msgs/srv/SafetyReset, with the episode as the reason; the gate accepts it only while holding), publish
-the instruction (transient-local, as a real operator would), then
+Per episode: reset the sim with seed + i, publish the instruction (transient-local, as a real operator
+would), ask the safety gate to clear a STOP latched in the episode before and to release the fingers it
+holds (lda_msgs/srv/SafetyReset, with the episode as the reason; the gate accepts it only while holding), then
 watch ``lda/task_success`` for up to ``max_steps`` control steps while whatever drives the robot (the
 policy node, or nothing for the frozen baseline) acts. An episode succeeds once the sim has reported success
 on ``success_hold_steps`` consecutive steps. Writes per-episode results and the success rate
@@ -121,18 +121,30 @@ class EvaluationNode(Node):
             raise RuntimeError(f"service {name} did not answer within {timeout:g} s")
         return future.result()
 
+    def _safety_reset_for(self, index: int, seed: int) -> None:
+        """Ask the gate to clear a STOP of the episode before and to release the fingers it holds (the gate
+        keeps a grasp through a new instruction; the scene reset is the operator's release). Asked after the
+        instruction, when the gate holds for the new task; retried for up to a second while it answers that
+        the robot is still moving (the previous task's chunks)."""
+        request = SafetyReset.Request(reason=f"evaluation episode {index}: the sim was reset (seed {seed})",
+                                      requested_by=self.get_name())
+        deadline = time.monotonic() + 1.0
+        answer = self._call(self._safety_reset, request, optional=True)
+        while answer is not None and not answer.success and "moving" in answer.message \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+            answer = self._call(self._safety_reset, request, optional=True)
+        if answer is not None and not answer.success:
+            self.get_logger().info(f"safety reset not needed: {answer.message}")
+
     def episode(self, index: int) -> dict:
         seed = self.cfg["seed"] + index
         reply = self._call(self._reset, ResetSim.Request(seed=seed))
         if not reply.success:
             raise RuntimeError(f"sim reset refused: {reply.message}")
-        if self._safety_reset is not None:
-            request = SafetyReset.Request(reason=f"evaluation episode {index}: the sim was reset (seed {seed})",
-                                          requested_by=self.get_name())
-            answer = self._call(self._safety_reset, request, optional=True)
-            if answer is not None and not answer.success:
-                self.get_logger().info(f"safety reset not needed: {answer.message}")
         self._instruction.publish(String(data=self.cfg["instruction"]))
+        if self._safety_reset is not None:
+            self._safety_reset_for(index, seed)
         time.sleep(self.cfg["settle_s"])
         with self._lock:
             self._steps, self._success, self._streak, self._stops = 0, False, 0, 0

@@ -124,8 +124,11 @@ class ChunkExecutor:
         self._last_output = None
 
     def release_fingers(self) -> None:
-        """Forget the commanded fingers: the next hold takes the measured ones (an operator's reset)."""
+        """Forget the commanded fingers: a hold takes the measured ones (an operator's reset). A hold in force
+        is taken anew at the next step (the measured pose and fingers, through ``hold_filter``)."""
         self._fingers = {}
+        if self._holding:
+            self._hold = None
 
     def interrupt(self, reason: str) -> None:
         """Hold at the next :meth:`step` with ``reason`` and discard the active chunks (a stalled caller)."""

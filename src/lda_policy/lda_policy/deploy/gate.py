@@ -22,7 +22,8 @@ is a monotonic clock of *arrival* that the watchdogs run on (heartbeat and strea
 between two commands): a stamp from the future cannot make a silent stream look fresh, and a clock that
 steps back cannot make an age negative. ``mono`` defaults to ``now`` (tests that drive one clock). A
 header stamp more than ``max_stamp_lead_s`` ahead of ``now``, a stream stamp that goes back, and a ROS
-clock that goes back (or jumps ahead by more than ``max_clock_jump_s`` between two readings) latch STOP.
+clock that goes back (or runs ahead of the steady clock by more than ``max_clock_jump_s`` between two
+readings) latch STOP.
 
 No input may kill the gate: every public method validates before it allocates or indexes, and an
 exception that escapes one anyway latches STOP naming it (``internal error in ...``) and holds.
@@ -35,6 +36,7 @@ import functools
 import math
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -66,7 +68,7 @@ class GateSettings:
     judge_timeout_s: float = 0.15  # STOP when the judge's heartbeat is older than this [s]
     state_tolerance_s: float = 0.15  # EEF/finger samples may be this far from a chunk's observation stamp
     max_sequence_gap: int = 1000  # STOP on a chunk whose sequence is this far ahead of the last approved one
-    max_clock_jump_s: float = 1.0  # STOP when the ROS clock moves further than this between two readings
+    max_clock_jump_s: float = 1.0  # STOP when the ROS clock runs this much ahead of steady time between readings
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:  # `not x > 0`: NaN is refused too
@@ -137,7 +139,8 @@ class SafetyGateCore:
         self._last_sent: HandsState | None = None
         self._last_sent_time: float | None = None  # mono
         self._last_tick: float | None = None  # mono of the previous tick
-        self._last_now: float | None = None  # the newest ROS time the gate read
+        self._last_now: tuple[float, float] | None = None  # (newest ROS time read, steady time then)
+        self.wall_clock = time.monotonic  # steady time for the clock-jump check (tests set their own)
 
     # -- the latch -----------------------------------------------------------------------------------
     @property
@@ -386,19 +389,24 @@ class SafetyGateCore:
             return STATUS_OK, "ok"
 
     def _watch_clock(self, now: float) -> None:
-        """Latch STOP when the ROS clock went back, or jumped ahead by more than max_clock_jump_s, since the
-        gate last read it (every verdict, so the first reading after a jump names it)."""
+        """Latch STOP when the ROS clock went back, or ran ahead of the steady clock (``wall_clock``) by more
+        than max_clock_jump_s, since the gate last read it (every verdict: ticks, status). A stalled gate
+        sees both clocks move together: that is the heartbeats' and the tick's to name, not a jump."""
         if not math.isfinite(now):
             self.stop(f"the gate's ROS clock reads {now}")
             return
-        last = self._last_now
-        if last is not None and now < last:
-            self.stop(f"the ROS clock went back by {last - now:.3f} s (a /clock or system time jump): "
-                      "stamps and ages cannot be trusted")
-        elif last is not None and now - last > self.settings.max_clock_jump_s:
-            self.stop(f"the ROS clock moved {now - last:.2f} s between two readings (> max_clock_jump_s "
-                      f"{self.settings.max_clock_jump_s}): a clock jump or a stalled gate")
-        self._last_now = now if last is None else max(now, last)
+        wall = self.wall_clock()
+        if self._last_now is not None:
+            last, last_wall = self._last_now
+            if now < last:
+                self.stop(f"the ROS clock went back by {last - now:.3f} s (a /clock or system time jump): "
+                          "stamps and ages cannot be trusted")
+            elif (now - last) - (wall - last_wall) > self.settings.max_clock_jump_s:
+                self.stop(f"the ROS clock jumped {now - last:.2f} s ahead in {wall - last_wall:.2f} s of steady "
+                          f"time (> max_clock_jump_s {self.settings.max_clock_jump_s}): stamps and ages cannot "
+                          "be trusted")
+            now = max(now, last)
+        self._last_now = (now, wall)
 
     def _watch_tick(self, mono: float) -> None:
         """Hold (dropping the chunks) when the tick itself stalled for longer than heartbeat_timeout_s."""
