@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 from lda_policy.model import PRESETS, DinoV3Encoder, load_language_encoder, pool_latents
 from lda_testing.datasets import record_dataset
 from lda_train.config import DatasetConfig
@@ -23,6 +22,8 @@ from lda_train.latent_cache import (
     ensure_cache,
     plan_keys,
 )
+
+from conftest import REPO
 
 TINY = PRESETS["lda-tiny"]
 
@@ -236,8 +237,9 @@ def test_cache_cli_builds_then_verifies(mixed_dataset, dino_dir, tmp_path, capsy
 def test_training_without_the_cache_sees_the_same_batches(mixed_dataset, dino_dir, cache_root, tmp_path):
     """cache.enabled=false: LeRobot decodes the frames, DINO runs every step; the batches equal the
     cached ones (up to float16 storage), and a short run trains from them."""
-    from conftest import make_config
     from lda_train.trainer import Trainer
+
+    from conftest import make_config
 
     batches = {}
     for enabled in ("true", "false"):

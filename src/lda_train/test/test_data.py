@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MIXED
 from lda_common.schema import Quality
 from lda_policy.model import PRESETS, Task, allowed_tasks
 from lda_testing.datasets import record_dataset
@@ -23,6 +22,8 @@ from lda_train.data import (
     task_probabilities,
 )
 from lda_train.stats import embodiment_stats
+
+from conftest import MIXED
 
 LAYOUT = PRESETS["lda-tiny"].time
 

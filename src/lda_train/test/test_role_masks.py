@@ -5,12 +5,13 @@ even when a batch is forced to ask for the policy on low and actionless samples.
 import numpy as np
 import pytest
 import torch
-from conftest import MIXED, make_config
 from lda_common.schema import Quality
 from lda_policy.model import Task
 from lda_policy.model.normalization import RobustStats
 from lda_testing.datasets import record_dataset
 from lda_train.trainer import Trainer
+
+from conftest import MIXED, make_config
 
 
 def _corrupt_low(index, actions):

@@ -10,12 +10,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_config
 from lda_common.config import ConfigError
 from lda_common.schema import Quality
 from lda_policy.model import PRESETS, Task
 from lda_train.config import DatasetConfig, RoleWeights, TaskWeights, load_config
 from lda_train.data import BatchPlan, SourceDataset, TaskSampler, effective_samples, task_weight_vector
+
+from conftest import make_config
 
 LAYOUT = PRESETS["lda-tiny"].time
 

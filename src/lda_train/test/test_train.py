@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_config
 from lda_train.build import TrainError
 from lda_train.trainer import Trainer, run_training
 from safetensors.torch import load_file
+
+from conftest import REPO, make_config
 
 
 class Proc:

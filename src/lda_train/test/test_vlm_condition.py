@@ -11,7 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub
 import numpy as np
 import pytest
 import torch
-from conftest import make_config
 from lda_common.config import ConfigError
 from lda_policy.model import PRESETS, Qwen3VLEncoder, read_config, write_random_qwen3vl_checkpoint
 from lda_policy.model.config import prompt_hash
@@ -26,6 +25,8 @@ from lda_train.latent_cache import (
     decode_frames,
     ensure_cache,
 )
+
+from conftest import make_config
 
 TINY = PRESETS["lda-tiny"]
 SIZE = 64  # VLM image side: 2 x 2 merged patches of 32 px, so a CPU test stays quick

@@ -12,7 +12,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub
 import numpy as np
 import pytest
 import torch
-from conftest import make_config
 from lda_common.config import ConfigError
 from lda_policy.model import PRESETS, LDAModel, Qwen3VLEncoder, read_config, write_random_qwen3vl_checkpoint
 from lda_policy.model.vlm_tail import VLMTail, vlm_text_spec
@@ -20,6 +19,8 @@ from lda_testing.datasets import record_dataset
 from lda_train.config import DatasetConfig
 from lda_train.data import BatchPlan, SourceDataset
 from lda_train.latent_cache import CachedLatents, CacheSpec, CacheStale, LatentCache, decode_frames, ensure_cache
+
+from conftest import make_config
 
 TINY = PRESETS["lda-tiny"]
 SIZE = 64  # VLM image side (2 x 2 merged patches of 32 px)
