@@ -7,6 +7,7 @@ launcher gives before it escalates; the nodes' own deadline (lda_common.process_
 """
 
 import os
+import re
 import signal
 import time
 
@@ -90,6 +91,37 @@ def test_recorder_exits_mid_episode_and_discards_it(tmp_path):
         assert wait_for(future.done, 30) and future.result().success, future.result()
         stop_and_time(proc, signal.SIGINT)
     assert "discarded" in proc.output, proc.output[-3000:]
+
+
+def test_recorder_exits_mid_save_and_keeps_what_was_saved(model, tmp_path):
+    """SIGINT while stop_episode saves: the save either completes within the deadline or is rolled back by the
+    dataset's transaction journal at the next start; either way the dataset and its labels agree."""
+    from lda_common.schema import read_episode_labels
+
+    from lda_msgs.srv import StopEpisode
+
+    with ros_node("exit_operator") as node:
+        robot = T.SyntheticRobot(node, model["robot_config"])
+        try:
+            with NodeProcess(X.recorder(tmp_path, NS, robot_config=model["robot_config"])) as proc:
+                assert proc.wait_for_output("recorder ready", 120), proc.output[-3000:]
+                start = node.create_client(StartEpisode, f"{NS}/rec/start_episode")
+                stop = node.create_client(StopEpisode, f"{NS}/rec/stop_episode")
+                assert start.wait_for_service(timeout_sec=30) and stop.wait_for_service(timeout_sec=30)
+                future = start.call_async(StartEpisode.Request(task="hold on"))
+                assert wait_for(future.done, 30) and future.result().success, future.result()
+                time.sleep(3.0)  # about 30 frames at 10 Hz
+                stop.call_async(StopEpisode.Request(quality="high"))
+                time.sleep(0.2)  # the save has started
+                stop_and_time(proc, signal.SIGINT)
+        finally:
+            robot.stop()
+    with NodeProcess(X.recorder(tmp_path, NS, robot_config=model["robot_config"])) as again:
+        assert again.wait_for_output("recorder ready", 120), again.output[-3000:]
+        found = re.search(r"with (\d+) episode\(s\)", again.output)
+        stop_and_time(again, signal.SIGTERM)
+    assert found and int(found.group(1)) in (0, 1), again.output[-3000:]
+    assert len(read_episode_labels(tmp_path / "dataset")) == int(found.group(1))
 
 
 def test_sim_exits_while_stepping():
