@@ -100,6 +100,7 @@ class ModelHostNode(ModelNode, Node):
         self._new_frame = threading.Event()
         self._threads: list[threading.Thread] = []
         self._published_faults = {"model_host": 0, "judge": 0}
+        self._logged_errors: set[tuple[str, type]] = set()
         self._status_lock = threading.Lock()
         self._gate_level = 0
         self._gate_resets = 0
@@ -132,26 +133,21 @@ class ModelHostNode(ModelNode, Node):
         if p["instruction"]:
             self.host.policy.set_instruction(p["instruction"])
         cam = robot.camera
-        sub = self.create_subscription
-        sub(CompressedImage if cam.type == "compressed" else Image, cam.topic, self._on_image, SENSOR_QOS)
-        sub(String, robot.config.instruction_topic, self._on_instruction, LATCHED_QOS)
-        sub(ActionChunk, Topics.ACTION_CHUNK, self._on_approved, COMMAND_QOS)
-        sub(SafetyStatus, Topics.SAFETY_STATUS, self._on_gate_status, COMMAND_QOS)
-        states = self.host.policy.states
-        for h in robot.config.hands:
-            sub(PoseStamped, h.pose_topic,
-                lambda m, n=h.name: states.add_pose(n, stamp_to_sec(m.header.stamp), *pose_arrays(m)), SENSOR_QOS)
-            sub(JointState, h.gripper_topic, lambda m, n=h.name: self._on_fingers(n, m, states.add_fingers),
-                SENSOR_QOS)
-            if h.gripper_command_topic:  # the history actions' finger values are the commands sent
-                sub(JointState, h.gripper_command_topic, lambda m, n=h.name: self._on_fingers(n, m, states.add_command),
-                    COMMAND_QOS)
+        sub, g = self.create_subscription, self._guard
+        sub(CompressedImage if cam.type == "compressed" else Image, cam.topic, g(cam.topic, self._on_image),
+            SENSOR_QOS)
+        sub(String, robot.config.instruction_topic, g(robot.config.instruction_topic, self._on_instruction),
+            LATCHED_QOS)
+        sub(ActionChunk, Topics.ACTION_CHUNK, g(Topics.ACTION_CHUNK, self._on_approved), COMMAND_QOS)
+        sub(SafetyStatus, Topics.SAFETY_STATUS, g(Topics.SAFETY_STATUS, self._on_gate_status), COMMAND_QOS)
+        for hand in robot.config.hands:
+            self._subscribe_hand(hand)
         self.pub_proposed = self.create_publisher(ActionChunk, Topics.PROPOSED_CHUNK, COMMAND_QOS)
         self.pub_status = {"model_host": self.create_publisher(SafetyStatus, Topics.HOST_STATUS, COMMAND_QOS),
                            "judge": self.create_publisher(SafetyStatus, Topics.JUDGE_STATUS, COMMAND_QOS)}
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
-        self.create_timer(1.0 / p["heartbeat_rate_hz"], self._heartbeat)
-        self.create_timer(p["diagnostics_period_s"], self._diagnostics)
+        self.create_timer(1.0 / p["heartbeat_rate_hz"], g("the heartbeat", self._heartbeat))
+        self.create_timer(p["diagnostics_period_s"], g("diagnostics", self._diagnostics))
         for name, target in (("lda-policy", self._inference_loop), ("lda-judge", self._judge_loop)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -162,6 +158,16 @@ class ModelHostNode(ModelNode, Node):
             f"'{p['checkpoint']}' ({runtime.config.name}) on {runtime.device}; camera {cam.topic}; judge {cal}, "
             f"stop_surprise {p['stop_surprise']}; selection k={p['selection.k']}; proposing on {Topics.PROPOSED_CHUNK}")
 
+    def _subscribe_hand(self, hand) -> None:
+        sub, g, states, name = self.create_subscription, self._guard, self.host.policy.states, hand.name
+        sub(PoseStamped, hand.pose_topic, g(hand.pose_topic, lambda m: states.add_pose(
+            name, stamp_to_sec(m.header.stamp), *pose_arrays(m))), SENSOR_QOS)
+        sub(JointState, hand.gripper_topic, g(hand.gripper_topic, lambda m: self._on_fingers(
+            name, m, states.add_fingers)), SENSOR_QOS)
+        if hand.gripper_command_topic:  # the history actions' finger values are the commands sent
+            sub(JointState, hand.gripper_command_topic, g(hand.gripper_command_topic, lambda m: self._on_fingers(
+                name, m, states.add_command)), COMMAND_QOS)
+
     def shutdown(self) -> list[str]:
         self._stop.set()
         self._new_frame.set()
@@ -171,6 +177,21 @@ class ModelHostNode(ModelNode, Node):
         return busy
 
     # ------------------------------------------------------------------ callbacks (cheap)
+
+    def _guard(self, where: str, callback):
+        """``callback`` such that an exception escaping it is a host fault naming it: the heartbeat reports
+        STOP at once and the gate holds. The process lives on (logged once per cause)."""
+        def guarded(*args):
+            try:
+                return callback(*args)
+            except Exception as err:  # noqa: BLE001 - no input may end the host
+                reason = f"internal error in the callback of {where}: {type(err).__name__}: {str(err)[:200]}"
+                self.host.fault(reason)
+                if (where, type(err)) not in self._logged_errors:
+                    self._logged_errors.add((where, type(err)))
+                    self.get_logger().error(reason)
+                self._publish_status_if_fault()
+        return guarded
 
     def _on_image(self, msg) -> None:
         frame = self.camera_frame(msg)

@@ -72,17 +72,16 @@ def test_judge_lag_latches_stop(paths, tmp_path):
     assert stop.reason.startswith("judge: judge lag: one forward dynamics call running for"), stop
 
 
-def test_exception_in_the_judge_latches_stop(paths, tmp_path):
-    """The host runs in this process (its runtime's forward dynamics fails like a lost GPU would); the gate
-    is the real process."""
+def host_in_process_until_stop(paths, tmp_path, breakage):
+    """The host in this process, ``breakage(host_node)`` applied after start-up, around the real gate process;
+    the gate's first STOP and the host's heartbeats heard meanwhile."""
     import rclpy
+    from ament_index_python.packages import get_package_prefix
     from lda_policy.model_host_node import ModelHostNode
     from rclpy.executors import SingleThreadedExecutor
 
     gate_cmd = launch_command(LAUNCH, paths, tmp_path)
     gate_params = [a.split(":=", 1)[1] for a in gate_cmd if a.startswith(("gate_params:=", "safety_limits:="))]
-    from ament_index_python.packages import get_package_prefix
-
     exe = Path(get_package_prefix("lda_policy")) / "lib" / "lda_policy" / "safety_gate_node"
     cmd = [str(exe), "--ros-args", "-p", f"robot_config:={paths['robot_config']}"]
     for f in gate_params:
@@ -93,11 +92,7 @@ def test_exception_in_the_judge_latches_stop(paths, tmp_path):
     args += [a for k in ("robot_config", "checkpoint", "dino_path") for a in ("-p", f"{k}:={paths[k]}")]
     host = ModelHostNode(context=context, cli_args=args)
     host.start()
-
-    def broken(*_a, **_k):
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
-
-    host.host.runtime.forward_dynamics = broken
+    breakage(host)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(host)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -107,11 +102,35 @@ def test_exception_in_the_judge_latches_stop(paths, tmp_path):
             robot = T.SyntheticRobot(node, paths["robot_config"])
             attach(robot, node)
             stop = first_stop(robot, 0.0, 90.0)
+            time.sleep(0.5)
             robot.stop()
             assert stop is not None, proc.output[-3000:]
-            assert "judge error: RuntimeError: CUDA error: an illegal memory access" in stop.reason, stop
+            return stop, robot.since(robot.host_statuses, robot.now() - 0.4)
     finally:
         host.shutdown()
-        executor.shutdown()
+        executor.shutdown(timeout_sec=2.0)
         host.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def test_exception_in_the_judge_latches_stop(paths, tmp_path):
+    """The runtime's forward dynamics fails like a lost GPU would."""
+    def broken(*_a, **_k):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    stop, _ = host_in_process_until_stop(paths, tmp_path,
+                                         lambda host: setattr(host.host.runtime, "forward_dynamics", broken))
+    assert "judge error: RuntimeError: CUDA error: an illegal memory access" in stop.reason, stop
+
+
+def test_exception_in_a_host_callback_is_a_named_fault_and_the_host_lives_on(paths, tmp_path):
+    """An exception escaping a subscription callback of the model host (here: its camera frame intake) is a
+    host fault naming the topic; the gate holds with STOP and the host keeps beating."""
+    def broken(*_a, **_k):
+        raise ValueError("a frame the decoder did not expect")
+
+    stop, beats = host_in_process_until_stop(paths, tmp_path,
+                                             lambda host: setattr(host.host.policy, "on_frame", broken))
+    assert ("internal error in the callback of /test/head/image_raw: ValueError: a frame the decoder did not "
+            "expect") in stop.reason, stop
+    assert beats and {b.source for b in beats} == {"model_host", "judge"}  # the host process lives on
