@@ -59,13 +59,12 @@ class NodeProcess:
     """A child process (a node or lda-launch) whose merged output is collected line by line.
 
     It runs in its own session with a process-tree marker (:mod:`lda_testing.processes`): whatever happens,
-    leaving the ``with`` block ends it and every process it started. ``leftovers`` lists the pids that were
-    still running after the child itself had exited (a launch that lost track of a node)."""
+    leaving the ``with`` block ends it and every process it started; so does :meth:`wait` once the child
+    itself has exited (a launch that lost track of a node)."""
 
     def __init__(self, cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None):
         self.cmd = cmd
         self.lines: list[str] = []
-        self.leftovers: list[int] = []
         self._lock = threading.Lock()
         self.token, full_env = new_tree_env(dict(env or {}, PYTHONUNBUFFERED="1"))
         self.proc = subprocess.Popen(
@@ -95,13 +94,9 @@ class NodeProcess:
 
     def wait(self, timeout: float) -> int:
         rc = self.proc.wait(timeout=timeout)
-        self._reap_tree()
+        kill_tree(self.token)
         self._reader.join(timeout=5)
         return rc
-
-    def _reap_tree(self) -> None:
-        left = kill_tree(self.token)
-        self.leftovers += [pid for pid in left if pid != self.proc.pid]
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int:
         """Send ``sig`` (SIGINT like Ctrl-C) and wait; past ``timeout`` the whole tree gets SIGKILL."""
