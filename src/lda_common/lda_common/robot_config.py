@@ -21,8 +21,8 @@ import numpy as np
 
 from .config import ConfigError, PositiveFloat, PositiveInt, check, load_yaml, parse, plain
 
-__all__ = ["CAMERA_TYPES", "FINGER_TYPES", "CameraConfig", "ConfigError", "FingerConfig", "HandConfig", "RigidOffset",
-           "RobotConfig", "load_robot_config"]
+__all__ = ["CAMERA_TYPES", "FINGER_TYPES", "CameraConfig", "ConfigError", "FingerConfig", "HandConfig",
+           "JointGroupConfig", "JointSpaceConfig", "RigidOffset", "RobotConfig", "load_robot_config"]
 
 FingerType = Literal["width", "joints", "keypoints"]
 CameraType = Literal["raw", "compressed"]
@@ -164,6 +164,66 @@ class CameraConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class JointGroupConfig:
+    """One group of joints commanded together (an arm, a hand, the waist), in the order the model uses."""
+
+    name: str
+    joints: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "name")
+        check(self.joints and all(self.joints), "joints", f"expected a non-empty list of joint names, got "
+              f"{list(self.joints)}")
+        check(len(set(self.joints)) == len(self.joints), "joints", "joint names repeat")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JointSpaceConfig:
+    """The robot in joint space, for models that command joint positions (the authors' published LDA-1B).
+
+    The model reads the measured positions of ``groups``' joints from ``state_topic`` (sensor_msgs/JointState;
+    extra joints and any order are fine, joints are looked up by name) and proposes absolute position
+    targets [rad or m, as published], one column per joint in group order (:attr:`joint_names`), at ``fps``;
+    the safety gate sends them on ``command_topic`` (sensor_msgs/JointState, ``name`` + ``position``)."""
+
+    state_topic: str = "/robot/joint_states"
+    command_topic: str = "/robot/joint_command"
+    fps: PositiveInt = 20
+    groups: tuple[JointGroupConfig, ...]
+
+    def __post_init__(self) -> None:
+        _check_topic(self.state_topic, "state_topic")
+        _check_topic(self.command_topic, "command_topic")
+        check(self.state_topic != self.command_topic, "command_topic", "must differ from state_topic")
+        check(self.groups, "groups", "expected a non-empty list of joint groups")
+        if dup := _repeated([g.name for g in self.groups]):
+            raise ConfigError(f"group name '{dup}' used twice", "groups")
+        if dup := _repeated(self.joint_names):
+            raise ConfigError(f"joint '{dup}' is in two groups", "groups")
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.fps
+
+    @property
+    def joint_names(self) -> list[str]:
+        """Every commanded joint, group by group: the columns of a joint-space action chunk."""
+        return [j for g in self.groups for j in g.joints]
+
+    @property
+    def dim(self) -> int:
+        return len(self.joint_names)
+
+    def group_slices(self) -> dict[str, slice]:
+        """Per group: its columns in :attr:`joint_names`."""
+        out, start = {}, 0
+        for g in self.groups:
+            out[g.name] = slice(start, start + len(g.joints))
+            start += len(g.joints)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
 class RobotConfig:
     """One robot (embodiment) as the recorder sees it. See ``config/robots/*.yaml`` for the file format."""
 
@@ -177,6 +237,7 @@ class RobotConfig:
     instruction_topic: str = "/lda/instruction"
     quaternion_tolerance: PositiveFloat = 0.01
     description: str = ""
+    joints: JointSpaceConfig | None = None  # the joint space, for models that command joints (optional)
     source: str = field(default="<dict>", compare=False, init=False)
 
     def __post_init__(self) -> None:
@@ -191,6 +252,8 @@ class RobotConfig:
                 raise ConfigError(f"name '{dup}' used twice", what)
         topics = [c.topic for c in self.cameras] + [self.instruction_topic]
         topics += [t for h in self.hands for t in (h.pose_topic, h.gripper_topic, h.gripper_command_topic) if t]
+        if self.joints is not None:
+            topics += [self.joints.state_topic, self.joints.command_topic]
         if dup := _repeated(topics):
             raise ConfigError(f"'{dup}' is used for two streams", "topics")
 

@@ -22,6 +22,11 @@ def test_shipped_configs_load_and_round_trip():
     assert panda.action_names == [f"right/{c}" for c in ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")]
     gr1 = load_robot_config(ROBOTS / "gr1_humanoid.yaml")
     assert gr1.hand_names == ["left", "right"] and gr1.action_dim == 2 * (6 + 6) and gr1.state_dim == 2 * (7 + 6)
+    assert panda.joints is None
+    assert gr1.joints.dim == 29 and gr1.joints.fps == 20 and gr1.joints.state_topic == "/robot/joint_states"
+    assert [g.name for g in gr1.joints.groups] == ["left_arm", "right_arm", "left_hand", "right_hand", "waist"]
+    assert gr1.joints.joint_names[14:20] == list(gr1.hands[0].fingers.joints)  # the hands' finger joints
+    assert gr1.joints.group_slices()["waist"] == slice(26, 29)
     for name in names:
         cfg = load_robot_config(ROBOTS / f"{name}.yaml")
         assert RobotConfig.from_dict(cfg.to_dict()) == cfg
@@ -53,6 +58,23 @@ def _with(path, value):
     else:
         node[path[-1]] = value
     return data
+
+
+JOINTS = {"groups": [{"name": "arm", "joints": ["j1", "j2"]}, {"name": "hand", "joints": ["f1"]}]}
+
+
+@pytest.mark.parametrize(("joints", "message"), [
+    ({**JOINTS, "groups": [{"name": "arm", "joints": ["j1"]}, {"name": "hand", "joints": ["j1"]}]},
+     "bot.yaml: joints.groups: joint 'j1' is in two groups"),
+    ({**JOINTS, "groups": [{"name": "arm", "joints": []}]}, "bot.yaml: joints.groups.0.joints: expected a non-empty"),
+    ({**JOINTS, "command_topic": "/robot/joint_states"}, "bot.yaml: joints.command_topic: must differ"),
+    ({**JOINTS, "state_topic": "/lda/instruction"}, "bot.yaml: topics: '/lda/instruction' is used for two streams"),
+    ({**JOINTS, "fps": 0}, "bot.yaml: joints.fps: must be > 0"),
+    ({"groups": []}, "bot.yaml: joints.groups: expected a non-empty list"),
+])
+def test_bad_joint_space_names_the_key(joints, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("'", ".")):
+        RobotConfig.from_dict({**GOOD, "joints": joints}, "bot.yaml")
 
 
 @pytest.mark.parametrize(("path", "value", "message"), [
