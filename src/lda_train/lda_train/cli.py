@@ -72,7 +72,10 @@ def train_main(argv: list[str] | None = None) -> int:
     except run_errors as err:
         print(f"lda-train: error: {err}", file=sys.stderr)
         return EXIT_FAILED
-    if result and os.environ.get("RANK", "0") == "0":
+    if result and "per_task" in result:  # an upstream fine-tune: held-out losses per task
+        print(f"[lda-train] done: held-out loss {result['loss']:.4f} {result['per_task']}; the fine-tuned upstream "
+              f"checkpoint is {Path(cfg.output_dir) / 'model'}", flush=True)
+    elif result and os.environ.get("RANK", "0") == "0":
         pol = result.get("policy", {})
         print(f"[lda-train] done: held-out policy action L1 {pol.get('action_l1')} "
               f"(predict-the-mean {pol.get('baseline_mean_action_l1')}); results in {Path(cfg.output_dir) / 'eval'}",
@@ -114,7 +117,11 @@ def build_caches(cfg, verify_only: bool = False, progress: bool | None = None) -
     from .build import TrainError
     from .data import open_sources
     from .latent_cache import cache_spec, ensure_cache, language_encoder
+    from .upstream_trainer import is_upstream_run
 
+    if is_upstream_run(cfg):
+        raise TrainError(f"model.checkpoint {cfg.model.checkpoint} is an imported authors' checkpoint: its model runs "
+                         "DINOv3 on the frames itself and needs no latent cache; run lda-train directly")
     if cfg.encoders.dino_path is None:
         raise TrainError("encoders.dino_path is not set: name the local DINOv3 checkpoint directory")
     if cfg.train.num_threads:

@@ -110,7 +110,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     preset: str | None = "lda-tiny"  # architecture to start from with random weights (see PRESETS)
-    checkpoint: str | None = None  # LDA checkpoint directory to fine-tune (takes precedence over preset)
+    # checkpoint directory to fine-tune (takes precedence over preset): one of ours, or an authors' checkpoint
+    # imported with lda-import-upstream (then the `upstream` section applies)
+    checkpoint: str | None = None
     gradient_checkpointing: bool = False  # recompute MM-DiT activations in backward (lda-1b)
     compile: bool = False  # torch.compile the denoiser (GPU: faster steps after a compile warm-up)
 
@@ -221,6 +223,30 @@ class EvalConfig:
 
 
 @dataclass
+class UpstreamTrainConfig:
+    """Fine-tuning an imported authors' checkpoint (``model.checkpoint`` written by ``lda-import-upstream``).
+
+    Unused for our own checkpoints and presets. See docs/guides/upstream-checkpoints.md, section 7.
+    """
+
+    # directory with the Qwen3-VL processor files (tokenizer, chat template, image processor) of the VLM the
+    # checkpoint embeds (Qwen3-VL-4B-Instruct for the published checkpoints); required
+    processor: str | None = None
+    vlm: Literal["frozen", "finetune"] = "frozen"  # finetune: the VLM trains at optim.vlm_lr_scale x lr
+    # camera frames are padded to a square with the ImageNet-mean colour and resized to this (the authors': 224)
+    image_size: PositiveInt = 224
+    # observation.state -> the model's state tokens: sincos ([sin q, cos q], the authors' convention for joint
+    # angles) or raw (the values as recorded); zero-padded to the checkpoint's state width
+    state: Literal["sincos", "raw"] = "sincos"
+    # embodiment name -> slot of the checkpoint's per-embodiment layers; an embodiment not listed gets the
+    # authors' slot for it (gr1_humanoid: 24) or else the highest slot no other embodiment takes
+    embodiment_slots: dict[str, NonNegativeInt] = field(default_factory=dict)
+    # decode every training frame once at start-up and keep it (uint8, image_size) in memory (fast for
+    # fine-tuning-sized data); false: decode the frames of every batch (DataLoader, data.num_workers)
+    preload_frames: bool = True
+
+
+@dataclass
 class TrainingRunConfig:
     """Everything `lda-train` and `lda-cache-latents` need."""
 
@@ -234,6 +260,7 @@ class TrainingRunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    upstream: UpstreamTrainConfig = field(default_factory=UpstreamTrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return plain(self)

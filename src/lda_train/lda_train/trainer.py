@@ -556,7 +556,12 @@ def expected_sample_shares(cfg: TrainingRunConfig) -> dict[str, Any]:
 
 
 def run_training(cfg: TrainingRunConfig, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
-    """Sets up processes, trains, tears down; the entry point of ``lda-train``."""
+    """Sets up processes, trains, tears down; the entry point of ``lda-train``. An imported authors'
+    checkpoint in ``model.checkpoint`` is fine-tuned by :class:`~.upstream_trainer.UpstreamTrainer`."""
+    from .upstream_trainer import is_upstream_run
+
+    if is_upstream_run(cfg):
+        return _run_upstream(cfg, resume, progress)
     env = setup_distributed(cfg.device)
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
@@ -566,3 +571,14 @@ def run_training(cfg: TrainingRunConfig, resume: bool = False, progress: bool | 
         teardown_distributed()
         torch.set_num_threads(threads)  # in-process callers (tests, notebooks) get their settings back
         torch.use_deterministic_algorithms(deterministic)
+
+
+def _run_upstream(cfg: TrainingRunConfig, resume: bool, progress: bool | None) -> dict[str, Any]:
+    from .upstream_trainer import UpstreamTrainer
+
+    threads = torch.get_num_threads()
+    try:
+        return UpstreamTrainer(cfg, resume=resume, progress=progress).train()
+    finally:
+        teardown_distributed()
+        torch.set_num_threads(threads)

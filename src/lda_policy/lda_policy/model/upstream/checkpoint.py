@@ -129,3 +129,53 @@ def read_normalization(directory: str | Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {directory} is missing {NORMALIZATION_FILE}")
     return json.loads(path.read_text()).get("statistics")
+
+
+def write_normalization(directory: str | Path, statistics: Any, source: str | None = None,
+                        **extra: Any) -> Path:
+    """``normalization.json`` as the importer writes it (``statistics`` in the authors' layout, or None);
+    ``extra`` keys are added to the body (e.g. the statistics of the checkpoint a fine-tune started from)."""
+    body = {"format": "lda-upstream-normalization", "source": source, "statistics": statistics, **extra}
+    path = Path(directory) / NORMALIZATION_FILE
+    path.write_text(json.dumps(body, indent=1) + "\n")
+    return path
+
+
+def save_upstream(directory: str | Path, model: Any, source: dict[str, Any], statistics: Any = None,
+                  vlm_state: Mapping[str, torch.Tensor] | None = None, vlm_file: str | Path | None = None,
+                  normalization_source: str | None = None, **normalization_extra: Any) -> Path:
+    """Writes ``model`` (an :class:`UpstreamLDA`) as an upstream checkpoint that :func:`load_upstream` reads.
+
+    The VLM comes from ``vlm_state`` (a Qwen3-VL state dict; a tied ``lm_head.weight`` is stored once, as
+    the importer does) or ``vlm_file`` (an existing ``vlm.safetensors``, hard-linked when possible, else
+    copied); with neither the checkpoint is head-only. ``source`` is recorded in config.json.
+    """
+    import os
+    import shutil
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    write_safetensors_streaming(directory / WEIGHTS_FILE, [(k, tuple(v.shape), v.dtype) for k, v in state.items()],
+                                lambda k: state[k], {"format": FORMAT})
+    config = model.config
+    target = directory / VLM_FILE
+    if target.exists():
+        target.unlink()
+    if vlm_state is not None:
+        vlm = dict(vlm_state)
+        tied = (config.vlm or {}).get("tie_word_embeddings", True)
+        embed = "model.language_model.embed_tokens.weight"
+        if tied and "lm_head.weight" in vlm and embed in vlm and vlm["lm_head.weight"].data_ptr() == \
+                vlm[embed].data_ptr():
+            del vlm["lm_head.weight"]
+        write_safetensors_streaming(target, [(k, tuple(v.shape), v.dtype) for k, v in vlm.items()],
+                                    lambda k: vlm[k], {"format": "pt"})
+    elif vlm_file is not None:
+        try:
+            os.link(vlm_file, target)
+        except OSError:
+            shutil.copyfile(vlm_file, target)
+    write_config(directory, config, source)
+    write_normalization(directory, statistics, normalization_source, **normalization_extra)
+    return directory
