@@ -394,3 +394,41 @@ def test_a_measured_pose_beyond_the_band_stops():
     assert not gate.latched  # within the band
     gate.on_pose("right", 100.06, [0.5, 0.0, floor - 0.03], DOWN, now=100.06)
     assert gate.latched and "by more than its band" in gate.stop_reason
+
+
+def test_a_clamped_command_makes_the_status_warn():
+    """Item 7: a clamp is not silent: the gate's status is WARN naming it for CLAMP_WARN_S, then OK again."""
+    from lda_policy.deploy.gate import CLAMP_WARN_S
+    from lda_policy.deploy.safety import STATUS_WARN
+
+    gate = panda_gate(workspace_band_m=0.02)
+    clock = SimpleNamespace(t=100.0)
+    gate.wall_clock = lambda: clock.t  # steady time follows the test's clock (no clock-jump STOP)
+    floor = gate.limits.workspace_min[2]
+    feed(gate, 100.05, np.array([0.5, 0.0, floor + 0.02]))
+    assert gate.judge(chunk(gate.robot, moving(gate.robot, dz=0.002), stamp=100.05), 100.06).approved
+    t = 100.06
+    while gate.clamped == 0 and t < 101.7:
+        clock.t = t
+        cmd = gate.tick(t)
+        feed(gate, t + 1e-3, cmd.targets["right"].position)
+        t = round(t + 0.1, 6)
+    assert gate.clamped > 0
+    level, reason = gate.verdict(t)
+    assert level == STATUS_WARN and "commands clamped into the limits" in reason and "right command clamped" in reason
+    later = clock.t = t + CLAMP_WARN_S + 0.1  # no clamp since: the status clears (fresh streams and heartbeats)
+    feed(gate, later, np.array([0.5, 0.0, floor + 0.05]))
+    assert gate.verdict(later) == (STATUS_OK, "ok") and not gate.latched
+
+
+def test_a_measured_finger_state_beyond_its_range_and_band_stops():
+    """Item 1/7: the measured fingers are range-checked like the measured pose (within the band: kept)."""
+    gate = panda_gate(finger_band=0.01)
+    fmin, fmax = gate.limits.finger_range("right")
+    gate.on_fingers("right", 100.05, [fmax + 0.005], now=100.05)
+    assert not gate.latched
+    gate.on_fingers("right", 100.06, [fmax + 0.05], now=100.06)
+    assert gate.latched and "right finger state" in gate.stop_reason and "by more than its band" in gate.stop_reason
+    gate = panda_gate()
+    gate.on_fingers("right", 100.05, [fmin - 0.02], now=100.05)
+    assert gate.latched and "outside [" in gate.stop_reason

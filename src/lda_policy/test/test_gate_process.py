@@ -215,3 +215,47 @@ def test_a_sim_clock_jumping_ahead_latches_stop_naming_the_jump(tmp_path):
             assert stop.reason.startswith("the ROS clock jumped 10.0"), stop.reason
         finally:
             peers.stop()
+
+
+def test_a_chunk_within_the_clamp_band_runs_clamped_with_warn_and_beyond_it_stops(tmp_path):
+    """Item 7 through the process: a chunk whose late rows dip 6 mm under the floor (band 2 cm) is approved
+    and commanded clamped onto the floor, the status saying WARN; one 7 cm under latches STOP."""
+    from lda_policy.deploy.chunks import ProposedChunk
+    from lda_policy.ros_io import chunk_to_msg
+
+    robot = write_robot_config(tmp_path / "robot.yaml")
+    floor = HOME[2] - 0.01
+    params = write_params(tmp_path / "gate.yaml", {
+        "robot_config": str(robot), "host_timeout_s": 0.3, "judge_timeout_s": 0.3, "approval_deadline_s": 1.0,
+        "workspace_min": [-2.0, -2.0, float(floor)], "workspace_max": [2.0, 2.0, 2.0], "workspace_band_m": 0.02,
+        "finger_min": -0.01, "finger_max": 0.1, "max_observation_age_s": 0.5})
+    cmd = [sys.executable, "-m", "lda_policy.safety_gate_node", "--ros-args", "--params-file", str(params)]
+    with NodeProcess(cmd) as proc, ros_node("gate_peers") as node:
+        peers = Peers(node)
+        heights: list[float] = []
+        node.create_subscription(PoseStamped, "/robot/right/eef_target",
+                                 lambda m: heights.append(m.pose.position.z), COMMAND_QOS)
+        try:
+            assert wait_for(lambda: peers.ok_since(0), 60), proc.output[-3000:]
+            names = ["right/dx", "right/dy", "right/dz", "right/drx", "right/dry", "right/drz", "right/gripper"]
+
+            def propose(sequence: int, dz: float) -> None:
+                actions = np.zeros((16, 7))
+                actions[:, 2], actions[:, 6] = dz, 0.04  # the EEF z points down: +dz descends
+                c = ProposedChunk(sequence, peers.clock_ns() / 1e9, 0.1, "test_arm", names, actions, 0.1)
+                c.digest = c.computed_digest()
+                peers.pub_proposed.publish(chunk_to_msg(c))
+
+            t0 = time.monotonic()
+            propose(1, 0.001)  # rows down to HOME z - 16 mm: the floor - 6 mm
+            assert wait_for(lambda: any(s.level == 1 and "commands clamped" in s.reason for s in peers.since(t0)),
+                            5), [s.reason for s in peers.since(t0)][-5:]
+            time.sleep(1.0)
+            assert not any(s.level == 2 for s in peers.since(t0)), proc.output[-3000:]
+            assert heights and min(heights) >= floor - 1e-6 and min(heights) < HOME[2] - 0.005, min(heights)
+            t1 = time.monotonic()
+            propose(2, 0.005)  # rows down to HOME z - 8 cm: 7 cm under the floor
+            stop = peers.first_stop(t1)
+            assert stop is not None and "by more than its band 0.02 m" in stop.reason, proc.output[-3000:]
+        finally:
+            peers.stop()

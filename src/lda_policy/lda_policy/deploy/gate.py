@@ -13,8 +13,8 @@ model host's) and:
 3. :meth:`~SafetyGateCore.tick` - the watchdog and the command: a heartbeat older than its timeout, or a
    hand stream that went quiet, latches STOP; the executor gives the targets, and every command is
    re-checked where it leaves (:func:`~.safety.check_command`: box, speeds, step, fingers; within the
-   clamp bands it is clamped). Any fault ends in a hold with STOP latched, and the hold's target is
-   itself checked (:meth:`~SafetyGateCore.safe_hold`).
+   clamp bands it is clamped, and the status says WARN for ``CLAMP_WARN_S``). Any fault ends in a hold
+   with STOP latched, and the hold's target is itself checked (:meth:`~SafetyGateCore.safe_hold`).
 4. :meth:`~SafetyGateCore.reset` - the only way out of STOP: only while holding, only with a reason.
 
 Two clocks. ``now`` is the ROS clock the header stamps are on (chunk ages, the executor's rows); ``mono``
@@ -41,25 +41,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from lda_common.geometry import HandsState, HandState, blend_states, rotation_angle
+from lda_common.geometry import HandsState
 
 from .chunk_executor import ChunkExecutor, Command, ExecutorConfig
 from .chunks import ProposedChunk
-from .hand_states import HandStateBuffer
+from .command_space import HandSpace
 from .robot import RobotInterface
 from .safety import (
     STATUS_OK,
     STATUS_STOP,
     STATUS_WARN,
     SafetyLimits,
-    check_chunk,
-    check_command,
-    clamp_command,
     find_non_finite,
     outside_limits,
 )
 
 SOURCES = ("model_host", "judge")  # the heartbeats the gate watches (lda_msgs/SafetyStatus.source)
+CLAMP_WARN_S = 1.0  # the status stays WARN this long after a command was clamped into the limits [s]
 
 
 @dataclass(frozen=True)
@@ -115,18 +113,22 @@ def _guarded(fallback):
 class SafetyGateCore:
     """See the module docstring. Inputs may come from several callbacks; everything is locked."""
 
-    def __init__(self, robot: RobotInterface, limits: SafetyLimits, settings: GateSettings | None = None) -> None:
+    def __init__(self, robot: RobotInterface, limits: SafetyLimits, settings: GateSettings | None = None,
+                 space=None) -> None:
         self.robot = robot
         self.limits = limits
         self.settings = settings or GateSettings()
-        self.states = HandStateBuffer(robot.hands, keep_s=max(4.0, 2 * limits.max_chunk_age_s))
-        self.executor = ChunkExecutor(robot.hands, self.settings.executor)
+        # what is commanded (command_space): hands (EEF poses + fingers, the default) or joints (joint_space)
+        self.space = space if space is not None else HandSpace(robot, limits)
+        self.states = self.space.states
+        self.executor = ChunkExecutor(self.space.parts, self.settings.executor, targets=self.space)
         self.executor.hold_filter = self.safe_hold
         self.sources: dict[str, SourceStatus] = {}
         self._fault_baseline: dict[str, int] = {}  # faults a source had when first heard (not ours to latch)
         self._last_seen: dict[str, float] = {}  # hand stream -> newest stamp
         self._arrived: dict[str, float] = {}  # hand stream -> arrival (mono) of its newest sample
-        self._finger_dims = {h.name: h.fingers.dim for h in robot.config.hands}
+        # the hand streams, when hands are commanded (in joint space a pose or finger sample is an unknown hand)
+        self._finger_dims = {h.name: h.fingers.dim for h in robot.config.hands} if self.space.name == "hands" else {}
         self._lock = threading.RLock()
         self.stop_reason = ""  # non-empty: STOP latched
         self.stops = 0
@@ -136,6 +138,7 @@ class SafetyGateCore:
         self.bad_inputs: Counter = Counter()  # (topic, cause) -> messages that could not be used
         self.clamped = 0  # commands clamped into the limits (within the bands): WARN
         self.last_clamp = ""
+        self._last_clamp_mono: float | None = None  # arrival clock of the newest clamp (WARN for CLAMP_WARN_S)
         self._last_sent: HandsState | None = None
         self._last_sent_time: float | None = None  # mono
         self._last_tick: float | None = None  # mono of the previous tick
@@ -248,6 +251,8 @@ class SafetyGateCore:
             problem = f"the {hand} finger state has {v.size} values, the robot config {self._finger_dims[hand]}"
         elif not np.isfinite(v).all():
             problem = f"NaN/inf in the {hand} finger state"
+        else:  # a measured finger state beyond its range and band is a glitch or a broken hand: STOP
+            problem = "; ".join(outside_limits(hand, np.zeros((0, 3)), v, self.limits, "measured pose"))
         if self._stream(f"{hand}/fingers", float(stamp), problem, now, mono):
             self.states.add_fingers(hand, float(stamp), v)
 
@@ -285,7 +290,7 @@ class SafetyGateCore:
 
     def _shape_problem(self, chunk: ProposedChunk) -> str:
         """Why a chunk's identity or layout is not this robot's ('' when it is)."""
-        seq, robot = chunk.sequence, self.robot
+        seq, robot = chunk.sequence, self.space
         if chunk.embodiment != robot.embodiment:
             return f"chunk {seq} is for embodiment '{str(chunk.embodiment)[:60]}', the robot is '{robot.embodiment}'"
         a = np.asarray(chunk.actions, dtype=np.float64)
@@ -320,14 +325,14 @@ class SafetyGateCore:
         waiting, stale = self._stream_problem(mono)
         if stale or waiting:
             return self._refuse(f"chunk {seq}: {stale or waiting}", bool(stale))
-        anchor = self.states.at(chunk.stamp, self.settings.state_tolerance_s)
+        anchor = self.space.anchor(chunk.stamp, self.settings.state_tolerance_s)
         if anchor is None:
-            return self._refuse(f"no EEF pose / finger state within {self.settings.state_tolerance_s} s of chunk "
+            return self._refuse(f"{self.space.missing_anchor} within {self.settings.state_tolerance_s} s of chunk "
                                 f"{seq}'s observation", False)
         a = np.asarray(chunk.actions, dtype=np.float64)
         with np.errstate(all="ignore"):  # huge actions give inf targets, which check_chunk names
-            plan = self.robot.plan(a, anchor, seq, chunk.stamp, chunk.dt)
-        violations = check_chunk(a, self.robot.dimension_names, chunk.dt, plan.hands, anchor, self.limits)
+            plan = self.space.plan(a, anchor, seq, chunk.stamp, chunk.dt)
+        violations = self.space.check_chunk(a, chunk.dt, plan, anchor, self._last_sent)
         if violations:
             return self._refuse(f"chunk {seq}: " + "; ".join(violations), True)
         with self._lock:
@@ -346,9 +351,9 @@ class SafetyGateCore:
 
     # -- watchdog and commands -----------------------------------------------------------------------
     def _stream_problem(self, mono: float) -> tuple[str, str]:
-        """(waiting, stale): a hand stream not received yet, or one that went quiet ('' when fine)."""
+        """(waiting, stale): a measured stream not received yet, or one that went quiet ('' when fine)."""
         with self._lock:
-            for name in [f"{h}/{k}" for h in self.robot.hands for k in ("pose", "fingers")]:
+            for name in self.space.streams:
                 arrived = self._arrived.get(name)
                 if arrived is None:
                     return f"{name} never received", ""
@@ -380,6 +385,8 @@ class SafetyGateCore:
                 return STATUS_STOP, self.stop_reason
             if waiting or wait_streams:
                 return STATUS_WARN, waiting or f"waiting: {wait_streams}"
+            if self._last_clamp_mono is not None and mono - self._last_clamp_mono <= CLAMP_WARN_S:
+                return STATUS_WARN, f"commands clamped into the limits ({self.clamped} so far): {self.last_clamp}"
             judge = self.sources["judge"]
             if judge.level == STATUS_WARN:
                 return STATUS_WARN, f"judge: {judge.reason}"
@@ -420,46 +427,28 @@ class SafetyGateCore:
         self._last_tick = mono if self._last_tick is None else max(mono, self._last_tick)
 
     def safe_hold(self, hold: HandsState) -> HandsState | None:
-        """The executor's hold target made safe: clipped into each hand's box and finger range and moved at
-        most one step (``max_step_translation_m`` / ``max_step_rotation_rad``) from the last command sent.
-        A hand without a usable target keeps the last command sent, and STOP latches naming it."""
-        lim, prev, out, problems = self.limits, self._last_sent or {}, {}, []
-        for h in self.robot.hands:
-            t, p = hold.get(h), prev.get(h)
-            if t is None or not t.is_finite() or t.fingers.size != self._finger_dims[h]:
-                problems.append(f"no usable hold target for {h}")
-                if p is None:
-                    self.stop(f"hold: no usable hold target for {h} and no command sent yet")
-                    return None
-                out[h] = p
-                continue
-            lo, hi = lim.box(h)
-            position, quaternion = np.clip(t.position, lo, hi), t.quaternion
-            if p is not None:
-                d = float(np.linalg.norm(position - p.position))
-                if d > lim.max_step_translation_m:
-                    position = p.position + (position - p.position) * (lim.max_step_translation_m / d)
-                angle = rotation_angle(p.quaternion, quaternion)
-                if angle > lim.max_step_rotation_rad:
-                    quaternion = blend_states(p, HandState(p.position, quaternion, p.fingers),
-                                              lim.max_step_rotation_rad / angle).quaternion
-            out[h] = HandState(position, quaternion, np.clip(t.fingers, *lim.finger_range(h)))
-        if problems:
-            self.stop("hold: " + "; ".join(problems) + " (holding the last command sent)")
+        """The executor's hold target made safe by the command space (hands: clipped into each hand's box and
+        finger range, at most one step from the last command sent; joints: the last command sent, or the
+        measured positions clipped into range). A part without a usable target keeps the last command sent,
+        and STOP latches naming it; None (with STOP) when there is nothing safe to hold."""
+        out, reason = self.space.safe_hold(hold, self._last_sent)
+        if reason:
+            self.stop(reason)
         return out
 
     def _checked(self, cmd: Command, now: float, mono: float, measured) -> Command:
         """``cmd`` if it passes check_command (clamped within the bands), else a hold with STOP latched."""
         elapsed = mono - self._last_sent_time if self._last_sent_time is not None else 0.0
-        violations = check_command(cmd.targets, self._last_sent, elapsed, self.limits)
+        violations = self.space.check_command(cmd.targets, self._last_sent, elapsed)
         if violations:
             self.stop("command check: " + "; ".join(violations))
             self.executor.on_status(STATUS_STOP, self.stop_reason, now)
             return self.executor.step(now, measured)
-        targets, notes = clamp_command(cmd.targets, self.limits)
+        targets, notes = self.space.clamp(cmd.targets)
         if notes:
             self.clamped += 1
             self.last_clamp = "; ".join(notes)
+            self._last_clamp_mono = mono
         return Command(cmd.mode, targets, cmd.reason, cmd.chunk_sequence)
 
     @_guarded(lambda self: Command("hold", dict(self._last_sent) if self._last_sent else None,
@@ -471,7 +460,7 @@ class SafetyGateCore:
             self._watch_tick(mono)
             level, reason = self.verdict(now, mono)
             self.executor.on_status(level, reason, now)
-            measured = self.states.latest()
+            measured = self.space.latest()
             cmd = self.executor.step(now, measured)
             if cmd.mode == "execute":
                 cmd = self._checked(cmd, now, mono, measured)
