@@ -23,17 +23,21 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from lda_common.messages import Topics
 from lda_common.process_exit import join_threads
+from lda_common.robot_config import ConfigError
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
 from lda_msgs.msg import ActionChunk, SafetyStatus
-from lda_policy.deploy.host import HostSettings, ModelHost, Status
+from lda_policy.deploy.host import HostSettings, ModelHost, PolicyHost, Status
+from lda_policy.deploy.joint_policy import NO_JUDGE_REASON, JointPolicyCore, JointPolicySettings, NoJudge
 from lda_policy.deploy.judge import JudgeSettings
 from lda_policy.deploy.policy import PolicySettings
+from lda_policy.deploy.robot import RobotInterface
+from lda_policy.deploy.runtime import set_torch_threads
 from lda_policy.deploy.safety import CALIBRATION_FILE, LEVEL_NAMES, STATUS_STOP, CalibrationError, SafetyCalibration
 from lda_policy.deploy.selection import SCORES, SelectionSettings
-from lda_policy.model_node import MODEL_STARTUP_ERRORS, ModelNode
+from lda_policy.model_node import MODEL_STARTUP_ERRORS, ModelNode, is_upstream, load_upstream_policy
 from lda_policy.ros_io import (
     COMMAND_QOS,
     LATCHED_QOS,
@@ -54,6 +58,20 @@ class ModelHostNode(ModelNode, Node):
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
         self.p = {
             **self.model_parameters(),
+            "action_space": d("action_space", "hands", "what the checkpoint commands: hands (our checkpoints: EEF pose "
+                              "deltas + fingers) or joints (an imported upstream checkpoint: absolute joint positions "
+                              "of the robot config's joints: section)", choices=["hands", "joints"]),
+            # imported upstream checkpoints (action_space joints)
+            "vlm_processor": d("vlm_processor", "", "Qwen3-VL processor directory of an upstream checkpoint "
+                               "(tokenizer, chat template, image processor; '' = the checkpoint directory)"),
+            "embodiment_id": d("embodiment_id", -1, "the upstream model's embodiment slot (-1 = the authors' slot "
+                               "of the robot: gr1_humanoid 24)", low=-1, high=1023),
+            "statistics_key": d("statistics_key", "", "dataset of normalization.json whose action statistics "
+                                "un-normalise an upstream checkpoint's output ('' = its only one)"),
+            "dtype": d("dtype", "auto", "upstream checkpoint dtype (auto = bfloat16 on CUDA, float32 on CPU)",
+                       choices=["auto", "float32", "bfloat16", "float16"]),
+            "frame_history_s": d("frame_history_s", 0.5, "upstream checkpoint: the earlier of its two frames is this "
+                                 "much older than the newest [s]", low=0.0, high=5.0),
             # policy
             "seed": d("seed", -1, "policy flow-sampling seed (-1 = a fresh sample each call)", low=-1),
             "noise_scale": d("noise_scale", 1.0, "scale of the policy flow's starting noise: 1 samples the learnt "
@@ -110,6 +128,47 @@ class ModelHostNode(ModelNode, Node):
 
     def start(self) -> None:
         p = self.p
+        upstream = is_upstream(p["checkpoint"])
+        joints = p["action_space"] == "joints"
+        if upstream and not joints:
+            raise ConfigError(f"checkpoint '{p['checkpoint']}' is an imported upstream checkpoint "
+                              "(lda-upstream-checkpoint), which commands joint positions: start the host with "
+                              "action_space:=joints and a robot config with a joints: section")
+        if joints and not upstream:
+            raise ConfigError(f"action_space is 'joints' but checkpoint '{p['checkpoint']}' is not an imported "
+                              "upstream checkpoint (config.json format lda-upstream-checkpoint); our own checkpoints "
+                              "command hands (action_space:=hands)")
+        cal = self._start_joints(p) if joints else self._start_hands(p)
+        if p["instruction"]:
+            self.host.policy.set_instruction(p["instruction"])
+        cam = self.robot.camera
+        sub, g = self.create_subscription, self._guard
+        sub(CompressedImage if cam.type == "compressed" else Image, cam.topic, g(cam.topic, self._on_image),
+            SENSOR_QOS)
+        sub(String, self.robot.config.instruction_topic, g(self.robot.config.instruction_topic,
+                                                           self._on_instruction), LATCHED_QOS)
+        sub(ActionChunk, Topics.ACTION_CHUNK, g(Topics.ACTION_CHUNK, self._on_approved), COMMAND_QOS)
+        sub(SafetyStatus, Topics.SAFETY_STATUS, g(Topics.SAFETY_STATUS, self._on_gate_status), COMMAND_QOS)
+        if joints:
+            topic = self.robot.config.joints.state_topic
+            sub(JointState, topic, g(topic, self._on_joint_state), SENSOR_QOS)
+        else:
+            for hand in self.robot.config.hands:
+                self._subscribe_hand(hand)
+        self.pub_proposed = self.create_publisher(ActionChunk, Topics.PROPOSED_CHUNK, COMMAND_QOS)
+        self.pub_status = {"model_host": self.create_publisher(SafetyStatus, Topics.HOST_STATUS, COMMAND_QOS),
+                           "judge": self.create_publisher(SafetyStatus, Topics.JUDGE_STATUS, COMMAND_QOS)}
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
+        self.create_timer(1.0 / p["heartbeat_rate_hz"], g("the heartbeat", self._heartbeat))
+        self.create_timer(p["diagnostics_period_s"], g("diagnostics", self._diagnostics))
+        for name, target in (("lda-policy", self._inference_loop), ("lda-judge", self._judge_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self.get_logger().info(f"{cal}; camera {cam.topic}; proposing on {Topics.PROPOSED_CHUNK}")
+
+    def _start_hands(self, p) -> str:
+        """Our checkpoint: the policy core and the calibrated judge on one runtime. Returns what to log."""
         robot, runtime = self.load_model(p)
         cal_path = Path(p["calibration_path"] or Path(p["checkpoint"]) / CALIBRATION_FILE)
         calibration = None
@@ -127,36 +186,41 @@ class ModelHostNode(ModelNode, Node):
             JudgeSettings(warn_surprise=p["warn_surprise"], stop_surprise=p["stop_surprise"],
                           score_horizon_s=p["score_horizon_s"], num_steps=p["judge_num_steps"],
                           num_samples=p["judge_num_samples"], seed=p["judge_seed"]),
-            HostSettings(max_inference_time_s=p["max_inference_time_s"], max_judge_time_s=p["max_judge_time_s"],
-                         camera_timeout_s=p["camera_timeout_s"]),
-            SelectionSettings(k=p["selection.k"], score=p["selection.score"]))
-        if p["instruction"]:
-            self.host.policy.set_instruction(p["instruction"])
-        cam = robot.camera
-        sub, g = self.create_subscription, self._guard
-        sub(CompressedImage if cam.type == "compressed" else Image, cam.topic, g(cam.topic, self._on_image),
-            SENSOR_QOS)
-        sub(String, robot.config.instruction_topic, g(robot.config.instruction_topic, self._on_instruction),
-            LATCHED_QOS)
-        sub(ActionChunk, Topics.ACTION_CHUNK, g(Topics.ACTION_CHUNK, self._on_approved), COMMAND_QOS)
-        sub(SafetyStatus, Topics.SAFETY_STATUS, g(Topics.SAFETY_STATUS, self._on_gate_status), COMMAND_QOS)
-        for hand in robot.config.hands:
-            self._subscribe_hand(hand)
-        self.pub_proposed = self.create_publisher(ActionChunk, Topics.PROPOSED_CHUNK, COMMAND_QOS)
-        self.pub_status = {"model_host": self.create_publisher(SafetyStatus, Topics.HOST_STATUS, COMMAND_QOS),
-                           "judge": self.create_publisher(SafetyStatus, Topics.JUDGE_STATUS, COMMAND_QOS)}
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
-        self.create_timer(1.0 / p["heartbeat_rate_hz"], g("the heartbeat", self._heartbeat))
-        self.create_timer(p["diagnostics_period_s"], g("diagnostics", self._diagnostics))
-        for name, target in (("lda-policy", self._inference_loop), ("lda-judge", self._judge_loop)):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._host_settings(p), SelectionSettings(k=p["selection.k"], score=p["selection.score"]))
         cal = f"calibration {cal_path} ({calibration.num_windows} windows)" if calibration else "NO calibration"
-        self.get_logger().info(
-            f"model host for '{robot.embodiment}' ({robot.action_dim}-d actions, hands {robot.hands}): checkpoint "
-            f"'{p['checkpoint']}' ({runtime.config.name}) on {runtime.device}; camera {cam.topic}; judge {cal}, "
-            f"stop_surprise {p['stop_surprise']}; selection k={p['selection.k']}; proposing on {Topics.PROPOSED_CHUNK}")
+        return (f"model host for '{robot.embodiment}' ({robot.action_dim}-d actions, hands {robot.hands}): checkpoint "
+                f"'{p['checkpoint']}' ({runtime.config.name}) on {runtime.device}; judge {cal}, stop_surprise "
+                f"{p['stop_surprise']}; selection k={p['selection.k']}")
+
+    def _start_joints(self, p) -> str:
+        """An imported upstream checkpoint on the robot config's joint space; no judge. Returns what to log."""
+        robot = RobotInterface(p["robot_config"], p["camera"])
+        joints = robot.config.joints
+        if joints is None:
+            raise ConfigError(f"robot config '{p['robot_config']}' has no joints: section (state_topic, "
+                              "command_topic, fps, groups), which action_space 'joints' needs")
+        if p["selection.k"] != 1:
+            raise ConfigError("selection.k > 1 needs a forward-dynamics judge, which upstream checkpoints lack; "
+                              "set selection.k to 1")
+        set_torch_threads(p["torch_threads"])
+        policy = load_upstream_policy(p["checkpoint"], p["vlm_processor"], p["device"], p["dtype"],
+                                      p["statistics_key"])
+        core = JointPolicyCore(policy, joints, robot.embodiment, JointPolicySettings(
+            max_image_age_s=p["max_image_age_s"], state_tolerance_s=p["state_tolerance_s"],
+            frame_history_s=p["frame_history_s"], seed=p["seed"], noise_scale=p["noise_scale"],
+            embodiment_id=p["embodiment_id"], num_inference_steps=p["num_inference_steps"]),
+            source=f"checkpoint '{p['checkpoint']}'")
+        self.robot = robot
+        self.host = PolicyHost(core, NoJudge(), robot.camera.topic, self._host_settings(p))
+        self.get_logger().warning(f"judge: {NO_JUDGE_REASON} (its heartbeat says WARN)")
+        return (f"model host for '{robot.embodiment}' in joint space ({joints.dim} joints at {joints.fps} Hz, "
+                f"embodiment slot {core.slot}): upstream checkpoint '{p['checkpoint']}' on {policy.device} "
+                f"({policy.dtype}); joint states {joints.state_topic}")
+
+    @staticmethod
+    def _host_settings(p) -> HostSettings:
+        return HostSettings(max_inference_time_s=p["max_inference_time_s"], max_judge_time_s=p["max_judge_time_s"],
+                            camera_timeout_s=p["camera_timeout_s"])
 
     def _subscribe_hand(self, hand) -> None:
         sub, g, states, name = self.create_subscription, self._guard, self.host.policy.states, hand.name
@@ -203,6 +267,9 @@ class ModelHostNode(ModelNode, Node):
         sample = self.finger_sample(hand, msg)
         if sample is not None:
             add(hand, *sample)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        self.host.policy.on_joint_state(stamp_to_sec(msg.header.stamp), msg.name, msg.position)
 
     def _on_instruction(self, msg: String) -> None:
         self.host.policy.start_task(msg.data)

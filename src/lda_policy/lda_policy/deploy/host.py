@@ -1,7 +1,10 @@
 """The model host, ROS-free: one runtime for the policy and the forward-dynamics judge of a robot.
 
-:class:`ModelHost` is what ``model_host_node`` wraps. One :class:`~.runtime.ModelRuntime` (one copy of the
-weights), one :class:`~.observations.FrameLatents` (each camera frame DINO-encoded once), and:
+:class:`ModelHost` (our checkpoints) and :class:`PolicyHost` around a :class:`~.joint_policy.JointPolicyCore`
+(an imported upstream checkpoint, no judge: :class:`~.joint_policy.NoJudge`) are what ``model_host_node``
+wraps; the heartbeat and fault logic below is :class:`PolicyHost`'s, shared by both. A :class:`ModelHost`
+has one :class:`~.runtime.ModelRuntime` (one copy of the weights) and one
+:class:`~.observations.FrameLatents` (each camera frame DINO-encoded once). Both have:
 
 - :meth:`ModelHost.propose` (the inference thread): the policy's chunk from the newest frame (with
   ``selection.k`` > 1, the best of k candidates by the model's own dynamics: :mod:`.selection`). NaN/inf
@@ -20,8 +23,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-
-from lda_policy.model import Observation
 
 from .chunks import ProposedChunk
 from .judge import ForwardDynamicsJudge, JudgeSettings
@@ -61,27 +62,23 @@ class _Busy:
         return 0.0 if since is None else time.monotonic() - since
 
 
-class ModelHost:
-    """See the module docstring."""
+class PolicyHost:
+    """The heartbeat and fault logic around any policy core and judge (see the module docstring).
 
-    def __init__(self, runtime: ModelRuntime, robot: RobotInterface, calibration: SafetyCalibration | None,
-                 policy: PolicySettings | None = None, judge: JudgeSettings | None = None,
-                 settings: HostSettings | None = None, selection: SelectionSettings | None = None) -> None:
-        self.runtime = runtime
-        self.robot = robot
+    ``policy``: :class:`~.policy.PolicyCore` or :class:`~.joint_policy.JointPolicyCore` (``propose``,
+    ``not_ready``, ``frames.newest_stamp``); ``judge``: :class:`~.judge.ForwardDynamicsJudge` or
+    :class:`~.joint_policy.NoJudge`; ``camera_topic`` names the camera in a stale-camera fault."""
+
+    def __init__(self, policy, judge, camera_topic: str, settings: HostSettings | None = None) -> None:
         self.settings = settings or HostSettings()
-        policy, judge = policy or PolicySettings(), judge or JudgeSettings()
-        selection = selection or SelectionSettings()
-        selection.require_stochastic(policy.noise_scale)  # at start-up, not at the first replan
-        self.policy = PolicyCore(runtime, robot, policy, ChunkSelector(runtime, selection, calibration, judge))
-        keep = max(self.policy.frames.keep_s, max(runtime.config.time.future_offsets_s) + 2.0)
-        self.policy.frames.keep_s = keep  # the judge scores frames up to the last future offset
-        self.judge = ForwardDynamicsJudge(runtime, self.policy.frames, calibration, judge)
+        self.policy = policy
+        self.judge = judge
+        self.camera_topic = camera_topic
         self.faults = 0
         self.last_fault = ""
         self.inference = _Busy()
         self.judging = _Busy()
-        self._newest: tuple[ProposedChunk, Observation] | None = None  # waiting for the judge
+        self._newest: tuple[ProposedChunk, object] | None = None  # waiting for the judge
         self._lock = threading.Lock()
         self._judge_wake = threading.Event()
         self._camera_flowing = False
@@ -146,7 +143,7 @@ class ModelHost:
             return ""
         if not self._camera_flowing:
             return ""
-        reason = (f"camera {self.robot.camera.topic} stale: newest frame is {age:.2f} s old "
+        reason = (f"camera {self.camera_topic} stale: newest frame is {age:.2f} s old "
                   f"(> camera_timeout_s {self.settings.camera_timeout_s})")
         if not self._camera_fault:
             self._camera_fault = True
@@ -185,7 +182,8 @@ class ModelHost:
         within the judge's stop_surprise (diagnostics)."""
         last = self.policy.last_selection
         if last is None:
-            return {"selection_k": self.policy.selector.settings.k}
+            selector = self.policy.selector
+            return {"selection_k": selector.settings.k if selector is not None else 1}
         return {"selection_k": last.k, "selection_score": last.score, "selection_score_spread": last.spread,
                 "selection_within_limit": int(last.within_limit.sum())}
 
@@ -196,4 +194,23 @@ class ModelHost:
                 "fd_time_mean_s": float(np.mean(fd)) if fd else float("nan")}
 
 
-__all__ = ["HostSettings", "ModelHost", "Status", "STATUS_OK", "STATUS_STOP"]
+class ModelHost(PolicyHost):
+    """The host of one of our checkpoints: one runtime for the policy (:class:`~.policy.PolicyCore`) and the
+    forward-dynamics judge."""
+
+    def __init__(self, runtime: ModelRuntime, robot: RobotInterface, calibration: SafetyCalibration | None,
+                 policy: PolicySettings | None = None, judge: JudgeSettings | None = None,
+                 settings: HostSettings | None = None, selection: SelectionSettings | None = None) -> None:
+        self.runtime = runtime
+        self.robot = robot
+        policy, judge = policy or PolicySettings(), judge or JudgeSettings()
+        selection = selection or SelectionSettings()
+        selection.require_stochastic(policy.noise_scale)  # at start-up, not at the first replan
+        core = PolicyCore(runtime, robot, policy, ChunkSelector(runtime, selection, calibration, judge))
+        keep = max(core.frames.keep_s, max(runtime.config.time.future_offsets_s) + 2.0)
+        core.frames.keep_s = keep  # the judge scores frames up to the last future offset
+        super().__init__(core, ForwardDynamicsJudge(runtime, core.frames, calibration, judge), robot.camera.topic,
+                         settings)
+
+
+__all__ = ["HostSettings", "ModelHost", "PolicyHost", "Status", "STATUS_OK", "STATUS_STOP"]
