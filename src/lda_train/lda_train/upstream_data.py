@@ -35,7 +35,7 @@ from .data import BatchPlan, DataError, SourceDataset
 UPSTREAM_TASK = {Task.POLICY: "policy", Task.FORWARD_DYNAMICS: "forward_dynamics",
                  Task.INVERSE_DYNAMICS: "inverse_dynamics", Task.FORECAST: "video_gen"}
 #: embodiment slots the published checkpoints use (docs/guides/upstream-checkpoints.md, section 5)
-AUTHORS_SLOTS = {"gr1_humanoid": 24}
+AUTHORS_SLOTS = {"gr1_humanoid": 24, "gr1": 24}
 IMAGENET_MEAN_RGB = (124, 116, 104)  # round(255 x (0.485, 0.456, 0.406)): the authors' square padding colour
 FUTURE_OFFSET_S = 0.5  # future_observation_indices = [5] at 10 Hz
 CONTROL_HZ = 10.0
