@@ -33,6 +33,10 @@ Timing (all times in seconds on one clock, the node's ROS clock):
 - **Grasps are kept**: the finger values last commanded survive a new task (:meth:`new_task`) and every
   hold; only :meth:`release_fingers` (the operator's reset) or a chunk that commands other fingers
   changes them. ``hold_filter`` (set by the gate) checks every held target before it is used.
+
+What a target is belongs to the command space (``targets``): :class:`HandTargets` (the default: per-hand
+EEF poses + fingers, orientations slerped) or the joint space's (:mod:`.joint_space`: one vector of absolute
+joint positions, interpolated linearly; its hold is the last command, so a grasp is kept by construction).
 """
 
 from __future__ import annotations
@@ -67,6 +71,37 @@ class ExecutorConfig:
             raise ValueError("blend_time_s and command_lead_s must be finite and >= 0")
 
 
+class HandTargets:
+    """The executor's view of per-hand targets (``HandsState``): how two are blended, what makes a plan
+    unusable, what a hold starts from and what it keeps. Other command spaces give their own."""
+
+    def __init__(self, parts: list[str]) -> None:
+        self.parts = list(parts)
+
+    def blend(self, a, b, alpha: float):
+        return blend_states(a, b, alpha)
+
+    def plan_problem(self, plan) -> str:
+        """Why an approved plan cannot be executed ('' when it can)."""
+        if set(plan.hands) != set(self.parts):
+            return f"wrong hands: chunk has {sorted(plan.hands)}, robot has {sorted(self.parts)}"
+        if not all(t.is_finite() for t in plan.hands.values()):
+            return "non-finite: chunk targets contain NaN/inf"
+        return ""
+
+    def hold_from(self, measured, last_output, kept: dict):
+        """The target a hold begins with: the measured pose with the fingers as last commanded (``kept``), or
+        the last output when nothing usable was measured (None: nothing to hold)."""
+        if measured is not None and all(h in measured and measured[h].is_finite() for h in self.parts):
+            return {h: HandState(measured[h].position.copy(), measured[h].quaternion.copy(),
+                                 (kept[h] if h in kept else measured[h].fingers).copy()) for h in self.parts}
+        return dict(last_output) if last_output is not None else None
+
+    def kept(self, targets) -> dict:
+        """What a hold keeps of the targets last output (the commanded fingers)."""
+        return {h: t.fingers.copy() for h, t in targets.items()}
+
+
 @dataclass
 class _Layer:
     plan: ChunkPlan | None  # None: the held state
@@ -94,11 +129,12 @@ class ExecutorStats:
 class ChunkExecutor:
     """Turns approved chunk plans + safety statuses into targets; see the module docstring."""
 
-    def __init__(self, hands: list[str], config: ExecutorConfig | None = None) -> None:
+    def __init__(self, hands: list[str], config: ExecutorConfig | None = None, targets=None) -> None:
         if not hands:
             raise ValueError("the executor needs at least one hand")
         self.hands = list(hands)
         self.config = config or ExecutorConfig()
+        self.targets = targets if targets is not None else HandTargets(self.hands)
         self.stats = ExecutorStats()
         self._layers: list[_Layer] = []
         self._hold: HandsState | None = None
@@ -162,10 +198,9 @@ class ChunkExecutor:
         return True, ""
 
     def _reject_reason(self, plan: ChunkPlan, now: float) -> str:
-        if set(plan.hands) != set(self.hands):
-            return f"wrong hands: chunk has {sorted(plan.hands)}, robot has {sorted(self.hands)}"
-        if not all(t.is_finite() for t in plan.hands.values()):
-            return "non-finite: chunk targets contain NaN/inf"
+        problem = self.targets.plan_problem(plan)
+        if problem:
+            return problem
         if plan.dt <= 0:
             return f"bad dt: {plan.dt}"
         if plan.sequence <= self._last_sequence:
@@ -225,7 +260,7 @@ class ChunkExecutor:
                                                                      0.0), 1.0)
             if alpha >= 1.0:
                 keep_from = i
-            out = {h: blend_states(out[h], sample[h], alpha) for h in self.hands}
+            out = {h: self.targets.blend(out[h], sample[h], alpha) for h in self.hands}
         if keep_from:
             del self._layers[:keep_from]
         if out is None:  # no layer could be sampled (nothing measured to start from): hold what we have
@@ -271,16 +306,11 @@ class ChunkExecutor:
             self._layers = []
         if self._hold is not None:
             return
-        if measured is not None and all(h in measured and measured[h].is_finite() for h in self.hands):
-            fingers = self._fingers  # keep the fingers where they were last commanded
-            self._hold = {h: HandState(measured[h].position.copy(), measured[h].quaternion.copy(),
-                                       (fingers[h] if h in fingers else measured[h].fingers).copy())
-                          for h in self.hands}
-        elif self._last_output is not None:
-            self._hold = dict(self._last_output)  # no usable measurement: hold the last commanded targets
+        # the measured state, fingers where they were last commanded; no usable measurement: the last output
+        self._hold = self.targets.hold_from(measured, self._last_output, self._fingers)
         if self._hold is not None and self.hold_filter is not None:
             self._hold = self.hold_filter(self._hold)
 
     def _output(self, targets: HandsState) -> None:
         self._last_output = targets
-        self._fingers = {h: t.fingers.copy() for h, t in targets.items()}
+        self._fingers = self.targets.kept(targets)

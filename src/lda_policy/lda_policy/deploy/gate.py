@@ -145,6 +145,16 @@ class SafetyGateCore:
         self._last_now: tuple[float, float] | None = None  # (newest ROS time read, steady time then)
         self.wall_clock = time.monotonic  # steady time for the clock-jump check (tests set their own)
 
+    @property
+    def limits(self) -> SafetyLimits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, value: SafetyLimits) -> None:  # the command space checks against the same limits
+        self._limits = value
+        if getattr(self, "space", None) is not None:
+            self.space.limits = value
+
     # -- the latch -----------------------------------------------------------------------------------
     @property
     def latched(self) -> bool:
@@ -255,6 +265,21 @@ class SafetyGateCore:
             problem = "; ".join(outside_limits(hand, np.zeros((0, 3)), v, self.limits, "measured pose"))
         if self._stream(f"{hand}/fingers", float(stamp), problem, now, mono):
             self.states.add_fingers(hand, float(stamp), v)
+
+    @_guarded(lambda self: None)
+    def on_joints(self, stamp: float, names, positions, now: float | None = None, mono: float | None = None) -> None:
+        """A measured JointState (joint space): the commanded joints are looked up by name. One without a
+        commanded joint, with names and positions of different lengths, or NaN is a bad input that latches
+        STOP; positions beyond range + band latch STOP; stamps are checked as for the hand streams."""
+        if self.space.name != "joints":
+            self.bad_input("joint_states", "a joint state while the gate commands hands")
+            return
+        values, problem = self.space.decode(names, positions)
+        if values is None:
+            self.bad_input(self.space.state_topic, problem, stop=True)
+            return
+        if self._stream("joints", float(stamp), problem, now, mono):
+            self.space.states.add(float(stamp), values)
 
     @_guarded(lambda self: None)
     def on_instruction(self) -> None:
