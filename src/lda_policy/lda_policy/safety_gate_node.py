@@ -14,6 +14,13 @@ pose, fingers as last commanded) and latches STOP with a reason naming the cause
 ``/lda/safety_status``. ``/lda/safety_reset`` (lda_msgs/srv/SafetyReset) clears it, only while holding,
 only with a reason, and is logged. The logic lives in :mod:`lda_policy.deploy.gate`.
 
+``action_space:=joints`` (a checkpoint that commands joints, e.g. the authors' LDA-1B on the GR-1) gates the
+robot config's ``joints`` instead: it reads the measured positions from ``joints.state_topic``
+(sensor_msgs/JointState, looked up by name) and sends ``joints.command_topic`` (JointState, ``name`` = the
+joints in the config's group order, ``position`` = absolute targets) at ``joints.fps``, checked against the
+``joint_*`` limits of the limits file (:mod:`lda_policy.deploy.joint_space`); the EEF and finger topics are
+then neither read nor written. ``hands`` (the default) is the gate as before.
+
 No message can end this process: a message that cannot be decoded is counted and logged once per cause
 with its topic (a proposal that cannot be decoded latches STOP), and an exception escaping any callback
 latches STOP naming it and holds. ``/lda/safety_status`` is published from the control tick itself at
@@ -42,7 +49,9 @@ from std_msgs.msg import String
 from lda_msgs.msg import ActionChunk, SafetyStatus
 from lda_msgs.srv import SafetyReset
 from lda_policy.deploy.chunk_executor import ExecutorConfig
+from lda_policy.deploy.command_space import ACTION_SPACES, make_space
 from lda_policy.deploy.gate import GateSettings, SafetyGateCore
+from lda_policy.deploy.joint_space import GROUP_KEYS, JOINT_DEFAULTS, PART, JointLimits
 from lda_policy.deploy.robot import RobotInterface
 from lda_policy.deploy.safety import LEVEL_NAMES, STATUS_STOP, SafetyLimits
 from lda_policy.ros_io import (
@@ -71,6 +80,9 @@ class SafetyGateNode(RobotNode, Node):
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
         self.p = {
             "robot_config": d("robot_config", "", "robot description YAML (config/robots/<robot>.yaml)", required=True),
+            "action_space": d("action_space", "hands", "what the gate commands: hands (EEF targets + fingers) or "
+                              "joints (the robot config's joints: absolute positions on its command_topic)",
+                              choices=list(ACTION_SPACES)),
             "host_timeout_s": d("host_timeout_s", 0.15, "STOP when the model host's heartbeat is older [s]",
                                 low=0.01, high=10.0),
             "judge_timeout_s": d("judge_timeout_s", 0.15, "STOP when the judge's heartbeat is older [s]", low=0.01,
@@ -115,6 +127,7 @@ class SafetyGateNode(RobotNode, Node):
                 raise ParameterError(f"parameter '{name}': per-hand limits are hands.<hand>.<key>, key one of "
                                      f"{list(HAND_KEYS)}")
             self.p[name] = d(name, self.p[key], f"hard limit {key} of hand {name.split('.')[1]}")
+        self._declare_joint_limits(d)
         self._lock = threading.Lock()
         self._last_publish = -1e9
         self._last_mode = ""
@@ -122,6 +135,21 @@ class SafetyGateNode(RobotNode, Node):
         self._last_heartbeat = -1e9
         self._clamped = 0
         self._sim_mono = -math.inf
+
+    def _declare_joint_limits(self, d) -> None:
+        """joint_max_step_rad, joint_max_speed_rad_s, joint_band_rad; joint_ranges.<joint> ([low, high]) and
+        joint_groups.<group>.<key> as the parameter files give them (checked against the robot in start())."""
+        for name, default in JOINT_DEFAULTS.items():
+            self.p[name] = d(name, default, f"joint-space hard limit {name} (see lda_policy.deploy.joint_space)")
+        for name in sorted(n for n in self._parameter_overrides if n.startswith(("joint_ranges.", "joint_groups."))):
+            if name.startswith("joint_ranges."):
+                self.p[name] = d(name, [0.0, 0.0], f"position range [low, high] of joint {name.split('.', 1)[1]}")
+            elif name.count(".") == 2 and name.split(".")[2] in GROUP_KEYS:
+                self.p[name] = d(name, 0.0, f"joint-space hard limit {name.split('.')[2]} of group "
+                                 f"{name.split('.')[1]}")
+            else:
+                raise ParameterError(f"parameter '{name}': group limits are joint_groups.<group>.<key>, key one of "
+                                     f"{list(GROUP_KEYS)}")
 
     def start(self) -> None:
         p = self.p
@@ -131,7 +159,15 @@ class SafetyGateNode(RobotNode, Node):
             raise ConfigError(f"{self.get_name()} parameters: hands.{unknown[0]}: the robot has no hand "
                               f"'{unknown[0]}' (hands: {robot.hands})")
         limits = SafetyLimits.from_params(p, source=f"{self.get_name()} parameters")
-        rate = p["control_rate_hz"] or robot.config.fps
+        self.joints = p["action_space"] == "joints"
+        joint_limits = None
+        if self.joints:
+            if robot.config.joints is None:
+                raise ConfigError(f"{self.get_name()} parameters: action_space: 'joints' needs a joints: section in "
+                                  f"the robot config {p['robot_config']}")
+            joint_limits = JointLimits.from_params(p, robot.config.joints, f"{self.get_name()} parameters")
+        space = make_space(p["action_space"], robot, limits, joint_limits)
+        rate = p["control_rate_hz"] or (robot.config.joints.fps if self.joints else robot.config.fps)
         executor = ExecutorConfig(control_rate_hz=rate, approval_deadline_s=p["approval_deadline_s"],
                                   heartbeat_timeout_s=max(0.1, 5.0 / p["watchdog_rate_hz"]),
                                   blend_time_s=p["blend_time_s"], command_lead_s=p["command_lead_s"],
@@ -139,7 +175,7 @@ class SafetyGateNode(RobotNode, Node):
         self.core = SafetyGateCore(robot, limits, GateSettings(
             host_timeout_s=p["host_timeout_s"], judge_timeout_s=p["judge_timeout_s"],
             state_tolerance_s=p["state_tolerance_s"], max_sequence_gap=p["max_sequence_gap"],
-            max_clock_jump_s=p["max_clock_jump_s"], executor=executor))
+            max_clock_jump_s=p["max_clock_jump_s"], executor=executor), space=space)
         self.period = 1.0 / rate
         self.sim_time = bool(self.get_parameter("use_sim_time").value)
         g = self._guard
@@ -149,14 +185,18 @@ class SafetyGateNode(RobotNode, Node):
         sub(SafetyStatus, Topics.JUDGE_STATUS, g(Topics.JUDGE_STATUS, self._on_source), COMMAND_QOS)
         sub(String, robot.config.instruction_topic, g(robot.config.instruction_topic,
                                                       lambda m: self.core.on_instruction()), LATCHED_QOS)
-        for h in robot.config.hands:
+        if self.joints:  # the measured joints in, JointState position targets out
+            js = robot.config.joints
+            sub(JointState, js.state_topic, g(js.state_topic, self._on_joints), SENSOR_QOS)
+            self.pub_joints = self.create_publisher(JointState, js.command_topic, COMMAND_QOS)
+        for h in robot.config.hands if not self.joints else ():
             sub(PoseStamped, h.pose_topic, g(h.pose_topic, lambda m, n=h.name: self._on_pose(n, m)), SENSOR_QOS)
             sub(JointState, h.gripper_topic, g(h.gripper_topic, lambda m, n=h.name: self._on_fingers(n, m)),
                 SENSOR_QOS)
         self.pub_targets = {h: self.create_publisher(PoseStamped, p["eef_target_topic"].format(hand=h), COMMAND_QOS)
-                            for h in robot.hands}
+                            for h in (robot.hands if not self.joints else ())}
         self.pub_fingers = {h: self.create_publisher(JointState, p["gripper_command_topic"].format(hand=h),
-                                                     COMMAND_QOS) for h in robot.hands}
+                                                     COMMAND_QOS) for h in (robot.hands if not self.joints else ())}
         self.finger_names = {h.name: ["gripper"] if h.fingers.type == "width" else list(h.fingers.joints)
                              for h in robot.config.hands}
         self.pub_approved = self.create_publisher(ActionChunk, Topics.ACTION_CHUNK, COMMAND_QOS)
@@ -165,8 +205,10 @@ class SafetyGateNode(RobotNode, Node):
         self.create_service(SafetyReset, Topics.SAFETY_RESET, g(Topics.SAFETY_RESET, self._on_reset, service=True))
         self.create_timer(1.0 / p["watchdog_rate_hz"], g("the watchdog tick", self._tick))
         self.create_timer(p["diagnostics_period_s"], g("diagnostics", self._diagnostics))
+        what = (f"{robot.config.joints.dim} joints, {robot.config.joints.state_topic} -> "
+                f"{robot.config.joints.command_topic}" if self.joints else f"hands {robot.hands}")
         self.get_logger().info(
-            f"gating '{robot.embodiment}' (hands {robot.hands}) at {rate:g} Hz; watchdog {p['watchdog_rate_hz']:g} Hz, "
+            f"gating '{robot.embodiment}' ({what}) at {rate:g} Hz; watchdog {p['watchdog_rate_hz']:g} Hz, "
             f"host timeout {p['host_timeout_s']} s; workspace {list(limits.workspace_min)}.."
             f"{list(limits.workspace_max)}, fingers [{limits.finger_min}, {limits.finger_max}], "
             f"{limits.max_linear_speed_m_s} m/s")
@@ -220,6 +262,10 @@ class SafetyGateNode(RobotNode, Node):
             return
         now, mono = self._clocks()
         self.core.on_fingers(hand, *sample, now=now, mono=mono)
+
+    def _on_joints(self, msg: JointState) -> None:
+        now, mono = self._clocks()
+        self.core.on_joints(stamp_to_sec(msg.header.stamp), list(msg.name), list(msg.position), now=now, mono=mono)
 
     def _on_source(self, msg: SafetyStatus) -> None:
         now, mono = self._clocks()
@@ -279,6 +325,12 @@ class SafetyGateNode(RobotNode, Node):
 
     def _publish_command(self, targets, now: float) -> None:
         stamp = sec_to_stamp(now)
+        if self.joints:  # sensor_msgs/JointState: name = the robot config's joints, position = the targets
+            js = JointState(name=self.robot.config.joints.joint_names,
+                            position=[float(v) for v in targets[PART]])
+            js.header.stamp = stamp
+            self.pub_joints.publish(js)
+            return
         frame = self.robot.config.base_frame
         for h, target in targets.items():
             self.pub_targets[h].publish(pose_stamped(target.position, target.quaternion, stamp, frame))

@@ -363,9 +363,16 @@ def test_shipped_limits_load_as_the_gate_gets_them(robot):
     files = [DEPLOY / "safety_gate.yaml", DEPLOY / "limits" / f"{robot}.yaml"]
     robot_limits = _params(files[1])
     per_hand = {k: v for k, v in robot_limits.items() if k.startswith("hands.")}  # hands.<hand>.<key>
+    joint = {k: v for k, v in robot_limits.items() if k.startswith("joint_")}  # joint space (issue #28)
     names = {f.name for f in fields(SafetyLimits)}
-    assert set(robot_limits) - set(per_hand) <= names, f"limits/{robot}.yaml sets keys that are no hard limit"
+    assert set(robot_limits) - set(per_hand) - set(joint) <= names, f"limits/{robot}.yaml sets keys that are no limit"
     node = _node_from_files("lda_policy.safety_gate_node", "SafetyGateNode", files)
+    if joint:  # the node's joint_* parameters are the file's, and they load for the robot's joint space
+        from lda_common.robot_config import load_robot_config
+        from lda_policy.deploy.joint_space import JointLimits
+
+        assert {k: node.p[k] for k in joint} == joint
+        JointLimits.from_params(node.p, load_robot_config(DEPLOY.parent / "robots" / f"{robot}.yaml").joints, robot)
     limits = SafetyLimits.from_params(node.p, robot)
     expected = {k: v for k, v in {**_params(files[0]), **robot_limits}.items() if k in names}
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in vars(limits).items() if k in expected} == expected
