@@ -57,7 +57,8 @@ class DatasetConfig:
 
 @dataclass
 class TaskWeights:
-    """Share of each objective in a batch; renormalised over the tasks a sample's role allows."""
+    """Share of each objective in every batch (objective first: see ``lda_train.data.TaskSampler``); an
+    objective that no training frame can serve gives its share to the others."""
 
     policy: NonNegativeFloat = 0.4
     forward_dynamics: NonNegativeFloat = 0.2
@@ -71,13 +72,14 @@ class TaskWeights:
 
 @dataclass
 class RoleWeights:
-    """How often a frame of each data role is drawn relative to its share of the frames.
+    """How often a frame of each data role is drawn, within an objective, relative to its share of the frames
+    eligible for that objective.
 
-    A training frame of role ``r`` is drawn with probability proportional to ``weight[r]`` x the
-    dataset's ``weight``: all 1.0 (the default) draws every frame equally often; ``low: 2.0`` draws each
-    low-quality frame twice as often as a high one; ``low: 0`` leaves that role out of training (its
-    episodes still count for the held-out split and the statistics). The objective of a drawn frame still
-    comes from ``task_weights`` renormalised over what its role allows.
+    Among the frames an objective may use, a frame of role ``r`` is drawn with probability proportional to
+    ``weight[r]`` x the dataset's ``weight``: all 1.0 (the default) draws every eligible frame equally
+    often; ``low: 2.0`` draws each low-quality frame twice as often as a high one for the dynamics and
+    forecasting objectives; ``low: 0`` leaves that role out of training (its episodes still count for the
+    held-out split and the statistics). The objectives' shares of a batch are ``task_weights``'.
     """
 
     high: NonNegativeFloat = 1.0
@@ -90,11 +92,6 @@ class RoleWeights:
 
     def as_dict(self) -> dict[str, float]:
         return {"high": self.high, "low": self.low, "actionless": self.actionless}
-
-    @property
-    def uniform(self) -> bool:
-        """Every role at the same weight: the sampler draws frames uniformly (as before role_weights)."""
-        return self.high == self.low == self.actionless
 
 
 @dataclass

@@ -16,13 +16,13 @@ Role rules (enforced here and again inside ``LDAModel.compute_loss``):
 - ``low`` episodes train forward dynamics, inverse dynamics and forecasting, never the policy;
 - ``actionless`` episodes train forecasting only; their actions are never read (zeros, invalid).
 
-:class:`TaskSampler` draws, for every step, a global batch of (dataset, anchor, task) triples: the
-dataset in proportion to ``weight x frames``, the anchor uniformly, and the task from the
-configured ``task_weights`` renormalised over the tasks the sample's role allows *and* the sample
-can serve (forward/inverse dynamics and forecasting need at least one real future frame; policy
-and dynamics need valid actions). The draw is a pure function of (seed, step), so a resumed run
-and every DDP rank see the same global batch. ``role_weights`` scale how often a frame of each role
-is drawn relative to its share of frames (all 1.0 by default: every training frame equally often).
+:class:`TaskSampler` draws, for every step, a global batch of (dataset, anchor, task) triples,
+objective first: each objective gets its ``task_weights`` share of the batch, then draws its anchors
+among the frames eligible for it (its role allows it and the sample can serve it: forward/inverse
+dynamics and forecasting need at least one real future frame; policy and dynamics need valid actions),
+a dataset in proportion to ``weight x`` its eligible frames' ``role_weights``, the anchor in proportion
+to its role weight. Adding low-quality or actionless data never takes samples from the policy. The draw
+is a pure function of (seed, step), so a resumed run and every DDP rank see the same global batch.
 """
 
 from __future__ import annotations
@@ -394,13 +394,6 @@ def task_weight_vector(weights: TaskWeights) -> np.ndarray:
                     dtype=np.float64)
 
 
-def task_probabilities(role: Quality | int, weights: TaskWeights) -> dict[str, float]:
-    """The configured task weights renormalised over the tasks ``role`` allows (for humans and tests)."""
-    w = task_weight_vector(weights) * ROLE_TASK_ALLOWED[int(role)]
-    total = w.sum()
-    return {TASK_NAMES[t]: (float(w[t] / total) if total > 0 else 0.0) for t in Task}
-
-
 @dataclass
 class BatchPlan:
     """Who is in one (global or micro) batch: dataset position, anchor row and task per sample."""
@@ -417,12 +410,18 @@ class BatchPlan:
 
 
 class TaskSampler:
-    """Deterministic, role-aware sampler of global batches (a pure function of seed and step).
+    """Deterministic, role-aware, objective-first sampler of global batches (a pure function of seed and step).
 
-    ``role_weights`` (``data.role_weights``; None = all 1.0) scales how often a frame of each role is
-    drawn: the dataset is chosen in proportion to ``weight x sum of its frames' role weights``, the anchor
-    in proportion to its role weight (uniformly when every frame has the same weight: then the draws are
-    exactly those of a sampler without role weights), and a role at weight 0 is never drawn.
+    A batch is split by **objective first**: each objective gets its ``task_weights`` share of the batch
+    (:meth:`objective_counts`: the floor of it in every batch, the leftover slots by its fractional part;
+    an objective no frame can serve gives its share to the others). Each objective then draws its anchors
+    from the frames *eligible* for it (its role allows it and the frame can serve it:
+    :meth:`SourceDataset._feasible`; policy: high, dynamics: high + low, forecast: all): a dataset in
+    proportion to ``weight x`` the sum of its eligible frames' ``role_weights``, a frame within it in
+    proportion to its role weight (uniformly when they are equal). Adding low-quality or actionless data
+    therefore never takes a sample away from the policy: it changes only what the objectives that may use
+    it see. The batch is shuffled (also deterministically), so that micro-batches
+    mix objectives. A role at weight 0 is never drawn.
     """
 
     def __init__(self, sources: Sequence[SourceDataset], weights: TaskWeights, seed: int,
@@ -430,54 +429,68 @@ class TaskSampler:
         self.seed = seed
         w = task_weight_vector(weights)
         rw = role_weight_vector(role_weights)
-        rw = rw / rw.max()  # all equal -> all exactly 1.0, so the uniform path (and its floats) is today's
         self.roles = [s.role for s in sources]
-        self.rows: list[np.ndarray] = []
-        self.cum_probs: list[np.ndarray] = []
-        #: per dataset: cumulative anchor weights, or None where every anchor weighs the same (uniform draw)
-        self.cum_rows: list[np.ndarray | None] = []
-        self._task_probs: list[np.ndarray] = []
-        self._row_probs: list[np.ndarray] = []
-        mass = []
-        for s in sources:
-            rows = s.rows(split)
-            p = s.feasible[rows] * w[None, :]
-            keep = (p.sum(axis=1) > 0) & (rw[s.role[rows]] > 0)
-            rows, p = rows[keep], p[keep]
-            p = p / p.sum(axis=1, keepdims=True) if len(rows) else p
-            frame_w = rw[s.role[rows]]
-            uniform = len(rows) == 0 or bool(np.all(frame_w == frame_w[0]))
-            self.rows.append(rows)
-            self.cum_probs.append(np.cumsum(p, axis=1))
-            self.cum_rows.append(None if uniform else np.cumsum(frame_w))
-            self._task_probs.append(p)
-            self._row_probs.append(frame_w / frame_w.sum() if len(rows) else frame_w)
-            mass.append(s.cfg.weight * float(frame_w.sum()))  # all 1.0: weight x frames, as without role weights
-        mass = np.asarray(mass, dtype=np.float64)
-        if mass.sum() <= 0:
+        #: per objective, per dataset: the eligible anchor rows and their cumulative role weights
+        self.rows_by_task: list[list[np.ndarray]] = []
+        self._cum_weights: list[list[np.ndarray]] = []
+        #: per objective: the probability of each dataset (zeros where the objective has no frame)
+        self.dataset_probs = np.zeros((len(Task), len(sources)))
+        trainable = [np.zeros(len(s.role), dtype=bool) for s in sources]
+        for t in Task:
+            rows_t, cum_t = [], []
+            for d, s in enumerate(sources):
+                rows = s.rows(split)
+                rows = rows[s.feasible[rows, t] & (rw[s.role[rows]] > 0)]
+                frame_w = rw[s.role[rows]]
+                rows_t.append(rows)
+                cum_t.append(np.cumsum(frame_w))
+                self.dataset_probs[t, d] = s.cfg.weight * float(frame_w.sum())
+                if w[t] > 0:
+                    trainable[d][rows] = True
+            self.rows_by_task.append(rows_t)
+            self._cum_weights.append(cum_t)
+        mass = self.dataset_probs.sum(axis=1)
+        shares = np.where(mass > 0, w, 0.0)
+        if shares.sum() <= 0:
             raise DataError(f"no {split} sample can train any objective with task_weights {w.tolist()} and "
                             f"role_weights {dict(zip(ROLE_NAMES.values(), rw.tolist(), strict=True))} "
                             "(check the roles, the role weights, the held-out split and the episode lengths)")
-        self.dataset_probs = mass / mass.sum()
-        self.sample_counts = [len(r) for r in self.rows]
+        self.dataset_probs[mass > 0] /= mass[mass > 0, None]
+        #: the share of every batch each objective gets (task_weights renormalised over the objectives served)
+        self.task_shares = shares / shares.sum()
+        self.sample_counts = [int(m.sum()) for m in trainable]
+
+    def objective_counts(self, batch_size: int, u: float) -> np.ndarray:
+        """(tasks,) int64: how many samples of a ``batch_size`` batch each objective gets: at least the floor of
+        its share, and the batch's few leftover slots one each to objectives picked with probability equal to
+        their fractional parts (systematic sampling at offset ``u`` in [0, 1)), so that the shares hold exactly
+        on average even for small batches."""
+        exact = self.task_shares * batch_size
+        counts = np.floor(exact).astype(np.int64)
+        frac = exact - counts
+        left = batch_size - int(counts.sum())
+        if left:
+            edges = np.cumsum(frac)
+            picks = np.searchsorted(edges, u + np.arange(left), side="right")
+            counts[np.minimum(picks, len(counts) - 1)] += 1
+        return counts
 
     def batch(self, step: int, batch_size: int) -> BatchPlan:
         rng = np.random.default_rng([self.seed, 0xBA7C4, int(step)])
-        ds = rng.choice(len(self.rows), size=batch_size, p=self.dataset_probs)
-        u_row, u_task = rng.random(batch_size), rng.random(batch_size)
+        counts = self.objective_counts(batch_size, float(rng.random()))
+        tasks = np.repeat(np.arange(len(Task), dtype=np.int64), counts)
+        datasets = np.empty(batch_size, dtype=np.int64)
         rows = np.empty(batch_size, dtype=np.int64)
-        tasks = np.empty(batch_size, dtype=np.int64)
-        for i, d in enumerate(ds):
-            n = len(self.rows[d])
-            cum_rows = self.cum_rows[d]
-            if cum_rows is None:
-                k = min(int(u_row[i] * n), n - 1)
-            else:
-                k = min(int(np.searchsorted(cum_rows, u_row[i] * cum_rows[-1], side="right")), n - 1)
-            rows[i] = self.rows[d][k]
-            cum = self.cum_probs[d][k]
-            tasks[i] = min(int(np.searchsorted(cum, u_task[i] * cum[-1], side="right")), len(Task) - 1)
-        return BatchPlan(ds.astype(np.int64), rows, tasks)
+        for t in np.unique(tasks):
+            sel = np.flatnonzero(tasks == t)
+            ds = rng.choice(self.dataset_probs.shape[1], size=len(sel), p=self.dataset_probs[t])
+            u = rng.random(len(sel))
+            for i, d, x in zip(sel, ds, u, strict=True):
+                cum = self._cum_weights[t][d]
+                k = min(int(np.searchsorted(cum, x * cum[-1], side="right")), len(cum) - 1)
+                datasets[i], rows[i] = d, self.rows_by_task[t][d][k]
+        order = rng.permutation(batch_size)
+        return BatchPlan(datasets[order], rows[order], tasks[order])
 
     def counts(self, plan: BatchPlan) -> np.ndarray:
         """(roles, tasks) int64: how many samples of ``plan`` have each data role and objective."""
@@ -492,9 +505,11 @@ class TaskSampler:
     def expected_shares(self) -> np.ndarray:
         """(roles, tasks): the expected share of a sample's (role, objective) over all draws (sums to 1)."""
         out = np.zeros((len(Quality), len(Task)))
-        for d, (rows, p, q) in enumerate(zip(self.rows, self._task_probs, self._row_probs, strict=True)):
-            if len(rows):
-                np.add.at(out, self.roles[d][rows], self.dataset_probs[d] * q[:, None] * p)
+        for t in Task:
+            for d, (rows, cum) in enumerate(zip(self.rows_by_task[t], self._cum_weights[t], strict=True)):
+                if len(rows) and self.dataset_probs[t, d] > 0:
+                    frame_w = np.diff(cum, prepend=0.0) / cum[-1]
+                    np.add.at(out[:, t], self.roles[d][rows], self.task_shares[t] * self.dataset_probs[t, d] * frame_w)
         return out
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from lda_common.schema import Quality
-from lda_policy.model import PRESETS, Task, allowed_tasks
+from lda_policy.model import PRESETS, Task
 from lda_testing.datasets import record_dataset
 from lda_train.config import DatasetConfig, TaskWeights
 from lda_train.data import (
@@ -19,7 +19,6 @@ from lda_train.data import (
     TaskSampler,
     assemble_batch,
     open_sources,
-    task_probabilities,
 )
 from lda_train.stats import embodiment_stats
 
@@ -79,17 +78,15 @@ def test_sampler_draws_only_allowed_tasks_in_configured_proportions(mixed_datase
     rows = np.concatenate([p.row for p in plans])
     assert not src.heldout[rows].any(), "a held-out episode was sampled for training"
     assert ROLE_TASK_ALLOWED[role, task].all(), "a sample got a task its role forbids"
+    assert src.feasible[rows, task].all(), "a sample got a task it cannot serve"
     assert (task[role == Quality.ACTIONLESS] == Task.FORECAST).all()
     assert not (task[role == Quality.LOW] == Task.POLICY).any()
     assert {Quality(r) for r in np.unique(role)} == {Quality.HIGH, Quality.LOW, Quality.ACTIONLESS}
-    # proportions, renormalised per role, on samples that can serve every task their role allows
-    full = src.feasible[rows][np.arange(len(rows)), :].sum(axis=1) == [len(allowed_tasks(r)) for r in role]
-    for r in (Quality.HIGH, Quality.LOW):
-        sel = full & (role == r)
-        expected = task_probabilities(r, weights)
-        for tk in Task:
-            got = float((task[sel] == tk).mean())
-            assert got == pytest.approx(expected[tk.name.lower()], abs=0.05), (r, tk, got)
+    # objective first: every batch holds at least the floor of each objective's share of its 64 samples
+    # (25.6 / 19.2 / 12.8 / 6.4), the two leftover slots go by the fractions, and on average the shares hold
+    counts = np.array([np.bincount(p.task, minlength=4) for p in plans])
+    assert (counts.sum(axis=1) == 64).all() and (counts >= [25, 19, 12, 6]).all() and (counts <= [26, 20, 13, 7]).all()
+    np.testing.assert_allclose(counts.mean(axis=0), [25.6, 19.2, 12.8, 6.4], atol=0.25)
     # a pure function of (seed, step)
     again = sampler.batch(7, 64)
     np.testing.assert_array_equal(again.row, plans[7].row)

@@ -14,7 +14,7 @@ from lda_common.config import ConfigError
 from lda_common.schema import Quality
 from lda_policy.model import PRESETS, Task
 from lda_train.config import DatasetConfig, RoleWeights, TaskWeights, load_config
-from lda_train.data import BatchPlan, SourceDataset, TaskSampler, effective_samples, task_weight_vector
+from lda_train.data import DataError, SourceDataset, TaskSampler, effective_samples, task_weight_vector
 
 from conftest import make_config
 
@@ -25,56 +25,63 @@ def _source(root, position=0, **kw) -> SourceDataset:
     return SourceDataset(DatasetConfig(root=str(root), **kw), position, LAYOUT, 0.2, seed=0)
 
 
-class ReferenceSampler:
-    """TaskSampler as it was before ``role_weights`` (commit 145626b), kept verbatim as the reference."""
-
-    def __init__(self, sources, weights, seed, split="train"):
-        self.seed = seed
-        w = task_weight_vector(weights)
-        self.rows, self.cum_probs, mass = [], [], []
-        for s in sources:
-            rows = s.rows(split)
-            p = s.feasible[rows] * w[None, :]
-            keep = p.sum(axis=1) > 0
-            rows, p = rows[keep], p[keep]
-            p = p / p.sum(axis=1, keepdims=True) if len(rows) else p
-            self.rows.append(rows)
-            self.cum_probs.append(np.cumsum(p, axis=1))
-            mass.append(s.cfg.weight * len(rows))
-        mass = np.asarray(mass, dtype=np.float64)
-        self.dataset_probs = mass / mass.sum()
-
-    def batch(self, step, batch_size):
-        rng = np.random.default_rng([self.seed, 0xBA7C4, int(step)])
-        ds = rng.choice(len(self.rows), size=batch_size, p=self.dataset_probs)
-        u_row, u_task = rng.random(batch_size), rng.random(batch_size)
-        rows = np.empty(batch_size, dtype=np.int64)
-        tasks = np.empty(batch_size, dtype=np.int64)
-        for i, d in enumerate(ds):
-            k = min(int(u_row[i] * len(self.rows[d])), len(self.rows[d]) - 1)
-            rows[i] = self.rows[d][k]
-            cum = self.cum_probs[d][k]
-            tasks[i] = min(int(np.searchsorted(cum, u_task[i] * cum[-1], side="right")), len(Task) - 1)
-        return BatchPlan(ds.astype(np.int64), rows, tasks)
-
-
 @pytest.fixture(scope="module")
 def two_sources(mixed_dataset):
     """The mixed dataset twice under two names, the second drawn 2.5x as often per frame."""
     return [_source(mixed_dataset, 0, name="a"), _source(mixed_dataset, 1, name="b", weight=2.5)]
 
 
-@pytest.mark.parametrize("role_weights", [None, RoleWeights(), RoleWeights(high=2.0, low=2.0, actionless=2.0)])
-def test_default_role_weights_draw_exactly_the_batches_of_the_sampler_without_them(two_sources, role_weights):
-    weights = TaskWeights(policy=0.5, forward_dynamics=0.2, inverse_dynamics=0.2, forecast=0.1)
-    ref = ReferenceSampler(two_sources, weights, seed=11)
-    new = TaskSampler(two_sources, weights, seed=11, role_weights=role_weights)
-    np.testing.assert_array_equal(new.dataset_probs, ref.dataset_probs)  # bit for bit, not approximately
-    for step in range(40):
-        a, b = ref.batch(step, 32), new.batch(step, 32)
-        np.testing.assert_array_equal(a.dataset, b.dataset)
-        np.testing.assert_array_equal(a.row, b.row)
-        np.testing.assert_array_equal(a.task, b.task)
+def _eligible(sources, plan) -> np.ndarray:
+    return np.array([sources[d].feasible[r, t] for d, r, t in zip(plan.dataset, plan.row, plan.task, strict=True)])
+
+
+def test_adding_low_and_actionless_data_leaves_the_policy_samples_unchanged(mixed_dataset):
+    """Issue #30: objective first. The policy's samples per batch are its task_weights share whatever else is
+    added, and every objective only ever sees frames eligible for it (the real sampler on a real dataset)."""
+    weights = TaskWeights(policy=0.4, forward_dynamics=0.2, inverse_dynamics=0.2, forecast=0.2)
+    high = [_source(mixed_dataset, 0, name="expert", role="high")]
+    more = [*high, _source(mixed_dataset, 1, name="play", role="low"),
+            _source(mixed_dataset, 2, name="video", role="actionless", weight=3.0)]
+    alone, mixed = TaskSampler(high, weights, seed=4), TaskSampler(more, weights, seed=4)
+    for step in range(30):
+        a, b = alone.batch(step, 40), mixed.batch(step, 40)
+        assert (a.task == Task.POLICY).sum() == (b.task == Task.POLICY).sum() == 16  # 0.4 x 40, every batch
+        assert np.bincount(b.task, minlength=4).tolist() == [16, 8, 8, 8]
+        assert _eligible(more, b).all(), "a sample got an objective its frame cannot serve"
+        assert (b.dataset[b.task == Task.POLICY] == 0).all()  # only the high dataset feeds the policy
+        assert not (b.dataset[b.task != Task.FORECAST] == 2).any()  # actionless only forecasts
+    shares = mixed.expected_shares()
+    assert shares[:, Task.POLICY].sum() == pytest.approx(0.4) and shares[Quality.LOW, Task.POLICY] == 0
+    assert shares.sum() == pytest.approx(1.0)
+    # the same recording labelled per episode: the low and actionless episodes still never reach the policy
+    labelled = [_source(mixed_dataset)]
+    plan = TaskSampler(labelled, weights, seed=1).batch(0, 200)
+    role = labelled[0].role[plan.row]
+    assert not (role[plan.task == Task.POLICY] != Quality.HIGH).any() and _eligible(labelled, plan).all()
+    assert (plan.task[role == Quality.ACTIONLESS] == Task.FORECAST).all()
+
+
+def test_an_objective_no_frame_can_serve_gives_its_share_to_the_others(mixed_dataset):
+    only_video = [_source(mixed_dataset, role="actionless")]
+    sampler = TaskSampler(only_video, TaskWeights(), seed=0)
+    assert sampler.task_shares.tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert (sampler.batch(3, 16).task == Task.FORECAST).all()
+    with pytest.raises(DataError, match="no train sample can train any objective"):
+        TaskSampler(only_video, TaskWeights(policy=1.0, forward_dynamics=0.0, inverse_dynamics=0.0, forecast=0.0),
+                    seed=0)
+
+
+def test_batches_are_a_pure_function_of_seed_and_step_and_mix_objectives(two_sources):
+    sampler = TaskSampler(two_sources, TaskWeights(policy=0.5, forward_dynamics=0.2, inverse_dynamics=0.2,
+                                                   forecast=0.1), seed=11)
+    a, b = sampler.batch(7, 32), sampler.batch(7, 32)
+    for x, y in ((a.dataset, b.dataset), (a.row, b.row), (a.task, b.task)):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(sampler.batch(8, 32).row, a.row)
+    assert len(set(a.task[:8].tolist())) > 1  # shuffled: the first micro-batch is not one objective
+    # dataset weights hold within an objective: "b" (weight 2.5) feeds 2.5x the samples of "a"
+    ds = np.concatenate([sampler.batch(s, 64).dataset for s in range(100)])
+    assert (ds == 1).mean() == pytest.approx(2.5 / 3.5, abs=0.02)
 
 
 def _role_shares(sampler, src, steps=300, batch=64):
@@ -83,32 +90,33 @@ def _role_shares(sampler, src, steps=300, batch=64):
     return np.array([(role == r).mean() for r in Quality]), plans
 
 
-def test_role_weights_set_the_per_role_draw_frequencies(mixed_dataset):
+def test_role_weights_set_the_per_role_draw_frequencies_within_each_objective(mixed_dataset):
+    """Within an objective, a frame of role r is drawn in proportion to role_weights[r] among the frames
+    eligible for it; the objectives' shares of the batch do not move."""
     src = _source(mixed_dataset)
     weights = TaskWeights()
-    default = TaskSampler([src], weights, seed=5)
-    frames = np.array([(src.role[default.rows[0]] == r).sum() for r in Quality], dtype=np.float64)
-    assert (frames > 0).all()
-    base, _ = _role_shares(default, src)
-    np.testing.assert_allclose(base, frames / frames.sum(), atol=0.015)  # all 1.0: each role by its frames
-
     rw = RoleWeights(high=1.0, low=4.0, actionless=0.5)
     sampler = TaskSampler([src], weights, seed=5, role_weights=rw)
-    got, plans = _role_shares(sampler, src)
     w = np.array([rw.high, rw.low, rw.actionless])
-    expected = w * frames / (w * frames).sum()
+    rows = src.rows("train")
+    shares = task_weight_vector(weights) / task_weight_vector(weights).sum()
+    expected = np.zeros((len(Quality), len(Task)))
+    for t in Task:  # computed here from the dataset's own eligibility, not by the sampler
+        eligible = rows[src.feasible[rows, t]]
+        mass = np.array([w[r] * (src.role[eligible] == r).sum() for r in Quality])
+        expected[:, t] = shares[t] * mass / mass.sum()
+    np.testing.assert_allclose(sampler.expected_shares(), expected, atol=1e-12)
+    plans = [sampler.batch(s, 64) for s in range(300)]
+    got = sum(sampler.counts(p) for p in plans) / (300 * 64)
     np.testing.assert_allclose(got, expected, atol=0.015)
-    assert got[Quality.LOW] > base[Quality.LOW] + 0.1  # the weights really moved the draws
-    # the sampler's own expectation agrees, and the tasks still follow the roles' rules
-    np.testing.assert_allclose(sampler.expected_shares().sum(axis=1), expected, atol=1e-9)
-    task = np.concatenate([p.task for p in plans])
-    role = np.concatenate([src.role[p.row] for p in plans])
-    assert not (task[role == Quality.LOW] == Task.POLICY).any()
-    assert (task[role == Quality.ACTIONLESS] == Task.FORECAST).all()
-    # within a role the anchor is still uniform over its frames
-    high_rows = np.concatenate([p.row for p in plans])[role == Quality.HIGH]
-    counts = np.bincount(np.searchsorted(sampler.rows[0], high_rows), minlength=len(sampler.rows[0]))
-    counts = counts[src.role[sampler.rows[0]] == Quality.HIGH]
+    default = TaskSampler([src], weights, seed=5)
+    base = default.expected_shares()
+    assert expected[Quality.LOW, Task.FORWARD_DYNAMICS] > base[Quality.LOW, Task.FORWARD_DYNAMICS] + 0.05
+    np.testing.assert_allclose(expected.sum(axis=0), base.sum(axis=0))  # the objectives' shares stay
+    # within a role the anchor is still uniform over its eligible frames
+    policy_rows = np.concatenate([p.row[p.task == Task.POLICY] for p in plans])
+    eligible = sampler.rows_by_task[Task.POLICY][0]
+    counts = np.bincount(np.searchsorted(eligible, policy_rows), minlength=len(eligible))
     assert counts.std() / counts.mean() < 0.35
 
 
