@@ -133,6 +133,7 @@ def check_chunk(msg: ActionChunk) -> np.ndarray:
     return actions
 
 
+@pytest.mark.skipif(gate_speaks_joints(), reason="the test through the gate covers it")
 def test_host_alone_proposes_joint_chunks_and_beats(checkpoint, tmp_path):
     ckpt, processor = checkpoint
     exe = REPO / "install" / "lda_policy" / "lib" / "lda_policy" / "model_host_node"
@@ -170,8 +171,14 @@ def test_chunk_is_proposed_approved_and_commanded_through_the_gate(checkpoint, t
                 approved = [m for _, m in robot.approved]
                 commands = [m for _, m in robot.commands]
                 statuses = [m for _, m in robot.statuses]
+                beats = [m for _, m in robot.host_statuses]
         finally:
             robot.stop()
+    assert "in joint space (29 joints at 20 Hz, embodiment slot 24)" in proc.output, proc.output[-3000:]
+    judge = [m for m in beats if m.source == "judge"]
+    assert judge and judge[-1].level == 1 and judge[-1].reason == NO_JUDGE_REASON  # honest, and beating
+    host = [m for m in beats if m.source == "model_host"]
+    assert host[-1].level == 0 and host[-1].faults == 0, host[-1]
     m = approved[-1]
     assert m.sequence in proposed and m.digest == proposed[m.sequence].digest  # approved = proposed
     check_chunk(m)
