@@ -319,3 +319,104 @@ def test_any_sequence_of_inputs_keeps_every_command_within_limits(events, data):
             gate.on_pose("right", now + 0.001, position, DOWN, now=now + 0.001)
             gate.on_fingers("right", now + 0.001, cmd.targets["right"].fingers, now=now + 0.001)
         now += 0.02
+
+
+# -- joint space (issue #28: the authors' LDA-1B commands the GR-1's 29 joints) ----------------------------
+def _joint_gate():
+    import yaml
+    from lda_policy.deploy.command_space import make_space
+    from lda_policy.deploy.joint_space import JointLimits
+
+    params = yaml.safe_load((REPO / "config" / "deploy" / "limits" / "gr1_humanoid.yaml").read_text())["/**"][
+        "ros__parameters"]
+    joint_limits = JointLimits.from_params(params, GR1.config.joints, "gr1_humanoid")
+    gate = SafetyGateCore(GR1, GR1_LIMITS, GateSettings(), space=make_space("joints", GR1, GR1_LIMITS, joint_limits))
+    return gate
+
+
+JOINT_GATE = _joint_gate()  # built once (the limits file is read once); each example takes a fresh copy
+JOINT_NAMES = GR1.config.joints.joint_names
+JOINT_MID = (JOINT_GATE.space.joint_limits.lower + JOINT_GATE.space.joint_limits.upper) / 2
+
+
+def joint_started() -> SafetyGateCore:
+    """A joint-space GR-1 gate with the joint stream and heartbeats flowing at T0, every joint mid-range."""
+    gate = SafetyGateCore(GR1, GR1_LIMITS, GateSettings(), space=type(JOINT_GATE.space)(
+        GR1, GR1_LIMITS, JOINT_GATE.space.joint_limits))
+    gate.on_joints(T0, JOINT_NAMES, JOINT_MID.tolist(), now=T0)
+    for source in ("model_host", "judge"):
+        gate.on_source(source, STATUS_OK, "ok", 0, T0)
+    return gate
+
+
+class JointWatch(Watch):
+    """Every joint command that leaves: finite, inside each joint's range, at most one step from the last."""
+
+    def check(self, cmd) -> None:
+        gate, lim = self.gate, self.gate.space.joint_limits
+        assert not gate.stop_reason.startswith("internal error"), gate.stop_reason
+        if cmd.targets is None:
+            return
+        q = cmd.targets["joints"]
+        assert q.shape == (29,) and np.isfinite(q).all()
+        assert ((q >= lim.lower - 1e-9) & (q <= lim.upper + 1e-9)).all(), q
+        if self.last is not None:
+            assert (np.abs(q - self.last) <= lim.max_step + 1e-6).all(), np.abs(q - self.last).max()
+        self.last = q
+
+
+@st.composite
+def joint_proposals(draw, near: float = T0):
+    """Joint-space ActionChunks about ``near``: absolute targets wandering from mid-range (some approved), or
+    with up to two fields broken."""
+    rows = draw(st.integers(1, 20))
+    scale = draw(st.sampled_from([0.04, 0.04, 0.12]))  # per-row moves within (most) or beyond the step limit
+    moves = scale * np.asarray(draw(st.lists(st.floats(-0.5, 0.5), min_size=rows * 29, max_size=rows * 29)))
+    actions = (JOINT_MID + np.cumsum(moves.reshape(rows, 29), axis=0)).astype(np.float32)
+    stamp = near + draw(st.floats(-0.1, 0.0) | st.floats(-2.0, 1.0))
+    msg = ActionChunk(embodiment="gr1_humanoid", horizon=rows, action_dim=29, dt=0.05, dimension_names=JOINT_NAMES,
+                      actions=[float(v) for v in actions.reshape(-1)], sequence=draw(st.integers(1, 50)))
+    ns = int(round(stamp * 1e9))
+    msg.header.stamp = ns_to_stamp(ns)
+    msg.digest = chunk_digest(msg.sequence, ns, "gr1_humanoid", actions)
+    for field in draw(st.sets(st.sampled_from(["names", "dt", "values", "actions"]), max_size=2)):
+        if field == "names":
+            msg.dimension_names = draw(st.permutations(JOINT_NAMES) | st.lists(TEXT, max_size=30))
+        elif field == "dt":
+            msg.dt = draw(ANY_FLOAT)
+        elif field == "actions":
+            msg.actions = draw(st.lists(F32, max_size=100))
+        else:  # huge, NaN or inf values with a matching digest
+            values = np.asarray(draw(st.lists(F32, min_size=rows * 29, max_size=rows * 29)), dtype=np.float32)
+            msg.actions = values.tolist()
+            msg.digest = chunk_digest(msg.sequence, ns, "gr1_humanoid", values.reshape(rows, 29))
+    return msg
+
+
+@PROFILE
+@given(msg=joint_proposals(), now=st.floats(T0, T0 + 0.3) | st.floats(T0 - 1, T0 + 2))
+def test_any_joint_proposal_is_approved_within_limits_refused_or_latches(msg, now):
+    gate = joint_started()
+    deliver(gate, msg, now)
+    watch = JointWatch(gate)
+    for k in range(40):  # the joints follow their commands
+        cmd = watch.tick(now + k * 0.05)
+        if cmd.targets is not None:
+            gate.on_joints(now + k * 0.05 + 1e-3, JOINT_NAMES, cmd.targets["joints"].tolist(), now=now + k * 0.05)
+
+
+@PROFILE
+@given(names=st.lists(st.sampled_from(JOINT_NAMES + ["head_yaw", ""]) | TEXT, max_size=34),
+       positions=st.lists(st.floats(-1.0, 1.0) | ANY_FLOAT, max_size=34), stamp=STAMP, now=st.floats(T0, T0 + 1),
+       complete=st.booleans())
+def test_the_joint_decoder_never_raises_and_the_gate_uses_ignores_or_latches(names, positions, stamp, now, complete):
+    gate = joint_started()
+    if complete:  # every commanded joint, then whatever was drawn
+        names, positions = JOINT_NAMES + names, JOINT_MID.tolist() + positions
+    before = gate.states.newest_stamps()["joints"]
+    gate.on_joints(stamp, names, positions, now=now)
+    after = gate.states.newest_stamps()["joints"]
+    assert after == before or after == stamp or gate.latched
+    if len(names) != len(positions) or not set(JOINT_NAMES) <= set(names):
+        assert gate.latched and gate.stop_reason.startswith("bad message on /robot/joint_states")
+    JointWatch(gate).tick(now + 0.01)
