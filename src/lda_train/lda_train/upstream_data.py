@@ -173,8 +173,8 @@ def vlm_inputs(processor: Any, prompt: str, frames: np.ndarray, instructions: Se
         content: list[dict[str, Any]] = [{"type": "image", "image": Image.fromarray(np.asarray(f))} for f in sample]
         content.append({"type": "text", "text": prompt.replace("{instruction}", instruction)})
         messages.append([{"role": "user", "content": content}])
-    return processor.apply_chat_template(messages, tokenize=True, padding=True, add_generation_prompt=True,
-                                         return_dict=True, return_tensors="pt")
+    return processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True,
+                                         return_tensors="pt", processor_kwargs={"padding": True})
 
 
 @dataclass

@@ -16,6 +16,7 @@ from lda_testing.datasets import record_dataset
 from lda_testing.upstream import write_tiny_upstream_checkpoint
 from lda_train.cli import train_main
 from lda_train.config import load_config
+from lda_train.upstream_data import vlm_inputs
 
 EQUAL = {"policy": 0.25, "forward_dynamics": 0.25, "inverse_dynamics": 0.25, "forecast": 0.25}
 
@@ -31,7 +32,7 @@ def write_config(path: Path, checkpoint, processor, datasets, output_dir, **sect
            "data": {"datasets": [{"root": str(d)} for d in datasets], "heldout_fraction": 0.2, "task_weights": EQUAL},
            "upstream": {"processor": str(processor), "image_size": 64},
            "optim": {"lr": 1e-3, "warmup_steps": 1}, "eval": {"max_samples": 8, "batch_size": 8},
-           "train": {"steps": 3, "batch_size": 8, "log_every": 1, "num_threads": 2, "checkpoint_every": 2}}
+           "train": {"steps": 3, "batch_size": 8, "log_every": 1, "num_threads": 1, "checkpoint_every": 2}}
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value}
     path.write_text(yaml.safe_dump(cfg))
@@ -96,6 +97,12 @@ def test_finetune_writes_an_upstream_checkpoint_and_resumes(upstream, mixed_data
     frames = np.random.default_rng(0).integers(0, 256, (1, 2, 64, 64, 3), dtype=np.uint8)
     acted = policy.act(frames, ["reach the goal"], np.zeros((1, 2, 58)), [31], noise=torch.zeros(1, 16, 138))
     assert acted["actions"].shape == (1, 16, 7) and np.isfinite(acted["actions"]).all()
+    two = np.concatenate([frames, frames[:, ::-1]])
+    texts = ["reach the goal", "move the gripper to the marker"]
+    trained_on = vlm_inputs(policy.processor, policy.model.config.vlm_prompt, two, texts)
+    deployed = policy.vlm_inputs(two, texts)  # the VLM sees in training what it sees deployed
+    assert set(trained_on) == set(deployed)
+    assert all(torch.equal(trained_on[k], deployed[k]) for k in deployed)
 
     # the run refuses to start over its own checkpoints, and --resume continues from the newest one
     assert train_main(["--config", str(cfg_path), "--no-progress"]) == 1
