@@ -241,6 +241,9 @@ class UpstreamTrainConfig:
     # decode every training frame once at start-up and keep it (uint8, image_size) in memory (fast for
     # fine-tuning-sized data); false: decode the frames of every batch (DataLoader, data.num_workers)
     preload_frames: bool = True
+    # the authors' trainer tiles every batch this many times before the head (trainer.repeated_diffusion_steps:
+    # 4), each copy with its own noise and times: more flow-matching draws per VLM forward and decoded frame
+    repeated_diffusion_steps: PositiveInt = 1
 
 
 @dataclass

@@ -180,14 +180,16 @@ def test_loss_goes_down_on_a_tiny_overfit_set(upstream, tmp_path):
 
 
 def test_vlm_finetune_trains_and_writes_the_vlm(upstream, mixed_dataset, tmp_path):
-    """upstream.vlm=finetune: the VLM trains with the action model (as the authors do) and is written back."""
+    """upstream.vlm=finetune: the VLM trains with the action model (as the authors do) and is written back;
+    the batch tiled twice (the authors' repeated_diffusion_steps)."""
     from lda_policy.model.upstream.checkpoint import read_upstream_config
     from lda_policy.model.upstream.vlm import load_vlm
 
     checkpoint, processor = upstream
     out = tmp_path / "run"
-    cfg = write_config(tmp_path / "c.yaml", checkpoint, processor, [mixed_dataset], out, upstream={"vlm": "finetune"},
-                       train={"steps": 1}, eval={"enabled": False})
+    cfg = write_config(tmp_path / "c.yaml", checkpoint, processor, [mixed_dataset], out,
+                       upstream={"vlm": "finetune", "repeated_diffusion_steps": 2}, train={"steps": 1},
+                       eval={"enabled": False})
     assert train_main(["--config", str(cfg), "--no-progress"]) == 0
     spec = read_upstream_config(checkpoint).vlm
     before, after = load_vlm(checkpoint, spec).state_dict(), load_vlm(out / "model", spec).state_dict()
