@@ -65,16 +65,16 @@ def ramp(start, joint=0, per_row=0.02, rows=16) -> np.ndarray:
 
 def run(gate, q, t, seconds, dt=0.02):
     """Tick with a perfect position controller; every command is checked against the ranges and the step."""
-    lim, last, cmds = gate.space.joint_limits, None, []
+    lim, last, last_t, cmds = gate.space.joint_limits, None, t, []
     for _ in range(int(round(seconds / dt))):
         cmd = gate.tick(t)
         if cmd.targets is not None:
             c = cmd.targets[PART]
             assert c.shape == (29,) and np.isfinite(c).all()
             assert ((c >= lim.lower - 1e-9) & (c <= lim.upper + 1e-9)).all()
-            if last is not None:
-                assert (np.abs(c - last) <= lim.max_step + 1e-9).all()
-            last, q = c, c
+            if last is not None:  # one step, and the speed (rate-limited) since the last command
+                assert (np.abs(c - last) <= np.minimum(lim.max_step, lim.max_speed * (t - last_t)) + 1e-9).all()
+            last, last_t, q = c, t, c
             cmds.append(cmd)
         t = round(t + dt, 6)
         feed(gate, t, q)
@@ -220,17 +220,34 @@ def test_a_command_within_the_band_is_clamped_and_beyond_it_stops():
     assert cmd.mode == "hold" and gate.latched and "command check: joint r_elbow_pitch command" in gate.stop_reason
 
 
-def test_a_command_step_beyond_the_limit_stops():
+def test_a_command_faster_than_the_speed_is_rate_limited_and_a_jump_stops():
+    """The speed is a controller's velocity limit on commands (a cross-fade may ask a little more than the rows
+    were checked for): rate-limited, a WARN. A command more than one step from the one before is a STOP."""
     gate = joint_gate()
     q = mid(gate)
     feed(gate, T0, q)
+    for k in range(5):  # holding, as a running gate does, before the chunk comes
+        gate.tick(T0 + 0.02 * k)
+        feed(gate, T0 + 0.02 * (k + 1), q)
+    t = T0 + 0.1
+    for seq in range(1, 5):  # replans at 0.9 rad/s, each cross-faded in over the last: faster while blending
+        start = gate._last_sent[PART]
+        assert gate.judge(chunk(ramp(start, per_row=0.045), stamp=t, sequence=seq), t + 0.005).approved
+        _, t = run(gate, q, t, 0.3)
+    assert not gate.latched and gate.clamped > 0 and "rate-limited" in gate.last_clamp, gate.stop_reason
+    lim = gate.space.joint_limits
+    gate.space.joint_limits = dataclasses.replace(lim, max_step=lim.max_step / 1000)  # every move is a jump now
+    assert gate.judge(chunk(ramp(gate._last_sent[PART], per_row=0.04), stamp=t, sequence=9), t + 0.005).approved \
+        is False  # refused by the per-row step as well
+    gate = joint_gate()
+    feed(gate, T0, q)
     assert gate.judge(chunk(ramp(q, per_row=0.04)), T0 + 0.01).approved
     _, t = run(gate, q, T0 + 0.01, 0.2)
-    lim = gate.space.joint_limits
-    gate.space.joint_limits = dataclasses.replace(lim, max_speed=lim.max_speed / 10)  # 0.8 rad/s is too fast now
-    feed(gate, t + 0.02, gate._last_sent[PART])
-    gate.tick(t + 0.02)
+    gate.space.joint_limits = dataclasses.replace(lim, max_step=lim.max_step / 1000)
+    feed(gate, t, gate._last_sent[PART])
+    gate.tick(t)
     assert gate.latched and "command check: joint l_shoulder_pitch moves" in gate.stop_reason
+    assert "in one command" in gate.stop_reason
 
 
 def test_a_stale_joint_stream_latches_stop_and_a_missing_one_waits():

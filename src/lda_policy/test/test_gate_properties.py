@@ -219,7 +219,9 @@ def test_the_finger_decoder_never_raises_and_the_gate_takes_what_it_gives(names,
     gate = started()
     if values is not None:
         gate.on_fingers("right", T0 + 0.05, values, now=T0 + 0.05)
-        assert gate.latched == (not np.isfinite(values).all())
+        fmin, fmax = LIMITS.finger_range("right")  # a measured finger state beyond range + band latches (#27)
+        outside = bool(((values < fmin - LIMITS.finger_band) | (values > fmax + LIMITS.finger_band)).any())
+        assert gate.latched == (not np.isfinite(values).all() or outside)
     Watch(gate).tick(T0 + 0.06)
 
 
@@ -363,6 +365,17 @@ class JointWatch(Watch):
         if self.last is not None:
             assert (np.abs(q - self.last) <= lim.max_step + 1e-6).all(), np.abs(q - self.last).max()
         self.last = q
+
+    def tick(self, now: float, mono: float | None = None):
+        """... and no faster than each joint's speed since the previous command (monotonic time)."""
+        last, mono = self.last, now if mono is None else mono
+        cmd = super().tick(now, mono)
+        if last is not None and cmd.targets is not None and getattr(self, "last_mono", None) is not None:
+            lim, span = self.gate.space.joint_limits, max(mono - self.last_mono, 0.0)
+            assert (np.abs(cmd.targets["joints"] - last) <= lim.max_speed * span + 1e-6).all()
+        if cmd.targets is not None:
+            self.last_mono = mono
+        return cmd
 
 
 @st.composite

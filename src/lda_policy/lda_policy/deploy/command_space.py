@@ -11,7 +11,7 @@ space gives it the rest. Both implementations have the same members:
   observation (None: not known); ``missing_anchor``: what to say when there are none;
 - ``plan(actions, anchor, sequence, stamp, dt)``: a chunk as absolute targets the executor samples;
 - ``check_chunk(actions, dt, plan, anchor, last_sent)``, ``check_command(targets, previous, elapsed_s)``,
-  ``clamp(targets)``: the hard limits (lists of violations; clamped targets and notes);
+  ``clamp(targets, previous, elapsed_s)``: the hard limits (lists of violations; clamped targets and notes);
 - ``safe_hold(hold, last_sent)``: the hold target made safe, and a STOP reason ('' when none);
 - and the executor's hooks (:class:`~.chunk_executor.HandTargets`): ``parts``, ``blend``,
   ``plan_problem``, ``hold_from``, ``kept``.
@@ -62,7 +62,7 @@ class HandSpace(HandTargets):
     def check_command(self, targets: HandsState, previous: HandsState | None, elapsed_s: float) -> list[str]:
         return check_command(targets, previous, elapsed_s, self.limits)
 
-    def clamp(self, targets: HandsState) -> tuple[HandsState, list[str]]:
+    def clamp(self, targets: HandsState, previous=None, elapsed_s: float = 0.0) -> tuple[HandsState, list[str]]:
         return clamp_command(targets, self.limits)
 
     def safe_hold(self, hold: HandsState, last_sent: HandsState | None) -> tuple[HandsState | None, str]:

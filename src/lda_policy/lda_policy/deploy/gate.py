@@ -469,7 +469,7 @@ class SafetyGateCore:
             self.stop("command check: " + "; ".join(violations))
             self.executor.on_status(STATUS_STOP, self.stop_reason, now)
             return self.executor.step(now, measured)
-        targets, notes = self.space.clamp(cmd.targets)
+        targets, notes = self.space.clamp(cmd.targets, self._last_sent, elapsed)
         if notes:
             self.clamped += 1
             self.last_clamp = "; ".join(notes)

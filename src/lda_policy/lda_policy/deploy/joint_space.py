@@ -14,7 +14,9 @@ sensor_msgs/JointState, joints looked up by name) and the command topic. A joint
   row is more than one step from both the positions measured at its observation and the last command sent,
   or when consecutive rows move a joint more than min(step, speed x dt);
 - **a command** is re-checked where it leaves: within the band it is clamped into range (a WARN), beyond it,
-  or a step larger than min(step, speed x elapsed) from the command before, is STOP;
+  or a jump of more than one step (``max_step``) from the command before, is STOP; a command faster than
+  ``max_speed`` x the elapsed time is rate-limited to it (a WARN, as a controller's velocity limit: a
+  cross-fade between chunks or a late tick asks a little more than the rows were checked for);
 - **a hold** commands the last command sent (a grasp stays closed by construction), or before any command
   the measured positions clipped into range;
 - **a measured JointState** without a commanded joint, with ``name`` and ``position`` of different lengths, a
@@ -295,20 +297,34 @@ class JointSpace:
         if not np.isfinite(t).all():
             return ["NaN/inf in the joint command"]
         out = self._outside(t[None], "command")
-        if previous is not None and PART in previous:  # the step of what leaves: the command clamped into range
-            allowed = self.joint_limits.row_step(elapsed_s)  # no time elapsed: the step alone, never unchecked
+        if previous is not None and PART in previous:  # a jump: what leaves (clamped into range) beyond one step
             sent = np.clip(t, self.joint_limits.lower, self.joint_limits.upper)
-            out += self._too_fast((sent - previous[PART])[None], allowed, f"in {elapsed_s:.3f} s")
+            out += self._too_fast((sent - previous[PART])[None], self.joint_limits.max_step,
+                                  f"in one command ({elapsed_s:.3f} s)")
         return out
 
-    def clamp(self, targets) -> tuple[dict, list[str]]:
+    def clamp(self, targets, previous=None, elapsed_s: float = 0.0) -> tuple[dict, list[str]]:
+        """Targets clamped into range (within the band: call :meth:`check_command` first) and rate-limited to
+        ``max_speed`` x ``elapsed_s`` from the previous command, as a controller's velocity limit: a cross-fade
+        between two chunks or a late tick may ask a little more than the speed the chunks were checked for."""
         t = targets[PART]
         c = np.clip(t, self.joint_limits.lower, self.joint_limits.upper)
-        if np.array_equal(c, t):
-            return targets, []
-        j = int(np.argmax(np.abs(c - t)))
-        return {PART: c}, [f"joint command clamped by up to {float(np.abs(c - t).max()):.3f} rad "
-                           f"({self.dimension_names[j]}) into its range"]
+        notes = []
+        if not np.array_equal(c, t):
+            j = int(np.argmax(np.abs(c - t)))
+            notes.append(f"joint command clamped by up to {float(np.abs(c - t).max()):.3f} rad "
+                         f"({self.dimension_names[j]}) into its range")
+        if previous is not None and PART in previous:
+            span = elapsed_s if math.isfinite(elapsed_s) and elapsed_s > 0 else 0.0
+            allowed = np.minimum(self.joint_limits.max_speed * span, self.joint_limits.max_step)
+            prev = previous[PART]
+            r = np.clip(c, prev - allowed, prev + allowed)
+            if not np.array_equal(r, c):
+                j = int(np.argmax(np.abs(r - c)))
+                notes.append(f"joint command rate-limited by {float(np.abs(r - c).max()):.3f} rad "
+                             f"({self.dimension_names[j]}) to max_speed_rad_s {self.joint_limits.max_speed[j]:g}")
+            c = r
+        return ({PART: c} if notes else targets), notes
 
     def safe_hold(self, hold, last_sent) -> tuple[dict | None, str]:
         """The last command sent; before any command the hold target (the measured positions) clipped into
