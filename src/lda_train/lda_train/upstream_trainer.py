@@ -45,6 +45,7 @@ from .upstream_data import (
     check_dimensions,
     upstream_layout,
 )
+from .upstream_eval import fixed_losses, policy_l1
 
 log = logging.getLogger("lda_train")
 STATE_FORMAT = "lda-train-upstream-state"
@@ -337,13 +338,19 @@ class UpstreamTrainer:
             self._log("evaluation skipped: no held-out episodes (set data.heldout_fraction or heldout_episodes)")
             return {}
         n = min(self.cfg.eval.max_samples, sum(sampler.sample_counts))
-        result = fixed_losses(self, sampler.batch(0, n), self.cfg.eval.batch_size, self.cfg.eval.seed)
+        plan = sampler.batch(0, n)
+        result = fixed_losses(self, plan, self.cfg.eval.batch_size, self.cfg.eval.seed)
+        result["policy"] = policy_l1(self, plan, self.cfg.eval.batch_size, self.cfg.eval.seed,
+                                     self.cfg.eval.num_inference_steps)
         result["step"] = step
         out = self.run_dir / "eval"
         out.mkdir(parents=True, exist_ok=True)
         (out / f"step_{step:06d}.json").write_text(json.dumps(result, indent=2) + "\n")
+        pol = result["policy"] or {}
         self._log(f"eval step {step}: held-out loss {result['loss']:.4f} " + " ".join(
-            f"{k} {v:.4f}" for k, v in result["per_task"].items() if v is not None))
+            f"{k} {v:.4f}" for k, v in result["per_task"].items() if v is not None)
+            + f"; policy action L1 {pol.get('action_l1', 'n/a')} vs predict-the-mean "
+              f"{pol.get('baseline_mean_action_l1', 'n/a')}")
         return result
 
     # -------------------------------------------------------------- checkpoints
@@ -418,31 +425,6 @@ class UpstreamTrainer:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def fixed_losses(trainer: UpstreamTrainer, plan: Any, batch_size: int, seed: int) -> dict[str, Any]:
-    """Mean losses of ``plan`` with fixed noise and times (no gradients, dropout off): a number that
-    moves only when the weights do."""
-    was_training = trainer.model.training
-    trainer.model.eval()
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    try:
-        with torch.no_grad():
-            for i, start in enumerate(range(0, len(plan), batch_size)):
-                batch = trainer.data.batch(plan.slice(start, start + batch_size))
-                torch.manual_seed(_micro_seed(seed, 2**32 - 1, i))  # a step no run reaches
-                out = trainer.losses(batch)
-                for key, task in zip(LOSS_KEYS, ("policy", "inverse_dynamics", "forward_dynamics", "video_gen"),
-                                     strict=True):
-                    n = batch.tasks.count(task)
-                    counts[task] = counts.get(task, 0) + n
-                    sums[task] = sums.get(task, 0.0) + (float(out[key]) * n if n else 0.0)
-    finally:
-        trainer.model.train(was_training)
-    per_task = {k: (sums[k] / counts[k] if counts[k] else None) for k in counts}
-    total = sum(v * counts[k] for k, v in per_task.items() if v is not None) / max(1, sum(counts.values()))
-    return {"loss": total, "per_task": per_task, "samples": counts}
 
 
 def _named_optim_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:

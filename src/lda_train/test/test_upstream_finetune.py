@@ -82,6 +82,10 @@ def test_finetune_writes_an_upstream_checkpoint_and_resumes(upstream, mixed_data
                for t in ("policy", "inverse_dynamics", "forward_dynamics", "video_gen"))
     text = capsys.readouterr().out
     assert "samples/s eta" in text and "final model" in text
+    evaluation = json.loads((out / "eval" / "step_000003.json").read_text())
+    assert all(v is None or np.isfinite(v) for v in evaluation["per_task"].values())
+    policy_eval = evaluation["policy"]  # held-out policy samples: physical-unit L1 and the predict-the-mean one
+    assert policy_eval["samples"] > 0 and policy_eval["action_l1"] > 0 and policy_eval["baseline_mean_action_l1"] > 0
 
     base, tuned = load_upstream(checkpoint), load_upstream(out / "model")
     before, after = base.state_dict(), tuned.state_dict()
