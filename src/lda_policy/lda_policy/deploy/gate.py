@@ -25,6 +25,13 @@ header stamp more than ``max_stamp_lead_s`` ahead of ``now``, a stream stamp tha
 clock that goes back (or runs ahead of the steady clock by more than ``max_clock_jump_s`` between two
 readings) latch STOP.
 
+What is commanded is a *command space* (:mod:`.command_space`, passed as ``space``): the hands (EEF poses and
+finger values from their streams, :class:`~.command_space.HandSpace`, the default; the text above) or the
+robot config's joints (:class:`~.joint_space.JointSpace`: measured positions from :meth:`on_joints`, absolute
+joint targets, per-joint ranges, step and speed, hold = the last command). The space plans, checks, clamps
+and makes the hold safe; everything else here (latch, heartbeats, sequences, clocks, stream bookkeeping,
+resets, bad inputs) is the same for both.
+
 No input may kill the gate: every public method validates before it allocates or indexes, and an
 exception that escapes one anyway latches STOP naming it (``internal error in ...``) and holds.
 Not received yet (start-up) is a wait, not a fault: the robot holds and nothing latches.
