@@ -211,15 +211,14 @@ class UpstreamTrainer:
 
     def losses(self, batch: UpstreamBatch) -> dict[str, torch.Tensor]:
         """The authors' four-task losses of one batch (their ``FlowmatchingActionHead.forward``)."""
-        vl_embs, mask = self.features(batch)
-        tensors = {k: v.to(self.device) for k, v in batch.tensors.items()}
-        tasks, k = batch.tasks, self.cfg.upstream.repeated_diffusion_steps
-        if k > 1:  # the authors' tiling: every tensor and task label k times, each copy its own draws
-            vl_embs, mask, tasks = vl_embs.repeat(k, 1, 1), mask.repeat(k, 1), tasks * k
-            tensors = {key: v.repeat(k, *([1] * (v.dim() - 1))) for key, v in tensors.items()}
         use_amp = self.device.type == "cuda" and self.cfg.train.bf16
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
-        with amp:
+        with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
+            vl_embs, mask = self.features(batch)
+            tensors = {k: v.to(self.device) for k, v in batch.tensors.items()}
+            tasks, k = batch.tasks, self.cfg.upstream.repeated_diffusion_steps
+            if k > 1:  # the authors' tiling: every tensor and task label k times, each copy its own draws
+                vl_embs, mask, tasks = vl_embs.repeat(k, 1, 1), mask.repeat(k, 1), tasks * k
+                tensors = {key: v.repeat(k, *([1] * (v.dim() - 1))) for key, v in tensors.items()}
             return self.model.training_losses({**tensors, "vl_embs": vl_embs, "text_mask": mask}, tasks)
 
     # -------------------------------------------------------------- loop
