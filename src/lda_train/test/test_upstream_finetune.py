@@ -66,6 +66,16 @@ def test_role_rules_on_real_batches(upstream, mixed_dataset, tmp_path):
     assert seen[Quality.ACTIONLESS] == {"video_gen"}
     assert trainer.slots == {"test_arm": 31}  # a free slot: the highest, never the authors' GR-1 slot 24
 
+    # frames decoded per batch by lerobot (upstream.preload_frames=false) are the preloaded ones
+    from lda_train.latent_cache import FrameWindowDataset, plan_keys
+
+    plan = trainer.sampler.batch(99, 6)
+    offsets = [-0.5, 0.0, 0.5]
+    decoded = torch.stack([FrameWindowDataset(trainer.sources, offsets)[k] for k in plan_keys(plan)])
+    online, preloaded = trainer.data.batch(plan, decoded), trainer.data.batch(plan)
+    for key in ("curr_images", "future_images"):
+        assert torch.equal(online.tensors[key], preloaded.tensors[key])
+
 
 def test_finetune_writes_an_upstream_checkpoint_and_resumes(upstream, mixed_dataset, tmp_path, capsys):
     from lda_policy.model.upstream.checkpoint import load_upstream, read_normalization
@@ -185,14 +195,15 @@ def test_loss_goes_down_on_a_tiny_overfit_set(upstream, tmp_path):
 
 def test_vlm_finetune_trains_and_writes_the_vlm(upstream, mixed_dataset, tmp_path):
     """upstream.vlm=finetune: the VLM trains with the action model (as the authors do) and is written back;
-    the batch tiled twice (the authors' repeated_diffusion_steps)."""
+    the batch tiled twice (the authors' repeated_diffusion_steps); frames decoded per batch."""
     from lda_policy.model.upstream.checkpoint import read_upstream_config
     from lda_policy.model.upstream.vlm import load_vlm
 
     checkpoint, processor = upstream
     out = tmp_path / "run"
     cfg = write_config(tmp_path / "c.yaml", checkpoint, processor, [mixed_dataset], out,
-                       upstream={"vlm": "finetune", "repeated_diffusion_steps": 2}, train={"steps": 1},
+                       upstream={"vlm": "finetune", "repeated_diffusion_steps": 2, "preload_frames": False},
+                       train={"steps": 1},
                        eval={"enabled": False})
     assert train_main(["--config", str(cfg), "--no-progress"]) == 0
     spec = read_upstream_config(checkpoint).vlm
