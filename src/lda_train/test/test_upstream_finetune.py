@@ -211,3 +211,32 @@ def test_vlm_finetune_trains_and_writes_the_vlm(upstream, mixed_dataset, tmp_pat
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert any(".layers.1." in k for k in changed)  # the last decoder layer moved
     assert not (out / "model" / "vlm.safetensors").samefile(checkpoint / "vlm.safetensors")
+
+
+def test_an_interrupted_run_resumes_on_the_same_curve(upstream, mixed_dataset, tmp_path, monkeypatch):
+    """Batches, noise, times, dropout, weights and AdamW state are restored: the resumed losses are the
+    uninterrupted run's, bit for bit."""
+    from lda_train import upstream_trainer
+
+    checkpoint, processor = upstream
+    common = {"train": {"steps": 4, "checkpoint_every": 2}, "eval": {"enabled": False}}
+
+    def losses(name: str, resume: bool = False) -> list[float]:
+        cfg = load_config(write_config(tmp_path / f"{name}.yaml", checkpoint, processor, [mixed_dataset],
+                                       tmp_path / name, **common))
+        upstream_trainer.UpstreamTrainer(cfg, resume=resume).train()
+        return [json.loads(line)["loss"] for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+
+    whole = losses("whole")
+    step = upstream_trainer.UpstreamTrainer._step
+
+    def interrupted(self, i, *args):
+        if i == 2:
+            raise KeyboardInterrupt
+        return step(self, i, *args)
+
+    monkeypatch.setattr(upstream_trainer.UpstreamTrainer, "_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        losses("cut")
+    monkeypatch.setattr(upstream_trainer.UpstreamTrainer, "_step", step)
+    assert losses("cut", resume=True) == whole
