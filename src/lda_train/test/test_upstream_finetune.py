@@ -14,7 +14,7 @@ import yaml
 from lda_common.schema import Quality
 from lda_testing.datasets import record_dataset
 from lda_testing.upstream import write_tiny_upstream_checkpoint
-from lda_train.cli import train_main
+from lda_train.cli import cache_main, train_main
 from lda_train.config import load_config
 from lda_train.upstream_data import vlm_inputs
 
@@ -170,6 +170,9 @@ def test_bad_configs_are_refused_by_name(upstream, mixed_dataset, tmp_path, caps
     assert code == 1 and "neither an LDA checkpoint" in err and "lda-import-upstream" in err
     code, err = run("upstream.processor=null", name="noproc")
     assert code == 1 and "upstream.processor is not set" in err
+    cfg = write_config(tmp_path / "cache.yaml", checkpoint, processor, [mixed_dataset], tmp_path / "o_cache")
+    assert cache_main(["--config", str(cfg)]) == 1  # its model runs DINOv3 itself: no latent cache
+    assert "needs no latent cache" in capsys.readouterr().err
 
 
 def test_loss_goes_down_on_a_tiny_overfit_set(upstream, tmp_path):
