@@ -1,6 +1,6 @@
 """Write recorded episodes into a LeRobot v3.0 dataset with LeRobot's own API, durably.
 
-Used by both the recorder node and ``lda-bag2lerobot``. The dataset on disk is a complete, readable
+Used by the recorder node, ``lda-bag2lerobot`` and ``lda-label-actions``. The dataset on disk is a complete, readable
 LeRobot dataset after every saved episode, whatever happens to the process:
 
 * **One writing session per episode.** Each episode is written by its own
@@ -39,6 +39,7 @@ from typing import Any
 
 import av
 import numpy as np
+
 from lda_common.robot_config import RobotConfig
 from lda_common.schema import (
     EMBODIMENT_FILE,
@@ -51,7 +52,7 @@ from lda_common.schema import (
     write_json_atomic,
 )
 
-log = logging.getLogger("lda_teleop_record.episode_writer")
+log = logging.getLogger("lda_common.episode_writer")
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 (LeRobot's default codec) prints banners on every episode otherwise
 # x264 prints a banner and statistics per video at FFmpeg's info level once LeRobot has restored FFmpeg's
 # own log callback after the first episode (11-13 lines per episode): FFmpeg's own threshold

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lda_common.episode_writer import DatasetError, DatasetStore
 from lda_common.robot_config import RobotConfig
 from lda_common.schema import episodes_with_quality, read_episode_labels
-from lda_teleop_record.episode_writer import DatasetError, DatasetStore
 from lda_teleop_record.recording import EpisodeRecorder
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from lda_common.episode_writer import DatasetStore, EpisodeWriter  # noqa: E402
 from lda_common.robot_config import RobotConfig  # noqa: E402
-from lda_teleop_record.episode_writer import DatasetStore, EpisodeWriter  # noqa: E402
 from lda_teleop_record.recording import EpisodeRecorder  # noqa: E402
 
-from lda_teleop_record import episode_writer  # noqa: E402
+from lda_common import episode_writer  # noqa: E402
 from lda_testing import teleop as syn  # noqa: E402
 
 

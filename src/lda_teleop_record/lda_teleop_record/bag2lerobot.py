@@ -49,9 +49,9 @@ class _Fail(Exception):
 
 def convert(args: argparse.Namespace, out=None, err=None) -> int:
     from lda_common.bag_io import BagError, bag_info, read_messages
+    from lda_common.episode_writer import DatasetError, DatasetStore
     from lda_common.robot_config import ConfigError, load_robot_config
 
-    from .episode_writer import DatasetError, DatasetStore
     from .recording import DEFAULT_EVENTS_TOPIC, EpisodeRecorder, RecorderError, streams_of
 
     out, err = out or sys.stdout, err or sys.stderr

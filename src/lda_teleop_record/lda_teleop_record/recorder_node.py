@@ -28,6 +28,7 @@ os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints banners on every episode
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
+from lda_common.episode_writer import DEFAULT_VIDEO_CODEC, DatasetError, DatasetStore  # noqa: E402
 from lda_common.process_exit import ExitGuard, join_threads, spin_until_shutdown  # noqa: E402
 from lda_common.robot_config import ConfigError, load_robot_config  # noqa: E402
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType  # noqa: E402
@@ -39,7 +40,6 @@ from std_msgs.msg import String  # noqa: E402
 
 from lda_msgs.srv import StartEpisode, StopEpisode  # noqa: E402
 
-from .episode_writer import DEFAULT_VIDEO_CODEC, DatasetError, DatasetStore  # noqa: E402
 from .recording import DEFAULT_EVENTS_TOPIC, EpisodeRecorder, RecorderError  # noqa: E402
 
 #: A stream received at under this fraction of the rate its stamps show (less one message per window, so

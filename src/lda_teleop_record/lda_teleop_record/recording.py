@@ -30,6 +30,7 @@ import numpy as np
 from lda_common.action_space import HandCentricActionSpace
 from lda_common.alignment import BadSample, CommandLog, FrameSync, Tick
 from lda_common.bag_io import EVENTS_MSGTYPE, BagWriter, serialize, typestore
+from lda_common.episode_writer import DatasetError, DatasetStore, EpisodeWriter, SaveError
 from lda_common.messages import (
     Topics,
     check_raw_image,
@@ -44,8 +45,6 @@ from lda_common.messages import (
 )
 from lda_common.robot_config import CameraConfig, HandConfig, RobotConfig
 from lda_common.schema import QUALITIES
-
-from .episode_writer import DatasetError, DatasetStore, EpisodeWriter, SaveError
 
 DEFAULT_EVENTS_TOPIC = Topics.EPISODE_EVENTS
 

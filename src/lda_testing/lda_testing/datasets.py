@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from lda_common.episode_writer import DatasetStore
 from lda_common.robot_config import RobotConfig
-from lda_teleop_record.episode_writer import DatasetStore
 
 IMAGE = 64
 TASKS = ("reach the goal", "move the gripper to the marker")

@@ -1,4 +1,5 @@
-"""Command lines: ``lda-train`` and ``lda-cache-latents`` (also ``ros2 run lda_train train|cache_latents``).
+"""Command lines: ``lda-train``, ``lda-cache-latents`` and ``lda-label-actions`` (also ``ros2 run lda_train
+train|cache_latents|label_actions``).
 
     lda-cache-latents --config config/train/demo_cpu.yaml
     lda-train --config config/train/demo_cpu.yaml train.steps=2000 optim.lr=3e-4
@@ -149,6 +150,46 @@ def build_caches(cfg, verify_only: bool = False, progress: bool | None = None) -
                        "seconds": round(time.monotonic() - t0, 2),
                        "built_seconds": cache.manifest.get("build_seconds")})
     return report
+
+
+def label_main(argv: list[str] | None = None) -> int:
+    """``lda-label-actions``: label actionless episodes with the model's inverse dynamics into a new dataset."""
+    p = argparse.ArgumentParser(prog="lda-label-actions", description=(
+        "Copy a LeRobot dataset into a new one in which its actionless episodes (or --episodes) carry actions "
+        "predicted by a checkpoint's inverse dynamics, labelled 'low' with their provenance. A killed run is "
+        "continued by running the same command again."))
+    p.add_argument("--checkpoint", required=True, help="LDA checkpoint directory (knows the dataset's robot)")
+    p.add_argument("--dino-path", required=True, help="local DINOv3 directory the checkpoint was trained with")
+    p.add_argument("--dataset", required=True, help="source LeRobot dataset (read only)")
+    p.add_argument("--out", required=True, help="the new dataset (created, or continued when it is unfinished)")
+    p.add_argument("--episodes", type=int, nargs="+", default=None,
+                   help="episode indices to label (default: every actionless episode)")
+    p.add_argument("--language", default="minilm", choices=["minilm", "qwen3vl"])
+    p.add_argument("--language-path", default=None, help="local language encoder directory ('' = bundled MiniLM)")
+    p.add_argument("--passes", type=int, default=2, choices=[1, 2],
+                   help="2 (default): a second pass with the first pass's labels as history actions")
+    p.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None)
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    _setup_logging()
+    from lda_common.episode_writer import DatasetError
+
+    from .label_actions import ActionLabeller, LabelError, LabelSettings, load_runtime
+
+    try:
+        runtime = load_runtime(args.checkpoint, args.dino_path, args.language, args.language_path, args.device)
+        labeller = ActionLabeller(runtime, args.dataset, LabelSettings(args.passes, args.num_steps, args.seed))
+        summary = labeller.write(args.out, args.episodes, args.checkpoint,
+                                 progress=sys.stderr.isatty() if args.progress is None else args.progress)
+    except (LabelError, DatasetError) as err:
+        print(f"lda-label-actions: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -346,11 +346,15 @@ def _write(path: Path, data: bytes) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- building
 
 
-def decode_frames(source: SourceDataset, rows: np.ndarray, decoder_cache: Any = None) -> torch.Tensor:
-    """Camera frames (n, 3, H, W) float in [0, 1] of dataset ``rows``, decoded the way lerobot does."""
+def decode_frames(source: SourceDataset, rows: np.ndarray, decoder_cache: Any = None,
+                  key: str | None = None) -> torch.Tensor:
+    """Camera frames (n, 3, H, W) float in [0, 1] of dataset ``rows``, decoded the way lerobot does;
+    ``key``: another camera feature than the dataset's ``image_key``."""
     rows = np.asarray(rows, dtype=np.int64)
-    if not source.is_video:
-        items = source.lerobot.hf_dataset[rows.tolist()][source.image_key]
+    key = key or source.image_key
+    meta = source.lerobot.meta
+    if key not in meta.video_keys:
+        items = source.lerobot.hf_dataset[rows.tolist()][key]
         return torch.stack([torch.as_tensor(x) for x in items]).float()
     from lerobot.datasets.video_utils import (
         decode_video_frames,
@@ -358,15 +362,14 @@ def decode_frames(source: SourceDataset, rows: np.ndarray, decoder_cache: Any = 
         get_safe_default_video_backend,
     )
 
-    meta = source.lerobot.meta
     out = []
     eps = source.episode_index[rows]
     for ep in np.unique(eps):
         sel = np.flatnonzero(eps == ep)
         row_meta = meta.episodes[int(ep)]
-        shift = float(row_meta[f"videos/{source.image_key}/from_timestamp"])
+        shift = float(row_meta[f"videos/{key}/from_timestamp"])
         ts = [shift + float(t) for t in source.timestamp[rows[sel]]]
-        path = source.root / meta.get_video_file_path(int(ep), source.image_key)
+        path = source.root / meta.get_video_file_path(int(ep), key)
         backend = get_safe_default_video_backend()
         if backend == "torchcodec" and decoder_cache is not None:
             frames = decode_video_frames_torchcodec(path, ts, source.lerobot.tolerance_s, decoder_cache=decoder_cache)
