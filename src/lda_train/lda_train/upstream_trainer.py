@@ -479,6 +479,9 @@ def is_upstream_run(cfg: TrainingRunConfig) -> bool:
     from lda_policy.model.upstream.checkpoint import CONFIG_FILE, is_upstream_checkpoint
 
     path = Path(cfg.model.checkpoint).expanduser()
+    if not path.is_dir():
+        raise CheckpointError(f"model.checkpoint {path} is not a directory (an LDA checkpoint, or an authors' "
+                              "checkpoint imported with lda-import-upstream)")
     if is_upstream_checkpoint(path):
         return True
     try:

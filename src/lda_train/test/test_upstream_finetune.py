@@ -168,6 +168,8 @@ def test_bad_configs_are_refused_by_name(upstream, mixed_dataset, tmp_path, caps
     (junk / "config.json").write_text(json.dumps({"format": "something-else"}))
     code, err = run(f"model.checkpoint={junk}", name="junk")
     assert code == 1 and "neither an LDA checkpoint" in err and "lda-import-upstream" in err
+    code, err = run(f"model.checkpoint={tmp_path / 'nowhere'}", name="nowhere")
+    assert code == 1 and "nowhere is not a directory" in err
     code, err = run("upstream.processor=null", name="noproc")
     assert code == 1 and "upstream.processor is not set" in err
     cfg = write_config(tmp_path / "cache.yaml", checkpoint, processor, [mixed_dataset], tmp_path / "o_cache")
