@@ -10,7 +10,8 @@ verdict on ``/lda/safety_status``. Outputs: ``/lda/proposed_chunk`` (lda_msgs/Ac
 digest), the heartbeats ``/lda/host_status`` and ``/lda/judge_status`` (lda_msgs/SafetyStatus) at
 ``heartbeat_rate_hz`` and at once on a fault, ``/diagnostics``. It never commands the robot: the safety
 gate (``safety_gate_node``) does. The policy and the judge each run on their own thread; callbacks only
-store. The logic lives in :mod:`lda_policy.deploy.host`.
+store. The logic lives in :mod:`lda_policy.deploy.host`. ``backend:=lerobot`` hosts a LeRobot ``PreTrainedPolicy``
+checkpoint instead (:mod:`lda_policy.deploy.lerobot_policy`), behind the same gate, with no judge.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from lda_msgs.msg import ActionChunk, SafetyStatus
 from lda_policy.deploy.host import HostSettings, ModelHost, PolicyHost, Status
 from lda_policy.deploy.joint_policy import NO_JUDGE_REASON, JointPolicyCore, JointPolicySettings, NoJudge
 from lda_policy.deploy.judge import JudgeSettings
+from lda_policy.deploy.lerobot_policy import NO_JUDGE_REASON as LEROBOT_NO_JUDGE
+from lda_policy.deploy.lerobot_policy import LeRobotPolicyCore, LeRobotPolicySettings, load_lerobot_policy
 from lda_policy.deploy.policy import PolicySettings
 from lda_policy.deploy.robot import RobotInterface
 from lda_policy.deploy.runtime import set_torch_threads
@@ -58,6 +61,9 @@ class ModelHostNode(ModelNode, Node):
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
         self.p = {
             **self.model_parameters(),
+            "backend": d("backend", "lda", "policy backend: lda (our checkpoints, or an imported upstream one) or "
+                          "lerobot (a LeRobot PreTrainedPolicy checkpoint directory trained on this robot's "
+                          "dataset, e.g. ACT; no forward-dynamics judge)", choices=["lda", "lerobot"]),
             "action_space": d("action_space", "hands", "what the checkpoint commands: hands (our checkpoints: EEF pose "
                               "deltas + fingers) or joints (an imported upstream checkpoint: absolute joint positions "
                               "of the robot config's joints: section)", choices=["hands", "joints"]),
@@ -128,8 +134,14 @@ class ModelHostNode(ModelNode, Node):
 
     def start(self) -> None:
         p = self.p
-        upstream = is_upstream(p["checkpoint"])
         joints = p["action_space"] == "joints"
+        if p["backend"] == "lerobot":
+            if joints:
+                raise ConfigError("backend 'lerobot' commands hands (the suite's action rows: EEF pose deltas + "
+                                  "fingers); set action_space to hands")
+            self._start(self._start_lerobot(p), joints=False)
+            return
+        upstream = is_upstream(p["checkpoint"])
         if upstream and not joints:
             raise ConfigError(f"checkpoint '{p['checkpoint']}' is an imported upstream checkpoint "
                               "(lda-upstream-checkpoint), which commands joint positions: start the host with "
@@ -138,7 +150,11 @@ class ModelHostNode(ModelNode, Node):
             raise ConfigError(f"action_space is 'joints' but checkpoint '{p['checkpoint']}' is not an imported "
                               "upstream checkpoint (config.json format lda-upstream-checkpoint); our own checkpoints "
                               "command hands (action_space:=hands)")
-        cal = self._start_joints(p) if joints else self._start_hands(p)
+        self._start(self._start_joints(p) if joints else self._start_hands(p), joints)
+
+    def _start(self, cal: str, joints: bool) -> None:
+        """Subscriptions, publishers, timers and the two threads around the host made by a _start_* method."""
+        p = self.p
         if p["instruction"]:
             self.host.policy.set_instruction(p["instruction"])
         cam = self.robot.camera
@@ -216,6 +232,23 @@ class ModelHostNode(ModelNode, Node):
         return (f"model host for '{robot.embodiment}' in joint space ({joints.dim} joints at {joints.fps} Hz, "
                 f"embodiment slot {core.slot}): upstream checkpoint '{p['checkpoint']}' on {policy.device} "
                 f"({policy.dtype}); joint states {joints.state_topic}")
+
+    def _start_lerobot(self, p) -> str:
+        """A LeRobot PreTrainedPolicy checkpoint on the robot's hands; no judge. Returns what to log."""
+        if p["selection.k"] != 1:
+            raise ConfigError("selection.k > 1 needs a forward-dynamics judge, which backend 'lerobot' lacks; set "
+                              "selection.k to 1")
+        robot = RobotInterface(p["robot_config"], p["camera"])
+        set_torch_threads(p["torch_threads"])
+        loaded = load_lerobot_policy(p["checkpoint"], p["device"])
+        core = LeRobotPolicyCore(loaded, robot, LeRobotPolicySettings(
+            max_image_age_s=p["max_image_age_s"], state_tolerance_s=p["state_tolerance_s"], seed=p["seed"]))
+        self.robot = robot
+        self.host = PolicyHost(core, NoJudge(LEROBOT_NO_JUDGE), robot.camera.topic, self._host_settings(p))
+        self.get_logger().warning(f"judge: {LEROBOT_NO_JUDGE} (its heartbeat says WARN)")
+        return (f"model host for '{robot.embodiment}' ({robot.action_dim}-d actions, hands {robot.hands}): LeRobot "
+                f"{loaded.type} checkpoint '{p['checkpoint']}' on {p['device']}, {core.chunk_rows}-row chunks from "
+                f"{core.n_obs_steps} observation(s) of {core.image_key}")
 
     @staticmethod
     def _host_settings(p) -> HostSettings:
