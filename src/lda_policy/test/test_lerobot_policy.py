@@ -160,3 +160,32 @@ def test_directories_that_are_not_lerobot_checkpoints_are_refused(setup, tmp_pat
     (broken / "config.json").write_text(json.dumps({"type": "no_such_policy"}))
     with pytest.raises(RuntimeLoadError, match="cannot load the LeRobot checkpoint"):
         load_lerobot_policy(broken)
+
+
+def test_diffusion_policy_gets_its_observation_steps(setup):
+    """Diffusion Policy through the same interface: n_obs_steps observations one robot period apart (needs
+    LeRobot's diffusion extra, which the suite does not install)."""
+    pytest.importorskip("diffusers")
+    robot = setup["robot"]
+    ckpt = LP.write_tiny_diffusion_checkpoint(setup["dir"] / "diffusion", setup["robot_config"])
+    core = LeRobotPolicyCore(load_lerobot_policy(ckpt), robot, LeRobotPolicySettings(seed=0))
+    assert core.n_obs_steps == 2 and core.chunk_rows == 8
+    newest, positions = feed(core)
+    chunk, obs = core.propose(newest)
+    assert chunk.actions.shape == (8, 7) and np.isfinite(chunk.actions).all()
+    assert obs.frame_stamps == [pytest.approx(newest - 0.1), pytest.approx(newest)]
+    np.testing.assert_allclose(obs.state[:, :3], positions[-2:], atol=1e-9)
+
+
+def test_a_policy_whose_extra_is_missing_is_refused_by_name(setup, tmp_path):
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("diffusers is installed")
+    (tmp_path / "config.json").write_text(json.dumps({"type": "diffusion"}))
+    for name in ("model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json"):
+        (tmp_path / name).write_bytes((setup["act"] / name).read_bytes())
+    with pytest.raises(RuntimeLoadError, match=r"lerobot\[diffusion\]"):
+        load_lerobot_policy(tmp_path)

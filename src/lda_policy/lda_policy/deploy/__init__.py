@@ -12,6 +12,8 @@ torch.
 - :mod:`.runtime`: the checkpoint and its encoders (``ModelRuntime``), one per model host;
 - :mod:`.robot`: the robot config and hand-centric action space of ``lda_common`` (``RobotInterface``);
 - :mod:`.policy`: observations -> proposed chunks (``PolicyCore``);
+- :mod:`.lerobot_policy`: a LeRobot ``PreTrainedPolicy`` checkpoint as the host's policy (``LeRobotPolicyCore``,
+  backend ``lerobot``; no judge);
 - :mod:`.judge`: forward dynamics of each proposal, surprise of the approved ones (``ForwardDynamicsJudge``);
 - :mod:`.host`: the policy and the judge on one runtime, faults and heartbeats (``ModelHost``);
 - :mod:`.chunk_executor`: smooth execution of approved chunks, latency compensation, hold-still;
