@@ -190,8 +190,10 @@ class SafetyGateCore:
     def reset(self, reason: str, operator: str, now: float) -> tuple[bool, str]:
         """Clear a latched STOP: only while holding and only with a reason. (accepted, message).
 
-        An accepted reset also restarts the chunk sequence (a restarted host counts from 1 again) and
-        releases the held fingers, whatever was latched."""
+        An accepted reset also restarts the chunk sequence (a restarted host counts from 1 again), releases
+        the held fingers and re-anchors the hold at the measured state, whatever was latched: the operator
+        vouches for where the robot is now (an episode reset, a robot moved by hand), so the hold no longer
+        keeps within one step of the last command sent before it."""
         with self._lock:
             if not str(reason).strip():
                 return False, "refused: a reset needs a reason (why is it safe to move again?)"
@@ -199,6 +201,7 @@ class SafetyGateCore:
                 return False, "refused: the robot is moving (a reset is accepted only while holding)"
             self.executor.restart_sequence()
             self.executor.release_fingers()
+            self._last_sent, self._last_sent_time = None, None
             if not self.stop_reason:
                 return True, "nothing latched; holding until the next approved chunk"
             cleared = self.stop_reason
