@@ -42,6 +42,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from lda_common.config import ConfigError
 from lda_common.messages import Topics
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
@@ -203,7 +204,11 @@ class SafetyGateNode(RobotNode, Node):
         self.pub_status = self.create_publisher(SafetyStatus, Topics.SAFETY_STATUS, COMMAND_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
         self.create_service(SafetyReset, Topics.SAFETY_RESET, g(Topics.SAFETY_RESET, self._on_reset, service=True))
-        self.create_timer(1.0 / p["watchdog_rate_hz"], g("the watchdog tick", self._tick))
+        # The tick runs on the steady clock, also under use_sim_time: its stall check measures the process, and a
+        # simulated clock that advances one control period at a time would fire it in bursts (commands still
+        # follow the ROS clock: a target is due when ``now`` has advanced by one command period).
+        self.create_timer(1.0 / p["watchdog_rate_hz"], g("the watchdog tick", self._tick),
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.create_timer(p["diagnostics_period_s"], g("diagnostics", self._diagnostics))
         what = (f"{robot.config.joints.dim} joints, {robot.config.joints.state_topic} -> "
                 f"{robot.config.joints.command_topic}" if self.joints else f"hands {robot.hands}")
@@ -306,6 +311,8 @@ class SafetyGateNode(RobotNode, Node):
     def _tick(self, force_publish: bool = False) -> None:
         with self._lock:
             now, mono = self._clocks()
+            if self.sim_time and now == 0.0:  # no /clock yet: nothing is measured or commanded in simulated time
+                return
             cmd = self.core.tick(now, mono)
             entering_hold = cmd.mode == "hold" and self._last_mode != "hold"
             self._last_mode = cmd.mode

@@ -216,15 +216,17 @@ def test_a_ros_clock_jumping_ahead_latches_stop_but_a_stall_is_no_jump():
     """The ROS clock 60 s ahead in 0.02 s of steady time is a jump; both clocks moving 2 s (a gate that
     stalled) is not: the heartbeats name that."""
     gate = panda_gate()
-    steady = iter([5.0, 5.02])
-    gate.wall_clock = lambda: next(steady)
+    steady = SimpleNamespace(t=5.0)
+    gate.wall_clock = lambda: steady.t
     gate.tick(100.0, mono=5.0)
+    steady.t = 5.02
     gate.tick(160.0, mono=5.02)
     assert gate.latched and "the ROS clock jumped 60.00 s ahead in 0.02 s of steady time" in gate.stop_reason
     stalled = panda_gate()
-    steady = iter([5.0, 7.0])
-    stalled.wall_clock = lambda: next(steady)
+    steady.t = 5.0
+    stalled.wall_clock = lambda: steady.t
     stalled.tick(100.0)
+    steady.t = 7.0
     stalled.tick(102.0)
     assert stalled.latched and stalled.stop_reason.startswith("model_host heartbeat missing for 2.00 s")
 
@@ -337,13 +339,20 @@ def test_nan_timeouts_are_refused(field):
 
 def test_a_stalled_tick_holds_and_drops_the_chunks():
     """Item 6: the executor's own heartbeat could never fire (each tick refreshed it first); now a gap between
-    two ticks longer than heartbeat_timeout_s holds and discards the active chunks."""
-    gate = panda_gate()
+    two ticks longer than heartbeat_timeout_s of steady time holds and discards the active chunks. A simulated
+    clock that advances in 0.1 s steps between ticks is not a stall (it cost the demo every lift)."""
+    gate = panda_gate(GateSettings(executor=ExecutorConfig(heartbeat_timeout_s=0.1)))  # the node's: 5 / 50 Hz
+    steady = SimpleNamespace(t=0.0)
+    gate.wall_clock = lambda: steady.t  # the gate process's steady clock, which the stall check runs on
     assert gate.judge(chunk(gate.robot, moving(gate.robot, dx=0.005)), 100.01).approved
-    assert run(gate, 100.01, 100.2).mode == "execute"
+    for k in range(20):  # ticks 10 ms apart in steady time, while a simulated clock jumps 0.1 s at a time
+        steady.t = 0.01 * k
+        assert gate.tick(round(100.01 + 0.1 * (k // 10), 6)).mode == "execute", k
     feed(gate, 100.9, CENTRE)
-    cmd = gate.tick(100.9)  # 0.8 s since the last tick (> 0.5 s)
-    assert cmd.mode == "hold" and "the gate's own tick stalled for 0.79 s" in cmd.reason
+    steady.t += 0.8
+    cmd = gate.tick(100.9)  # 0.8 s of steady time since the last tick (> 0.1 s)
+    assert cmd.mode == "hold" and "the gate's own tick stalled for 0.80 s" in cmd.reason
+    steady.t += 0.02
     assert gate.tick(100.92).mode == "hold" and not gate.latched  # a hold, not a fault: the chunk is gone
 
 

@@ -150,7 +150,7 @@ class SafetyGateCore:
         self._last_sent_time: float | None = None  # mono
         self._last_tick: float | None = None  # mono of the previous tick
         self._last_now: tuple[float, float] | None = None  # (newest ROS time read, steady time then)
-        self.wall_clock = time.monotonic  # steady time for the clock-jump check (tests set their own)
+        self.wall_clock = time.monotonic  # steady time: the clock-jump and tick-stall checks (tests set their own)
 
     @property
     def limits(self) -> SafetyLimits:
@@ -451,15 +451,19 @@ class SafetyGateCore:
         self._last_now = (now, wall)
 
     def _watch_tick(self, mono: float) -> None:
-        """Hold (dropping the chunks) when the tick itself stalled for longer than heartbeat_timeout_s."""
+        """Hold (dropping the chunks) when the tick itself stalled: more than heartbeat_timeout_s of steady time
+        (``wall_clock``) between two ticks. Steady time, not ``mono``: the gate's liveness is a property of its
+        process, and under use_sim_time the simulated clock advances in steps of the simulator's control period
+        (0.1 s), which made every step of the closed-loop demo a "stall" that discarded the chunk in force."""
         if not math.isfinite(mono):
             self.stop(f"the gate's monotonic clock reads {mono}")
             return
+        wall = self.wall_clock()
         timeout = self.settings.executor.heartbeat_timeout_s
-        if self._last_tick is not None and mono - self._last_tick > timeout:
-            self.executor.interrupt(f"the gate's own tick stalled for {mono - self._last_tick:.2f} s (> "
+        if self._last_tick is not None and wall - self._last_tick > timeout:
+            self.executor.interrupt(f"the gate's own tick stalled for {wall - self._last_tick:.2f} s (> "
                                     f"heartbeat_timeout_s {timeout})")
-        self._last_tick = mono if self._last_tick is None else max(mono, self._last_tick)
+        self._last_tick = wall
 
     def safe_hold(self, hold: HandsState) -> HandsState | None:
         """The executor's hold target made safe by the command space (hands: clipped into each hand's box and
