@@ -248,7 +248,8 @@ class ModelHostNode(ModelNode, Node):
         self.get_logger().warning(f"judge: {LEROBOT_NO_JUDGE} (its heartbeat says WARN)")
         return (f"model host for '{robot.embodiment}' ({robot.action_dim}-d actions, hands {robot.hands}): LeRobot "
                 f"{loaded.type} checkpoint '{p['checkpoint']}' on {p['device']}, {core.chunk_rows}-row chunks from "
-                f"{core.n_obs_steps} observation(s) of {core.image_key}")
+                f"{core.n_obs_steps} observation(s) of {core.image_key}"
+                + (f" (output features not used: {core.unused_outputs})" if core.unused_outputs else ""))
 
     @staticmethod
     def _host_settings(p) -> HostSettings:

@@ -113,7 +113,7 @@ def test_checkpoints_that_do_not_fit_the_robot_are_refused_by_name(setup):
 
     robot, d, rc = setup["robot"], setup["dir"], setup["robot_config"]
     config = load_lerobot_policy(setup["act"]).config
-    assert check_features(config, robot, "ckpt") == ("observation.images.head", True)
+    assert check_features(config, robot, "ckpt") == ("observation.images.head", True, [])
     img = PolicyFeature(FeatureType.VISUAL, (3, IMAGE_H, IMAGE_W))
     state = PolicyFeature(FeatureType.STATE, (8,))
     cases = [
@@ -189,3 +189,24 @@ def test_a_policy_whose_extra_is_missing_is_refused_by_name(setup, tmp_path):
         (tmp_path / name).write_bytes((setup["act"] / name).read_bytes())
     with pytest.raises(RuntimeLoadError, match=r"lerobot\[diffusion\]"):
         load_lerobot_policy(tmp_path)
+
+
+def test_a_checkpoint_made_as_lerobot_train_makes_it_from_a_suite_dataset_loads(tmp_path):
+    """Features from a dataset this suite recorded, through LeRobot's make_policy and the dataset's statistics:
+    the trainer's path. LeRobot 0.6.1 declares the dataset's 'action_valid' column an output feature too; the host
+    accepts it and uses 'action' alone."""
+    from lda_testing.datasets import record_dataset, robot_config
+
+    root = record_dataset(tmp_path / "ds", ["high", "low"], length=12)
+    ckpt = LP.write_act_checkpoint_from_dataset(tmp_path / "act", root)
+    loaded = load_lerobot_policy(ckpt)
+    assert set(loaded.config.output_features) == {"action", "action_valid"}
+    robot = RobotInterface(robot_config())
+    core = LeRobotPolicyCore(loaded, robot)
+    assert core.image_key == "observation.images.front" and core.unused_outputs == ["action_valid"]
+    for k in range(3):
+        core.on_frame(100 + 0.1 * k, np.zeros((64, 64, 3), dtype=np.uint8))
+        core.states.add_pose("right", 100 + 0.1 * k, HOME[0], HOME[1])
+        core.states.add_fingers("right", 100 + 0.1 * k, [0.04])
+    chunk, _ = core.propose(100.2)
+    assert chunk.actions.shape == (16, 7) and np.isfinite(chunk.actions).all()

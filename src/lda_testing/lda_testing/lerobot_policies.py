@@ -84,6 +84,33 @@ def write_tiny_diffusion_checkpoint(directory: str | Path, robot_config: str | P
     return _save(DiffusionConfig(**kwargs), tiny_stats(f), directory, seed)
 
 
+def write_act_checkpoint_from_dataset(directory: str | Path, dataset_root: str | Path, chunk_size: int = 16,
+                                      seed: int = 0, **overrides) -> Path:
+    """A random-weight ACT checkpoint made the way ``lerobot-train`` makes one from a dataset this suite recorded:
+    the features from the dataset's metadata (``make_policy(cfg, ds_meta=...)``, LeRobot's
+    ``dataset_to_policy_features``) and the normalisation from its ``meta/stats.json``. Tiny dims, no ImageNet
+    weights; nothing is trained."""
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+    from lerobot.policies.act.configuration_act import ACTConfig
+    from lerobot.policies.factory import make_policy, make_pre_post_processors
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = LeRobotDatasetMetadata("lda/test", root=dataset_root)
+    config = ACTConfig(**{"chunk_size": chunk_size, "n_action_steps": chunk_size, "dim_model": 32, "n_heads": 2,
+                          "dim_feedforward": 64, "n_encoder_layers": 1, "n_decoder_layers": 1, "latent_dim": 8,
+                          "n_vae_encoder_layers": 1, "pretrained_backbone_weights": None, "device": "cpu",
+                          **overrides})
+    torch.manual_seed(seed)
+    policy = make_policy(config, ds_meta=meta)
+    pre, post = make_pre_post_processors(config, dataset_stats=meta.stats)
+    policy.save_pretrained(directory)
+    pre.save_pretrained(directory)
+    post.save_pretrained(directory)
+    return directory
+
+
 def _save(config, stats: dict, directory: str | Path, seed: int) -> Path:
     import torch
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
@@ -99,5 +126,6 @@ def _save(config, stats: dict, directory: str | Path, seed: int) -> Path:
     return directory
 
 
-__all__ = ["ACTION_STD", "FINGER_MEAN", "robot_features", "tiny_stats", "write_tiny_act_checkpoint",
+__all__ = ["ACTION_STD", "FINGER_MEAN", "robot_features", "tiny_stats", "write_act_checkpoint_from_dataset",
+           "write_tiny_act_checkpoint",
            "write_tiny_diffusion_checkpoint"]

@@ -109,9 +109,12 @@ def load_lerobot_policy(checkpoint: str | Path, device: str = "cpu") -> LoadedPo
     return LoadedPolicy(policy, pre, post, config, f"LeRobot checkpoint '{path}'")
 
 
-def check_features(config: Any, robot: RobotInterface, source: str) -> tuple[str, bool]:
-    """(the image feature key, whether the policy takes ``observation.state``) of a LeRobot policy config that
-    fits the robot config; ConfigError naming each feature that does not."""
+def check_features(config: Any, robot: RobotInterface, source: str) -> tuple[str, bool, list[str]]:
+    """(the image feature key, whether the policy takes ``observation.state``, the output features besides
+    ``action``) of a LeRobot policy config that fits the robot config; ConfigError naming each feature that does
+    not. Output features besides ``action`` are never read: LeRobot 0.6.1's trainer declares every dataset
+    column whose name starts with ``action`` an output (our datasets' ``action_valid``), but the policy's chunk
+    (``predict_action_chunk``) is ``action`` alone."""
     cam = robot.camera
     key = cam.feature_key
     inputs = dict(config.input_features or {})
@@ -123,7 +126,6 @@ def check_features(config: Any, robot: RobotInterface, source: str) -> tuple[str
     elif tuple(action.shape) != (robot.action_dim,):
         problems.append(f"'{ACTION_KEY}' is {tuple(action.shape)}, the robot config's actions are "
                         f"({robot.action_dim},) ({robot.dimension_names[0]} ... {robot.dimension_names[-1]})")
-    problems += [f"output feature '{k}' is not an action the gate can check" for k in outputs]
     state = inputs.pop(STATE_KEY, None)
     if state is not None and tuple(state.shape) != (robot.state_dim,):
         problems.append(f"'{STATE_KEY}' is {tuple(state.shape)}, the robot config's hand-centric state is "
@@ -140,7 +142,7 @@ def check_features(config: Any, robot: RobotInterface, source: str) -> tuple[str
     if problems:
         raise ConfigError(f"{source} ({config.type}) does not fit robot config '{robot.embodiment}': "
                           + "; ".join(problems))
-    return key, state is not None
+    return key, state is not None, sorted(outputs)
 
 
 def image_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -156,7 +158,7 @@ class LeRobotPolicyCore:
         self.loaded = loaded
         self.robot = robot
         self.settings = s = settings or LeRobotPolicySettings()
-        self.image_key, self.uses_state = check_features(loaded.config, robot, loaded.source)
+        self.image_key, self.uses_state, self.unused_outputs = check_features(loaded.config, robot, loaded.source)
         self.n_obs_steps = int(getattr(loaded.config, "n_obs_steps", 1) or 1)
         self.offsets_s = [-(self.n_obs_steps - 1 - i) * robot.dt for i in range(self.n_obs_steps)]
         self.frames = FrameLatents(image_tensor, min_period_s=s.frame_period_s,
