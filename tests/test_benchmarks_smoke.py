@@ -29,6 +29,7 @@ SCRIPTS = {
     "chunk_selection.py": (240, "chunk latency median"),
     "deploy_latency.py": (240, "end-to-end / bare policy call"),
     "encoder_probe.py": (150, "MAE x, y [mm]"),
+    "inverse_dynamics_labels.py": (300, "mean |action - truth|"),
     "mixed_quality_study.py": (420, "held-out action L1"),
     "model_latency.py": (120, "policy p50"),
     "node_cpu.py": (240, "CPU % of a core"),
