@@ -33,6 +33,7 @@ import numpy as np
 from lda_common.robot_config import ConfigError, JointSpaceConfig
 
 from .chunks import ProposedChunk
+from .policy import TaskInputs
 from .safety import STATUS_WARN
 
 #: The ImageNet mean as an RGB colour: the authors pad frames to a square with it.
@@ -223,7 +224,7 @@ class NoJudge:
         return STATUS_WARN, self.reason, 0.0, 0
 
 
-class JointPolicyCore:
+class JointPolicyCore(TaskInputs):
     """See the module docstring. ``policy``: an :class:`~lda_policy.model.upstream.policy.UpstreamPolicy`
     (anything with its ``model.config``, ``stats`` and ``act``); ``embodiment``: the robot config's name."""
 
@@ -239,37 +240,14 @@ class JointPolicyCore:
         if not 0 <= self.slot < config.max_embodiments:
             raise ConfigError(f"no embodiment slot for '{embodiment}' (the authors' slots: "
                               f"{KNOWN_EMBODIMENT_SLOTS}); set embodiment_id (0-{config.max_embodiments - 1})")
-        self.frames = RawFrames(config.dino.image_size, s.frame_period_s, keep_s=max(2.0, 2 * s.frame_history_s))
-        self.states = JointStateBuffer(joints.joint_names)
+        self._init_inputs(RawFrames(config.dino.image_size, s.frame_period_s, keep_s=max(2.0, 2 * s.frame_history_s)),
+                          JointStateBuffer(joints.joint_names))
         self.slices = list(joints.group_slices().values())
         self.selector = None  # no test-time selection for upstream checkpoints
         self.last_selection = None
         self.last_observation: JointObservation | None = None
-        self._instruction: str | None = None
-        self._sequence = 0
-        self._task = 0
-        self._lock = threading.Lock()
-        self.skipped = ""
 
     # -- inputs (cheap, from callbacks) --------------------------------------------------------------
-    def set_instruction(self, text: str) -> None:
-        self._instruction = text.strip() or None
-
-    def start_task(self, text: str) -> None:
-        """A new instruction starts a new task: the frames and joint states of the previous one are dropped."""
-        with self._lock:
-            self._task += 1
-            self.frames.clear()
-            self.states.clear()
-            self.set_instruction(text)
-
-    @property
-    def instruction(self) -> str | None:
-        return self._instruction
-
-    def on_frame(self, stamp: float, image: np.ndarray) -> None:
-        self.frames.add(stamp, image)
-
     def on_joint_state(self, stamp: float, names: Sequence[str], positions: Sequence[float]) -> bool:
         return self.states.add(stamp, names, positions)
 

@@ -26,7 +26,6 @@ refused by name at start-up. There is no forward-dynamics judge for such a polic
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from lda_common.robot_config import ConfigError
 from .chunks import ProposedChunk
 from .hand_states import HandStateBuffer
 from .observations import FrameLatents
+from .policy import TaskInputs
 from .robot import RobotInterface
 from .runtime import RuntimeLoadError
 
@@ -150,7 +150,7 @@ def image_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).to(torch.float32).div_(255).permute(2, 0, 1).contiguous()
 
 
-class LeRobotPolicyCore:
+class LeRobotPolicyCore(TaskInputs):
     """See the module docstring. ``loaded``: a :class:`LoadedPolicy` (:func:`load_lerobot_policy`)."""
 
     def __init__(self, loaded: LoadedPolicy, robot: RobotInterface, settings: LeRobotPolicySettings | None = None
@@ -161,44 +161,22 @@ class LeRobotPolicyCore:
         self.image_key, self.uses_state, self.unused_outputs = check_features(loaded.config, robot, loaded.source)
         self.n_obs_steps = int(getattr(loaded.config, "n_obs_steps", 1) or 1)
         self.offsets_s = [-(self.n_obs_steps - 1 - i) * robot.dt for i in range(self.n_obs_steps)]
-        self.frames = FrameLatents(image_tensor, min_period_s=s.frame_period_s,
-                                   keep_s=max(2.0, 2 - min(self.offsets_s)), tolerance_s=0.1)
-        self.states = HandStateBuffer(robot.hands)
+        self._init_inputs(FrameLatents(image_tensor, min_period_s=s.frame_period_s,
+                                       keep_s=max(2.0, 2 - min(self.offsets_s)), tolerance_s=0.1),
+                          HandStateBuffer(robot.hands))
         self.selector = None  # no test-time selection: it needs a forward-dynamics judge
         self.last_selection = None
         self.last_observation: LeRobotObservation | None = None
-        self._instruction: str | None = None
-        self._sequence = 0
-        self._task = 0
         self._reset_policy = True  # the policy's own queues / ensembler are reset before the next call
-        self._lock = threading.Lock()
-        self.skipped = ""
 
     @property
     def chunk_rows(self) -> int:
         c = self.loaded.config
         return int(getattr(c, "chunk_size", 0) or getattr(c, "n_action_steps", 0) or 0)
 
-    # -- inputs (cheap, from callbacks) --------------------------------------------------------------
-    def set_instruction(self, text: str) -> None:
-        self._instruction = text.strip() or None
-
-    def start_task(self, text: str) -> None:
-        """A new instruction starts a new task: the frames and hand states of the previous one are dropped, and
-        the policy's own state (queues, temporal ensembling) is reset before its next call."""
-        with self._lock:
-            self._task += 1
-            self._reset_policy = True
-            self.frames.clear()
-            self.states.clear()
-            self.set_instruction(text)
-
-    @property
-    def instruction(self) -> str | None:
-        return self._instruction
-
-    def on_frame(self, stamp: float, image: np.ndarray) -> None:
-        self.frames.add(stamp, image)
+    # -- inputs (cheap, from callbacks; the rest is TaskInputs') -------------------------------------
+    def _on_new_task(self) -> None:
+        self._reset_policy = True  # the policy's own state (queues, temporal ensembling) goes with the task
 
     # -- proposing (worker thread) -------------------------------------------------------------------
     def not_ready(self, now: float) -> str:

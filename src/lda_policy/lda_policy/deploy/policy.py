@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,46 @@ class PolicySettings:
     noise_scale: float = 1.0  # scale of the flow's starting noise (0: deterministic, from its mean)
 
 
-class PolicyCore:
+class TaskInputs:
+    """What every policy core takes from the callbacks alike: the instruction, task changes and camera frames.
+
+    A subclass calls :meth:`_init_inputs` with its frame buffer and its robot-state buffer (each has ``add``
+    and ``clear``); :meth:`start_task` drops both, so that nothing of the previous task enters the first
+    chunk of the next one (a reset teleports the robot; the last task's commands no longer hold), and calls
+    :meth:`_on_new_task` for what else a backend must forget. ``_task`` counts the tasks: a chunk predicted
+    across a change is dropped by the proposer."""
+
+    def _init_inputs(self, frames: Any, states: Any) -> None:
+        self.frames, self.states = frames, states
+        self._instruction: str | None = None
+        self._sequence = 0  # of the chunks proposed
+        self._task = 0
+        self._lock = threading.Lock()
+        self.skipped = ""  # why the last propose() returned None
+
+    def set_instruction(self, text: str) -> None:
+        self._instruction = text.strip() or None
+
+    def start_task(self, text: str) -> None:
+        with self._lock:
+            self._task += 1
+            self._on_new_task()
+            self.frames.clear()
+            self.states.clear()
+            self.set_instruction(text)
+
+    def _on_new_task(self) -> None:
+        """What a backend forgets besides the frames and states when a task starts (nothing by default)."""
+
+    @property
+    def instruction(self) -> str | None:
+        return self._instruction
+
+    def on_frame(self, stamp: float, image: np.ndarray) -> None:
+        self.frames.add(stamp, image)
+
+
+class PolicyCore(TaskInputs):
     """Assembles observations and runs the policy objective (thread-safe inputs, one proposing thread)."""
 
     def __init__(self, runtime: ModelRuntime, robot: RobotInterface, settings: PolicySettings | None = None,
@@ -49,42 +89,14 @@ class PolicyCore:
         t = runtime.config.time
         self.obs_offsets = t.obs_offsets_s
         self.history_steps = t.history_action_steps
-        self.frames = FrameLatents(runtime.encode_image, min_period_s=self.settings.frame_period_s,
-                                   keep_s=max(4.0, 2 - min(self.obs_offsets)), tolerance_s=0.1)
-        self.states = HandStateBuffer(robot.hands)
+        self._init_inputs(FrameLatents(runtime.encode_image, min_period_s=self.settings.frame_period_s,
+                                       keep_s=max(4.0, 2 - min(self.obs_offsets)), tolerance_s=0.1),
+                          HandStateBuffer(robot.hands))
         # Finger values are absolute targets: a flow sample overshoots one at the end of its range (a closed
         # hand: 1.915 of 1.74 rad, which the gate STOPs on), so they are kept within the 1-99 % range of the
         # training actions. Pose deltas are not touched: judging those is the gate's job.
         span = runtime.action_range(robot.embodiment)
         self.action_bounds = None if span is None else robot.finger_bounds(*span)
-        self._instruction: str | None = None
-        self._sequence = 0
-        self._task = 0  # counts start_task(): a chunk predicted across a task change is dropped
-        self._lock = threading.Lock()
-        self.last_camera_stamp: float | None = None
-        self.skipped = ""  # why the last propose() returned None
-
-    # -- inputs (cheap, from callbacks) --------------------------------------------------------------
-    def set_instruction(self, text: str) -> None:
-        self._instruction = text.strip() or None
-
-    def start_task(self, text: str) -> None:
-        """A new instruction starts a new task (after a reset, say): the frames, hand states and gripper
-        commands of the previous one are dropped so that they do not enter the first chunk's history (a
-        reset teleports the hand; the last task's "closed" command no longer holds)."""
-        with self._lock:
-            self._task += 1
-            self.frames.clear()
-            self.states.clear()
-            self.set_instruction(text)
-
-    @property
-    def instruction(self) -> str | None:
-        return self._instruction
-
-    def on_frame(self, stamp: float, image: np.ndarray) -> None:
-        self.last_camera_stamp = stamp
-        self.frames.add(stamp, image)
 
     # -- proposing (worker thread) -------------------------------------------------------------------
     def not_ready(self, now: float) -> str:
