@@ -6,13 +6,14 @@ commanded; the judge heartbeat and the gate's status say that no forward-dynamic
 of the backend run in-process.
 """
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from lda_common.robot_config import ConfigError
 from lda_policy.deploy.lerobot_policy import NO_JUDGE_REASON
-from lda_testing.deploy import attach, launch_command, write_robot_config
+from lda_testing.deploy import attach, launch_command, reset, write_robot_config
 from lda_testing.ros import NodeProcess, ros_node, wait_for
 
 from lda_testing import deploy as T
@@ -37,6 +38,15 @@ def test_act_chunk_is_proposed_approved_and_commanded_through_the_gate(paths, tm
         robot = T.SyntheticRobot(node, paths["robot_config"])
         attach(robot, node)
         try:
+            assert wait_for(lambda: robot.since(robot.host_statuses, 0), 90), proc.output[-4000:]
+            time.sleep(0.3)
+            startup_stops = 0
+            if any(s.level == 2 for s in robot.since(robot.statuses, 0)):
+                # a start-up gap on a busy machine (this process's own pose stream paused 0.51 s while the host
+                # loaded, in a full make test): the gate latched STOP, as it must; the operator's reset clears it
+                answer = reset(robot, "test: the start-up gap is over")
+                assert answer.success, answer.message
+                startup_stops = 1
             assert wait_for(lambda: len(robot.approved) >= 2 and len(robot.targets) >= 5, 90), proc.output[-4000:]
             t = robot.now()
             assert wait_for(lambda: len(robot.targets_since(t)) >= 5, 10), proc.output[-3000:]
@@ -59,7 +69,7 @@ def test_act_chunk_is_proposed_approved_and_commanded_through_the_gate(paths, tm
     host = [s for s in beats if s.source == "model_host"]
     assert host[-1].level == 0 and host[-1].faults == 0, host[-1]
     last = statuses[-1]
-    assert last.level == 1 and last.reason == f"judge: {NO_JUDGE_REASON}" and last.faults == 0, last
+    assert last.level == 1 and last.reason == f"judge: {NO_JUDGE_REASON}" and last.faults == startup_stops, last
     positions = np.array([p for _, p, _ in targets])  # chained from the chunks' pose deltas by the gate
     assert np.isfinite(positions).all() and np.linalg.norm(positions - T.HOME[0], axis=1).max() < 0.2
     assert np.linalg.norm(positions[-1] - positions[0]) > 1e-6
