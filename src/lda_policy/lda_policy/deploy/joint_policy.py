@@ -256,12 +256,10 @@ class JointPolicyCore(TaskInputs):
         """Why a chunk cannot be proposed now ('' when it can)."""
         if self._instruction is None:
             return "no instruction yet (publish one on the instruction topic)"
-        newest = self.frames.newest_stamp
-        if newest is None:
-            return "no camera frame yet"
-        if now - newest > self.settings.max_image_age_s:
-            return f"camera frame is {now - newest:.2f} s old (> max_image_age_s {self.settings.max_image_age_s})"
-        _, missing = self.states.at(newest, self.settings.state_tolerance_s)
+        camera = self.camera_not_ready(now)
+        if camera:
+            return camera
+        _, missing = self.states.at(self.frames.newest_stamp, self.settings.state_tolerance_s)
         if missing:
             return (f"no joint state near the camera stamp on {self.joints.state_topic} for {len(missing)} joint(s): "
                     f"{missing[:4]}")

@@ -182,12 +182,10 @@ class LeRobotPolicyCore(TaskInputs):
     def not_ready(self, now: float) -> str:
         """Why a chunk cannot be proposed now ('' when it can). No instruction is needed (the task text is
         passed on when there is one)."""
-        newest = self.frames.newest_stamp
-        if newest is None:
-            return "no camera frame yet"
-        if now - newest > self.settings.max_image_age_s:
-            return f"camera frame is {now - newest:.2f} s old (> max_image_age_s {self.settings.max_image_age_s})"
-        if self.states.at(newest, self.settings.state_tolerance_s) is None:
+        camera = self.camera_not_ready(now)
+        if camera:
+            return camera
+        if self.states.at(self.frames.newest_stamp, self.settings.state_tolerance_s) is None:
             return "no EEF pose / finger state near the camera stamp"
         return ""
 

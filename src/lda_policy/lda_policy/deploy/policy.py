@@ -74,6 +74,16 @@ class TaskInputs:
     def on_frame(self, stamp: float, image: np.ndarray) -> None:
         self.frames.add(stamp, image)
 
+    def camera_not_ready(self, now: float) -> str:
+        """Why the camera cannot feed a chunk now ('' when it can): no frame yet, or the newest older than the
+        settings' ``max_image_age_s``."""
+        newest = self.frames.newest_stamp
+        if newest is None:
+            return "no camera frame yet"
+        if now - newest > self.settings.max_image_age_s:
+            return f"camera frame is {now - newest:.2f} s old (> max_image_age_s {self.settings.max_image_age_s})"
+        return ""
+
 
 class PolicyCore(TaskInputs):
     """Assembles observations and runs the policy objective (thread-safe inputs, one proposing thread)."""
@@ -103,12 +113,10 @@ class PolicyCore(TaskInputs):
         """Why a chunk cannot be proposed now ('' when it can)."""
         if self._instruction is None:
             return "no instruction yet (publish one on the instruction topic)"
-        newest = self.frames.newest_stamp
-        if newest is None:
-            return "no camera frame yet"
-        if now - newest > self.settings.max_image_age_s:
-            return f"camera frame is {now - newest:.2f} s old (> max_image_age_s {self.settings.max_image_age_s})"
-        if self.states.at(newest, self.settings.state_tolerance_s) is None:
+        camera = self.camera_not_ready(now)
+        if camera:
+            return camera
+        if self.states.at(self.frames.newest_stamp, self.settings.state_tolerance_s) is None:
             return "no EEF pose / finger state near the camera stamp"
         return ""
 
